@@ -1,0 +1,44 @@
+"""rewardkit's own components, registered through the same hooks as any third-party plugin.
+
+Declared in rewardkit's pyproject as the ``builtin`` entry point of group ``rewardkit``; everything heavy is
+named by a ``"module:attribute"`` string so that listing plugins imports no torch.
+"""
+
+from rewardkit import hookimpl
+from rewardkit.datasets_builtin import ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS
+from rewardkit.kl import ESTIMATORS
+
+
+@hookimpl
+def register_rewards(register):
+    register("exact_match", "rewardkit.rewards:ExactMatch", columns="rewardkit.rewards:exact_match_columns",
+             description="1.0 if the completion's first line equals a gold column (default 'answer')")
+
+
+@hookimpl
+def register_kl_estimators(register):
+    for name, (target, description) in ESTIMATORS.items():
+        register(name, target, description=description)
+
+
+@hookimpl
+def register_trainers(register):
+    register("sft", "rewardkit.trainers.trl_stages:SFTStage", description="TRL SFTTrainer")
+    register("grpo", "rewardkit.trainers.trl_stages:GRPOStage", description="TRL GRPOTrainer")
+    register("dpo", "rewardkit.trainers.trl_stages:DPOStage", description="TRL DPOTrainer")
+
+
+@hookimpl
+def register_datasets(register):
+    register("arithmetic", "rewardkit.datasets_builtin:arithmetic", columns=ARITHMETIC_COLUMNS,
+             description="seeded a+b= problems with answer column, disjoint train/test")
+    register("arithmetic_preferences", "rewardkit.datasets_builtin:arithmetic_preferences",
+             columns=PREFERENCE_COLUMNS, description="arithmetic preference pairs (prompt/chosen/rejected)")
+
+
+@hookimpl
+def register_models(register):
+    register("tiny-llama", "rewardkit.embedded:tiny_llama",
+             description="3-layer 128-wide Llama, character tokenizer with chat template (CPU quick start)")
+    register("tiny-qwen2", "rewardkit.embedded:tiny_qwen2",
+             description="2-layer 128-wide Qwen2, character tokenizer with chat template")

@@ -1,0 +1,84 @@
+"""Bundled synthetic datasets: generated, seeded, offline.
+
+- ``arithmetic``: ``a+b=`` prompts with an ``answer`` column (and ``completion`` for SFT), train/test split
+  with no test problem in train.
+- ``arithmetic_preferences``: the same problems as preference pairs (``chosen`` = right answer,
+  ``rejected`` = a plausible wrong one) for DPO and reward-model training.
+"""
+
+from __future__ import annotations
+
+import random
+
+ARITHMETIC_COLUMNS = ["prompt", "completion", "answer"]
+PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected", "answer"]
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _problems(max_operand: int, ops: str, seed: int, n_test: int):
+    """All distinct problems, shuffled by ``seed``, the first ``n_test`` held out."""
+    for op in ops:
+        if op not in _OPS:
+            raise ValueError(f"ops: unknown operator {op!r}; choose from {''.join(_OPS)}")
+    problems = [(a, op, b) for op in ops for a in range(max_operand) for b in range(max_operand)]
+    if n_test >= len(problems):
+        raise ValueError(f"n_test={n_test} leaves no training problems ({len(problems)} exist)")
+    random.Random(seed).shuffle(problems)
+    return problems[n_test:], problems[:n_test]
+
+
+def arithmetic(n_train: int = 20000, n_test: int = 300, max_operand: int = 100, ops: str = "+",
+               seed: int = 0):
+    """Return a DatasetDict with ``train`` (sampled with replacement from the training problems) and
+    ``test`` (distinct held-out problems)."""
+    from datasets import Dataset, DatasetDict
+
+    train_pool, test = _problems(max_operand, ops, seed, n_test)
+    rng = random.Random(seed + 1)
+    train = [rng.choice(train_pool) for _ in range(n_train)]
+
+    def rows(items):
+        out = {c: [] for c in ARITHMETIC_COLUMNS}
+        for a, op, b in items:
+            ans = str(_OPS[op](a, b))
+            out["prompt"].append(f"{a}{op}{b}=")
+            out["completion"].append(ans)
+            out["answer"].append(ans)
+        return out
+
+    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+
+
+def _wrong(answer: int, rng: random.Random) -> int:
+    """A plausible wrong answer: off by a small amount, or two digits swapped."""
+    while True:
+        s = str(abs(answer))
+        if len(s) > 1 and rng.random() < 0.3:
+            i = rng.randrange(len(s) - 1)
+            cand = int(s[:i] + s[i + 1] + s[i] + s[i + 2:]) * (1 if answer >= 0 else -1)
+        else:
+            cand = answer + rng.choice([-10, -2, -1, 1, 2, 10])
+        if cand != answer:
+            return cand
+
+
+def arithmetic_preferences(n_train: int = 4000, n_test: int = 300, max_operand: int = 100, ops: str = "+",
+                           seed: int = 0):
+    """Preference pairs over the arithmetic problems: ``chosen`` is right, ``rejected`` plausibly wrong."""
+    from datasets import Dataset, DatasetDict
+
+    train_pool, test = _problems(max_operand, ops, seed, n_test)
+    rng = random.Random(seed + 2)
+    train = [rng.choice(train_pool) for _ in range(n_train)]
+
+    def rows(items):
+        out = {c: [] for c in PREFERENCE_COLUMNS}
+        for a, op, b in items:
+            ans = _OPS[op](a, b)
+            out["prompt"].append(f"{a}{op}{b}=")
+            out["chosen"].append(str(ans))
+            out["rejected"].append(str(_wrong(ans, rng)))
+            out["answer"].append(str(ans))
+        return out
+
+    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))

@@ -1,0 +1,75 @@
+"""Embedded models: tiny causal LMs and a character tokenizer built locally, no hub needed.
+
+Built deterministically (fixed seed, fixed vocabulary) and cached under ``$REWARDKIT_CACHE/models``, so any
+recipe can say ``model: {name: tiny-llama}`` offline. They exist for the quick start, tests and CI.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHARS = ["\n"] + list(string.printable[:95])  # digits, letters, punctuation, space
+# Role tokens make the chat template one token per role; the generation prompt ends in <|assistant|>.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}</s>{% else %}<|end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+# name -> (architecture, config overrides). Sizes were calibrated on the arithmetic quick start.
+SPECS = {
+    "tiny-llama": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=4)),
+    "tiny-qwen2": ("qwen2", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)),
+}
+
+
+def build_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast`` with role tokens and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=SPECIAL[4:], padding_side="left", model_max_length=512,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build(name: str, path: str) -> None:
+    """Write model ``name`` (a key of SPECS) and its tokenizer into ``path``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch, overrides = SPECS[name]
+    tokenizer = build_tokenizer()
+    config = AutoConfig.for_model(
+        arch, vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **overrides,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    with open(f"{path}/rewardkit_embedded.json", "w") as f:
+        json.dump({"name": name, "arch": arch, **overrides}, f)
+
+
+def tiny_llama(path: str) -> None:
+    build("tiny-llama", path)
+
+
+def tiny_qwen2(path: str) -> None:
+    build("tiny-qwen2", path)

@@ -1,0 +1,112 @@
+"""Every hook a rewardkit plugin can implement, and the contract of each.
+
+A plugin is a module (or any object) holding functions marked with ``@rewardkit.hookimpl`` and named after
+the hooks below. It is found through the ``rewardkit`` entry-point group of its distribution::
+
+    [project.entry-points.rewardkit]
+    myplugin = "my_package.rewardkit_plugin"
+
+Each hook receives a ``register`` callable and calls it once per component. The host (rewardkit) owns the
+collection: it records which distribution registered which name, rejects a name registered twice (naming
+both distributions), and resolves components only when a recipe asks for them. A hook module should be cheap
+to import: pass heavy objects as ``"module:attribute"`` strings, which rewardkit imports only on use.
+
+Hooks are called once per process, the first time a :class:`rewardkit.registry.Registry` is asked for
+anything. Every hook returns ``None``; what counts is what it passed to ``register``.
+
+A reward can also be declared without any hook: an entry point in the ``rewardkit.rewards`` group names a
+reward directly (entry-point name = reward name). See :func:`register_rewards` for what it may point to.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("rewardkit")
+
+
+@hookspec
+def register_rewards(register) -> None:
+    """Register reward functions or reward factories.
+
+    Called once, when the registry loads plugins.
+
+    ``register(name, obj, *, columns=None, description=None)``
+
+    - ``name`` (str): the name recipes use, e.g. ``"math.accuracy"``. Dotted prefixes by plugin are
+      encouraged. Must be unique across all installed plugins.
+    - ``obj``: one of
+
+      * a **reward function**: a plain TRL reward function
+        ``fn(prompts, completions, **kwargs) -> list[float | None]``. ``kwargs`` holds every dataset column
+        of the batch (one list per column, aligned with ``completions``) plus TRL's extras
+        (``completion_ids``, ``trainer_state``, ...); the function must accept and ignore what it does not
+        use. It returns one float per completion, or ``None`` where it *could not judge* (TRL then leaves
+        the sample out of that reward). ``None`` is never a synonym for a wrong answer; 0.0 is.
+      * a **reward factory**: any other callable (typically a class). The recipe's ``params`` are bound to
+        its signature at validation time (a misspelt param is a recipe error), and calling it must return
+        a reward function. Factories must be cheap: open pools, sandboxes or models lazily, on first call.
+      * a ``"module:attribute"`` string naming either of the above, imported only when a recipe uses it.
+
+      rewardkit tells the two apart by signature: a non-class callable with a parameter named
+      ``completions`` is a reward function; anything else is a factory.
+    - ``columns``: dataset columns the reward needs (validated against the recipe's dataset before any
+      model loads). A list of names, or a callable ``columns(params: dict) -> list[str]`` (or its
+      ``"module:attribute"`` string) for factories whose column is itself a param (``gold_column="answer"``). When omitted, rewardkit infers them from a
+      reward function's required keyword parameters.
+    - ``description`` (str): one line shown by ``rewardkit plugins``.
+    """
+
+
+@hookspec
+def register_kl_estimators(register) -> None:
+    """Register per-token KL estimators.
+
+    Called once, when the registry loads plugins.
+
+    ``register(name, fn, *, description=None)`` where ``fn(logp, ref_logp) -> kl`` takes two tensors of the
+    same shape, ``(B, T)``: log-probabilities of the *sampled* tokens under the policy being trained and
+    under the reference, and returns the per-token KL estimate, same shape, differentiable with respect to
+    ``logp``. ``fn`` may be a ``"module:attribute"`` string. Built-ins: ``k1``, ``k2``, ``k3``,
+    ``low_var_kl``, ``abs`` (see :mod:`rewardkit.kl`).
+    """
+
+
+@hookspec
+def register_trainers(register) -> None:
+    """Register trainers, the things a recipe stage names with ``trainer.type``.
+
+    Called once, when the registry loads plugins.
+
+    ``register(name, obj, *, description=None)`` where ``obj`` (usually a ``"module:Class"`` string, so that
+    listing plugins never imports torch) is a subclass of :class:`rewardkit.trainers.base.Stage`. The class
+    names the TRL config dataclass its ``trainer`` section is checked against, the kind of dataset it
+    consumes, whether it takes rewards, and implements ``train(ctx)``.
+    """
+
+
+@hookspec
+def register_datasets(register) -> None:
+    """Register named datasets a recipe can use as ``data: {name: ..., params: {...}}``.
+
+    Called once, when the registry loads plugins.
+
+    ``register(name, loader, *, columns=None, description=None)`` where ``loader(**params)`` returns a
+    ``datasets.DatasetDict`` with a ``"train"`` split and, for held-out evaluation, a ``"test"`` split.
+    ``columns`` lists the columns it produces (used by validation to check rewards' columns without
+    building the data); ``loader`` may be a ``"module:attribute"`` string. Loaders must be deterministic
+    given their params (seed included).
+    """
+
+
+@hookspec
+def register_models(register) -> None:
+    """Register named models a recipe can use as ``model: {name: ...}`` without any hub access.
+
+    Called once, when the registry loads plugins.
+
+    ``register(name, builder, *, description=None)`` where ``builder(path)`` writes a model and tokenizer
+    loadable with ``from_pretrained(path)`` into the empty directory ``path``. rewardkit calls it once and
+    caches the result (``$REWARDKIT_CACHE``, default ``~/.cache/rewardkit``); builders must be deterministic.
+    ``builder`` may be a ``"module:attribute"`` string.
+    """
