@@ -73,6 +73,10 @@ class Stage:
                 problems.append(f"{key}: not a field of {cls.config_cls().__name__}{hint}")
         if problems:
             return problems
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():  # a GPU recipe still validates on a CPU machine
+            args = {k: v for k, v in args.items() if k not in ("bf16", "fp16", "tf32")}
         try:
             cls.make_config(args, tempfile.gettempdir())
         except (ValueError, TypeError) as exc:
