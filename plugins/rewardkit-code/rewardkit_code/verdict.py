@@ -148,6 +148,8 @@ def classify(case: Case, reply: dict, *, compare: str = "lines") -> tuple[str, s
         last = stderr.strip().splitlines()[-1:] or [""]
         if last[0].startswith("MemoryError"):
             return "memory_limit", "MemoryError"
+        if "[Errno 27]" in last[0] or "[Errno 28]" in last[0]:  # EFBIG (RLIMIT_FSIZE), ENOSPC (tmpfs cap)
+            return "output_limit", last[0][:200]
         return "runtime_error", f"exit status {reply.get('exit')}: {last[0][:200]}"
     if case.is_call:
         ok, value, why = decode_result(reply.get("result", b""))
