@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -385,22 +386,32 @@ class Pool:
         self._slots: list[Slot] = []
         self._lock = threading.Lock()
         self._closed = False
+        # bwrap --die-with-parent uses PR_SET_PDEATHSIG, which fires when the *thread* that spawned it exits:
+        # every slot is spawned from this one long-lived thread, never from a short-lived worker thread.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewardkit-code-spawner")
         try:
             for i in range(workers):
-                slot = Slot(config, i)
-                slot.start()
+                slot = self._spawn(i)
                 self._slots.append(slot)
                 self._free.put(slot)
         except BaseException:
             for slot in self._slots:
                 slot.close()
+            self._spawner.shutdown(wait=False)
             raise
         _live_pools.add(self)
 
+    def _spawn(self, index: int) -> Slot:
+        def start():
+            slot = Slot(self.config, index)
+            slot.start()
+            return slot
+
+        return self._spawner.submit(start).result()
+
     def _replace(self, slot: Slot) -> Slot:
         slot.close()
-        fresh = Slot(self.config, slot.index)
-        fresh.start()  # SandboxUnavailable propagates; the caller puts the dead slot back
+        fresh = self._spawn(slot.index)  # SandboxUnavailable propagates; the caller puts the dead slot back
         with self._lock:
             self._slots = [fresh if s is slot else s for s in self._slots]
         return fresh
@@ -446,6 +457,7 @@ class Pool:
         self._closed = True
         for slot in self._slots:
             slot.close()
+        self._spawner.shutdown(wait=False)
         _live_pools.discard(self)
 
 

@@ -181,4 +181,13 @@ def test_sandbox_failure_is_none_not_zero():
     killer.join()
     assert out == [None], reward.last_details
     assert reward.last_details[0][0][0] == "sandbox_error" and time.monotonic() - t0 < 1.5
-    assert reward(prompts=[""], completions=["print(1)"], tests=one) == [1.0]  # a fresh slot took over
+    assert reward(prompts=[""], completions=["print(1)"], tests=one) == [1.0], reward.last_details  # fresh slot
+
+
+@pytest.mark.skipif(bool(host_problems("weak")), reason="SANDBOX UNAVAILABLE (weak)")
+def test_weak_mode_is_explicit_and_still_judges():
+    reward = CodeTests(timeout=1, workers=1, isolation="weak")
+    tests = [json.dumps([{"stdin": "2 3\n", "stdout": "5\n"}])]
+    assert reward(prompts=[""], completions=["a, b = map(int, input().split())\nprint(a + b)"], tests=tests) == [1.0]
+    assert reward(prompts=[""], completions=["x = bytearray(1 << 33)"], tests=tests) == [0.0]
+    assert reward.last_details[0][0][0] == "memory_limit"
