@@ -132,3 +132,23 @@ def test_import_rewardkit_and_listing_plugins_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "exact_match" in out.stdout
+
+
+def test_broken_installed_plugin_is_listed_and_named_when_needed(monkeypatch):
+    from importlib import metadata
+
+    from rewardkit import registry as reg
+
+    broken = metadata.EntryPoint(name="broken", value="no_such_module_abc.plugin", group="rewardkit")
+    real = metadata.entry_points
+
+    def fake(group):
+        return list(real(group=group)) + ([broken] if group == "rewardkit" else [])
+
+    monkeypatch.setattr(reg.metadata, "entry_points", fake)
+    r = Registry()
+    [info] = [p for p in r.plugins() if p.name == "broken"]
+    assert "ModuleNotFoundError" in info.error and "no_such_module_abc" in info.error
+    assert "exact_match" in r.names("rewards")  # the others still load
+    with pytest.raises(PluginError, match="plugin 'broken' .* failed to load: ModuleNotFoundError"):
+        r.get("rewards", "broken.reward")
