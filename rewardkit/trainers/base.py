@@ -92,10 +92,10 @@ class Stage:
 
     @staticmethod
     def platform_defaults() -> dict:
-        """bf16 only where it is fast: TRL turns it on by default, which is slow and lossy on CPU."""
+        """On CPU: no bf16 (TRL turns it on by default; slow and lossy there), no pinned memory."""
         import torch  # noqa: PLC0415
 
-        return {} if torch.cuda.is_available() else {"bf16": False}
+        return {} if torch.cuda.is_available() else {"bf16": False, "dataloader_pin_memory": False}
 
     @classmethod
     def missing_columns(cls, columns: list[str]) -> str | None:
