@@ -52,3 +52,48 @@ ESTIMATORS = {
     "low_var_kl": ("rewardkit.kl:low_var_kl", "k3 clamped to [-10, 10] (verl)"),
     "abs": ("rewardkit.kl:abs_kl", "absolute log-ratio; biased, robust"),
 }
+
+
+class FixedKLController:
+    """A constant KL coefficient β."""
+
+    def __init__(self, beta: float):
+        self.beta = float(beta)
+
+    def update(self, kl: float, n_steps: int = 1) -> float:
+        return self.beta
+
+
+class AdaptiveKLController:
+    """β adapted toward a KL target.
+
+    ``mode="halve_double"``: the PPO paper's rule (Schulman et al. 2017, §4): after each update, β ← β/2 when
+    the measured KL < target/1.5 and β ← 2β when KL > 1.5·target.
+    ``mode="proportional"``: the controller of Ziegler et al. 2019 ("Fine-Tuning LMs from Human Preferences"):
+    e = clip(KL/target − 1, −0.2, 0.2); β ← β·(1 + e·n_steps/horizon).
+    """
+
+    MODES = ("halve_double", "proportional")
+
+    def __init__(self, beta: float, target: float, mode: str = "halve_double", horizon: int = 10000):
+        if target <= 0:
+            raise ValueError(f"KL target must be > 0, got {target}")
+        if mode not in self.MODES:
+            raise ValueError(f"KL controller mode must be one of {self.MODES}, got {mode!r}")
+        self.beta, self.target, self.mode, self.horizon = float(beta), float(target), mode, horizon
+
+    def update(self, kl: float, n_steps: int = 1) -> float:
+        if self.mode == "halve_double":
+            if kl < self.target / 1.5:
+                self.beta /= 2.0
+            elif kl > self.target * 1.5:
+                self.beta *= 2.0
+        else:
+            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.beta *= 1.0 + error * n_steps / self.horizon
+        return self.beta
+
+
+def kl_controller(beta: float, target: float | None = None, mode: str = "halve_double", horizon: int = 10000):
+    """A fixed controller without a target, an adaptive one with it."""
+    return FixedKLController(beta) if target is None else AdaptiveKLController(beta, target, mode, horizon)

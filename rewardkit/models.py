@@ -1,0 +1,126 @@
+"""Model options of a recipe -> what TRL trainers take (path, init kwargs, quantization, LoRA)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from rewardkit.errors import RecipeError
+
+BUILD_VERSION = "v1"  # bump when an embedded builder changes, so caches are rebuilt
+
+
+def cache_dir() -> str:
+    return os.environ.get("REWARDKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rewardkit"))
+
+
+def resolve(name: str, registry, recipe=None) -> str:
+    """A registered model's cached directory (built on first use), a local directory, or the hub id."""
+    if name in registry.names("models"):
+        comp = registry.get("models", name)
+        path = os.path.join(cache_dir(), "models", f"{name}-{comp.version}-{BUILD_VERSION}")
+        if not os.path.isdir(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(path))
+            try:
+                comp.load()(tmp)
+                os.replace(tmp, path)  # atomic: concurrent builders race harmlessly
+            except OSError:
+                if not os.path.isdir(path):
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+    if recipe is not None and os.path.isdir(recipe.resolve_path(name)):
+        return recipe.resolve_path(name)
+    return name
+
+
+def _dtype(name: str | None):
+    import torch  # noqa: PLC0415
+
+    return {None: None, "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def quantization_config(model: dict):
+    q = model.get("quantization")
+    if not q:
+        return None
+    from transformers import BitsAndBytesConfig  # noqa: PLC0415
+
+    try:
+        import bitsandbytes  # noqa: F401, PLC0415
+    except ImportError:
+        raise RecipeError("model.quantization needs bitsandbytes: pip install 'rewardkit[quant]'") from None
+    if q.get("bits", 4) == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=q.get("quant_type", "nf4"),
+        bnb_4bit_use_double_quant=q.get("double_quant", True),
+        bnb_4bit_compute_dtype=_dtype(q.get("compute_dtype") or model.get("dtype") or "float32"),
+    )
+
+
+def peft_config(model: dict, task_type: str = "CAUSAL_LM"):
+    lora = model.get("lora")
+    if not lora:
+        return None
+    from peft import LoraConfig  # noqa: PLC0415
+
+    kwargs = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear",
+              "task_type": task_type, **lora}
+    try:
+        return LoraConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"model.lora: {exc}") from None
+
+
+def init_kwargs(model: dict) -> dict:
+    """``from_pretrained`` keyword arguments (TRL's ``model_init_kwargs``)."""
+    kw = {"dtype": model.get("dtype") or "float32"}
+    for key in ("revision", "trust_remote_code", "attn_implementation"):
+        if model.get(key) is not None:
+            kw[key] = model[key]
+    return kw
+
+
+def load_for_inference(path: str, model: dict, cls=None):
+    """Load a model the way its stage will train it (quantized if configured), for evaluation."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    cls = cls or AutoModelForCausalLM
+    kw = init_kwargs(model)
+    kw["dtype"] = _dtype(kw["dtype"])
+    q = quantization_config(model)
+    if q is not None:
+        kw["quantization_config"] = q
+    return cls.from_pretrained(path, **kw)
+
+
+def save_merged(trainer, base_path: str, model: dict, out_dir: str, cls=None) -> str:
+    """Write the stage's result as a full model directory, so the next stage can start from it.
+
+    Without LoRA this is ``trainer.save_model``. With LoRA the adapter is saved next to it (``adapter/``) and
+    merged into a freshly loaded *unquantized* copy of the base (merging into 4-bit weights would round the
+    update away), the usual way QLoRA results are exported.
+    """
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    cls = cls or AutoModelForCausalLM
+    tok = trainer.processing_class
+    if not model.get("lora"):
+        trainer.save_model(out_dir)
+        return out_dir
+    adapter_dir = os.path.join(out_dir, "adapter")
+    trainer.model.save_pretrained(adapter_dir)
+    from peft import PeftModel  # noqa: PLC0415
+
+    dtype = _dtype(model.get("dtype") or "float32")
+    base = cls.from_pretrained(base_path, dtype=None if dtype == "auto" else dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    if tok is not None:
+        getattr(tok, "tokenizer", tok).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,460 @@
+"""Recipes: YAML files that describe a run, validated completely before any model loads.
+
+A recipe has a model, a dataset, one or more stages (each naming a trainer, its TRL config fields and, for
+RL trainers, reward blocks ``{name, alias, weight, params}``), and an optional held-out evaluation. A
+single-stage recipe may write ``trainer:``/``rewards:`` at the top level instead of ``stages:``. The full
+format is documented in docs/recipes.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from rewardkit.errors import PluginError, RecipeError
+from rewardkit.registry import Registry, get_registry
+
+# key -> (type(s), help). The schema of everything except trainer fields, which belong to TRL.
+TOP_KEYS = {
+    "description": (str, "free text"),
+    "output_dir": (str, "where stages write checkpoints, models and the summary"),
+    "seed": (int, "seed for data order, sampling and initialisation"),
+    "model": (dict, "the model to start from"),
+    "data": (dict, "the dataset"),
+    "stages": (dict, "ordered mapping of stage name -> stage"),
+    "trainer": (dict, "single-stage shorthand: the trainer section"),
+    "rewards": (list, "single-stage shorthand: the reward blocks"),
+    "eval": (dict, "held-out evaluation before training and after each stage"),
+}
+MODEL_KEYS = {
+    "name": (str, "registered model (rewardkit plugins), local directory, or hub id"),
+    "dtype": (str, "float32 | bfloat16 | float16 | auto"),
+    "revision": (str, "hub revision"),
+    "trust_remote_code": (bool, "passed to from_pretrained"),
+    "attn_implementation": (str, "eager | sdpa | flash_attention_2 ..."),
+    "lora": (dict, "peft LoraConfig fields (r, lora_alpha, lora_dropout, target_modules, ...)"),
+    "quantization": (dict, "bitsandbytes: {bits: 4|8, quant_type: nf4|fp4, double_quant, compute_dtype}"),
+}
+QUANT_KEYS = {
+    "bits": (int, "4 or 8"),
+    "quant_type": (str, "nf4 | fp4 (4-bit only)"),
+    "double_quant": (bool, "nested quantization of the 4-bit constants"),
+    "compute_dtype": (str, "dtype of 4-bit matmuls: float32 | bfloat16 | float16"),
+}
+DATA_KEYS = {
+    "name": (str, "a registered dataset (rewardkit plugins)"),
+    "params": (dict, "arguments of the registered dataset's loader"),
+    "path": (str, "local .jsonl/.json/.csv/.parquet file, relative to the recipe"),
+    "test_path": (str, "held-out file, relative to the recipe"),
+    "test_size": ((int, float), "held out from `path`/hub split when no test file/split: count or fraction"),
+    "hub": (str, "hub dataset id (needs network)"),
+    "config": (str, "hub dataset config name"),
+    "split": (str, "hub training split (default train)"),
+    "test_split": (str, "hub held-out split"),
+    "rename": (dict, "columns to rename, {old: new}"),
+    "prompt_template": (str, "builds the `prompt` column, e.g. '{question}\\n'"),
+    "completion_template": (str, "builds the `completion` column (SFT), e.g. '{answer}'"),
+    "system_prompt": (str, "with chat: true, a system message before each prompt"),
+    "chat": (bool, "turn string prompts into conversations (applies the tokenizer's chat template)"),
+    "limit": (int, "use only the first N training rows"),
+}
+STAGE_KEYS = {
+    "trainer": (dict, "the trainer: {type: <registered trainer>, <TRL config field>: value, ...}"),
+    "rewards": (list, "reward blocks {name, alias, weight, params}"),
+    "model": (dict, "model keys overriding the recipe's for this stage (e.g. lora)"),
+    "data": (dict, "data keys overriding the recipe's for this stage"),
+    "eval": (bool, "evaluate after this stage (default true when the recipe has eval)"),
+}
+REWARD_KEYS = {
+    "name": (str, "registered reward name"),
+    "alias": (str, "this instance's name in logs (default: name); needed to use one reward twice"),
+    "weight": ((int, float), "weight in the summed reward (default 1.0)"),
+    "params": (dict, "arguments bound to the reward factory's signature"),
+}
+EVAL_KEYS = {
+    "reward": ((str, dict), "reward name or block {name, params} scoring greedy completions"),
+    "split": (str, "split to evaluate (default test)"),
+    "n": (int, "evaluate the first N rows (default all)"),
+    "max_new_tokens": (int, "generation length (default 16)"),
+    "batch_size": (int, "generation batch size (default 64)"),
+}
+ALL_SCHEMAS = {"model": MODEL_KEYS, "data": DATA_KEYS, "eval": EVAL_KEYS}
+
+
+# --------------------------------------------------------------------------- loading and overrides
+def load_yaml(path: str) -> dict:
+    if not os.path.exists(path):
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"not valid YAML: {exc}", source=path) from None
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of keys (model, data, stages, ...)", source=path)
+    return data
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str | None = None) -> dict:
+    """Apply ``a.b.c=value`` (value parsed as YAML) and ``~a.b`` (delete) to a copy of ``raw``."""
+    data = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        delete = item.startswith("~")
+        key, sep, value = item.lstrip("~").partition("=")
+        if not key or (not delete and not sep) or (delete and sep):
+            problems.append(f"override {item!r}: expected key.path=value or ~key.path")
+            continue
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None and not delete:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                problems.append(f"override {item!r}: '{'.'.join(parts[:i + 1])}' is not a section")
+                break
+            node = nxt
+        else:
+            if delete:
+                if parts[-1] not in node:
+                    problems.append(f"override {item!r}: '{key}' is not in the recipe")
+                else:
+                    del node[parts[-1]]
+            else:
+                try:
+                    node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+                except yaml.YAMLError:
+                    node[parts[-1]] = value
+    if problems:
+        raise RecipeError(problems, source=source)
+    return data
+
+
+# --------------------------------------------------------------------------- normalized recipe
+@dataclass
+class RewardBlock:
+    name: str
+    alias: str
+    weight: float
+    params: dict
+
+
+@dataclass
+class StageSpec:
+    name: str
+    trainer_type: str
+    trainer_args: dict
+    rewards: list[RewardBlock]
+    model: dict
+    data: dict
+    evaluate: bool
+
+
+@dataclass
+class Recipe:
+    path: str | None
+    base_dir: str
+    output_dir: str
+    seed: int
+    model: dict
+    data: dict
+    stages: list[StageSpec]
+    eval: dict | None
+    raw: dict
+
+    def resolve_path(self, p: str) -> str:
+        """Paths in a recipe are relative to the recipe file; fall back to the working directory."""
+        if os.path.isabs(p):
+            return p
+        candidate = os.path.join(self.base_dir, p)
+        return candidate if os.path.exists(candidate) or not os.path.exists(p) else p
+
+
+def _check_keys(section: Any, schema: dict, where: str, problems: list[str]) -> dict:
+    if not isinstance(section, dict):
+        problems.append(f"{where}: expected a mapping, got {type(section).__name__}")
+        return {}
+    for key, value in section.items():
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(schema)}"
+            problems.append(f"{where}.{key}: unknown key{hint}")
+            continue
+        types, _ = schema[key]
+        types = types if isinstance(types, tuple) else (types,)
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            names = " or ".join(t.__name__ for t in types)
+            problems.append(f"{where}.{key}: expected {names}, got {type(value).__name__} ({value!r:.40})")
+    return section
+
+
+def _merge(base: dict, over: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
+    """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`."""
+    _check_keys(raw, TOP_KEYS, "recipe", problems)
+    model = raw.get("model")
+    if model is None:
+        problems.append("model: missing (e.g. model: {name: tiny-llama})")
+        model = {}
+    else:
+        _check_keys(model, MODEL_KEYS, "model", problems)
+    data = raw.get("data")
+    if data is None:
+        problems.append("data: missing (e.g. data: {name: arithmetic})")
+        data = {}
+    else:
+        _check_keys(data, DATA_KEYS, "data", problems)
+    ev = raw.get("eval")
+    if ev is not None:
+        _check_keys(ev, EVAL_KEYS, "eval", problems)
+
+    stages_raw: dict = {}
+    if "stages" in raw and ("trainer" in raw or "rewards" in raw):
+        problems.append("recipe: use either stages: or a top-level trainer:/rewards:, not both")
+    elif "stages" in raw:
+        stages_raw = raw["stages"] if isinstance(raw["stages"], dict) else {}
+        if not stages_raw:
+            problems.append("stages: expected a non-empty mapping of stage name -> {trainer, rewards, ...}")
+    elif "trainer" in raw:
+        trainer = raw["trainer"] if isinstance(raw["trainer"], dict) else {}
+        name = str(trainer.get("type", "train"))
+        stages_raw = {name: {"trainer": raw["trainer"], **({"rewards": raw["rewards"]} if "rewards" in raw else {})}}
+    else:
+        problems.append("recipe: no trainer; add trainer: {type: grpo, ...} or stages:")
+
+    stages = []
+    for sname, sraw in stages_raw.items():
+        where = "trainer" if "stages" not in raw else f"stages.{sname}"
+        if not isinstance(sraw, dict):
+            problems.append(f"{where}: expected a mapping with a trainer")
+            continue
+        if "stages" in raw:
+            _check_keys(sraw, STAGE_KEYS, where, problems)
+        trainer = sraw.get("trainer")
+        tw = "trainer" if "stages" not in raw else f"{where}.trainer"
+        if not isinstance(trainer, dict) or "type" not in trainer:
+            problems.append(f"{tw}: missing type (e.g. type: grpo)")
+            trainer = {"type": None}
+        args = {k: v for k, v in trainer.items() if k != "type"}
+        rewards = []
+        rw_where = "rewards" if "stages" not in raw else f"{where}.rewards"
+        for i, block in enumerate(sraw.get("rewards") or []):
+            bw = f"{rw_where}[{i}]"
+            if isinstance(block, str):
+                block = {"name": block}
+            if not isinstance(block, dict) or "name" not in block:
+                problems.append(f"{bw}: expected {{name, weight, params}}")
+                continue
+            _check_keys(block, REWARD_KEYS, bw, problems)
+            weight = block.get("weight", 1.0)
+            rewards.append(RewardBlock(str(block["name"]), str(block.get("alias") or block["name"]),
+                                       float(weight) if isinstance(weight, (int, float)) else 1.0,
+                                       block.get("params") or {}))
+        smodel = sraw.get("model") or {}
+        sdata = sraw.get("data") or {}
+        if smodel:
+            _check_keys(smodel, MODEL_KEYS, f"{where}.model", problems)
+        if sdata:
+            _check_keys(sdata, DATA_KEYS, f"{where}.data", problems)
+        stages.append(StageSpec(str(sname), trainer.get("type"), args, rewards, _merge(model, smodel),
+                                _merge(data, sdata), bool(sraw.get("eval", True))))
+
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    seed = raw.get("seed", 42)
+    default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
+    return Recipe(path, base_dir, str(raw.get("output_dir") or default_out), seed if isinstance(seed, int) else 42,
+                  model, data, stages, ev, raw)
+
+
+# --------------------------------------------------------------------------- semantic validation
+def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry, problems: list[str]):
+    """Columns the dataset will have after rename/templates, or None when unknown (hub datasets)."""
+    from rewardkit.data import file_columns  # noqa: PLC0415
+
+    sources = [k for k in ("name", "path", "hub") if data.get(k)]
+    if len(sources) != 1:
+        problems.append(f"{where}: give exactly one of name, path or hub" + (f" (got {', '.join(sources)})"
+                                                                           if sources else ""))
+        return None
+    cols: list[str] | None
+    if data.get("name"):
+        try:
+            comp = registry.get("datasets", data["name"])
+        except PluginError as exc:
+            problems.append(f"{where}.name: {exc}")
+            return None
+        cols = list(comp.columns) if comp.columns else None
+        loader = comp.load()
+        import inspect  # noqa: PLC0415
+
+        try:
+            inspect.signature(loader).bind(**(data.get("params") or {}))
+        except TypeError as exc:
+            problems.append(f"{where}.params: dataset '{data['name']}' from {comp.provider}: {exc}")
+    elif data.get("path"):
+        cols = None
+        for key in ("path", "test_path"):
+            if data.get(key):
+                p = recipe.resolve_path(data[key])
+                if not os.path.exists(p):
+                    problems.append(f"{where}.{key}: file not found: {p}")
+                    continue
+                try:
+                    found = file_columns(p)
+                except ValueError as exc:
+                    problems.append(f"{where}.{key}: {exc}")
+                    continue
+                cols = found if cols is None else [c for c in cols if c in found]
+    else:
+        return None
+    if cols is None:
+        return None
+    for old, new in (data.get("rename") or {}).items():
+        if old not in cols:
+            problems.append(f"{where}.rename: column '{old}' not in dataset (columns: {', '.join(cols)})")
+        else:
+            cols[cols.index(old)] = new
+    for key, col in (("prompt_template", "prompt"), ("completion_template", "completion")):
+        tmpl = data.get(key)
+        if isinstance(tmpl, str):
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(tmpl) if f]
+            except ValueError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+                continue
+            for f in fields:
+                if f not in cols:
+                    problems.append(f"{where}.{key}: field '{{{f}}}' is not a dataset column "
+                                    f"(columns: {', '.join(cols)})")
+            if col not in cols:
+                cols.append(col)
+    return cols
+
+
+def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, problems: list[str]) -> None:
+    name = model.get("name")
+    if not name:
+        problems.append(f"{where}.name: missing")
+    elif name not in registry.names("models") and not os.path.isdir(recipe.resolve_path(name)):
+        if name.count("/") != 1 or name.startswith((".", "/")):
+            problems.append(f"{where}.name: '{name}' is not a registered model, a local directory, or a hub id "
+                            f"(org/name); {registry.unknown_message('models', name)}")
+    if model.get("dtype") not in (None, "float32", "bfloat16", "float16", "auto"):
+        problems.append(f"{where}.dtype: '{model['dtype']}' is not one of float32, bfloat16, float16, auto")
+    quant = model.get("quantization")
+    if isinstance(quant, dict):
+        _check_keys(quant, QUANT_KEYS, f"{where}.quantization", problems)
+        if quant.get("bits", 4) not in (4, 8):
+            problems.append(f"{where}.quantization.bits: must be 4 or 8, got {quant.get('bits')!r}")
+        if quant.get("quant_type", "nf4") not in ("nf4", "fp4"):
+            problems.append(f"{where}.quantization.quant_type: must be nf4 or fp4")
+    lora = model.get("lora")
+    if isinstance(lora, dict):
+        from peft import LoraConfig  # noqa: PLC0415
+
+        fields = {f.name for f in dataclasses.fields(LoraConfig)}
+        for k in lora:
+            if k not in fields:
+                close = difflib.get_close_matches(k, fields, n=1)
+                problems.append(f"{where}.lora.{k}: not a peft LoraConfig field"
+                                + (f" (did you mean '{close[0]}'?)" if close else ""))
+
+
+def validate(recipe: Recipe, registry: Registry | None = None, problems: list[str] | None = None) -> list[str]:
+    """Check everything that can be checked without loading a model. Returns the list of problems."""
+    registry = registry or get_registry()
+    problems = [] if problems is None else problems
+    problems.extend(f"plugins: {c}" for c in registry.conflicts())
+    multi = "stages" in recipe.raw
+    _check_model(recipe, recipe.model, "model", registry, problems)
+    base_cols = _dataset_columns(recipe, recipe.data, "data", registry, problems) if recipe.data else None
+
+    for stage in recipe.stages:
+        where = f"stages.{stage.name}" if multi else ""
+        tw = f"{where}.trainer" if multi else "trainer"
+        rw = f"{where}.rewards" if multi else "rewards"
+        if stage.model != recipe.model:
+            _check_model(recipe, stage.model, f"{where}.model", registry, problems)
+        cols = (_dataset_columns(recipe, stage.data, f"{where}.data", registry, problems)
+                if stage.data != recipe.data else base_cols)
+        if stage.trainer_type is None:
+            continue
+        try:
+            stage_cls = registry.load("trainers", stage.trainer_type)
+        except PluginError as exc:
+            problems.append(f"{tw}.type: {exc}")
+            continue
+        problems.extend(f"{tw}.{p}" for p in stage_cls.check_args(stage.trainer_args))
+        if stage_cls.takes_rewards and not stage.rewards:
+            problems.append(f"{rw}: trainer '{stage.trainer_type}' needs at least one reward block")
+        if not stage_cls.takes_rewards and stage.rewards:
+            problems.append(f"{rw}: trainer '{stage.trainer_type}' does not take rewards")
+        if cols is not None:
+            missing = stage_cls.missing_columns(cols)
+            if missing:
+                problems.append(f"{where + '.' if multi else ''}data: trainer '{stage.trainer_type}' needs "
+                                f"{missing}; dataset columns are {', '.join(cols)}")
+        aliases: dict[str, int] = {}
+        for i, block in enumerate(stage.rewards):
+            bw = f"{rw}[{i}]"
+            if block.alias in aliases:
+                problems.append(f"{bw}: name '{block.alias}' already used by {rw}[{aliases[block.alias]}]; "
+                                f"give one an alias")
+            aliases[block.alias] = i
+            problems.extend(_reward_problems(registry, block.name, block.params, bw, cols))
+    if recipe.eval:
+        rew = recipe.eval.get("reward")
+        if rew is None:
+            problems.append("eval.reward: missing (the reward that scores greedy completions)")
+        else:
+            block = rew if isinstance(rew, dict) else {"name": rew}
+            if "name" not in block:
+                problems.append("eval.reward: expected a name or {name, params}")
+            else:
+                problems.extend(_reward_problems(registry, block["name"], block.get("params") or {},
+                                                 "eval.reward", base_cols))
+    return problems
+
+
+def _reward_problems(registry, name, params, where, cols) -> list[str]:
+    try:
+        registry.get("rewards", name)
+        found = registry.reward_problems(name, params)
+        if found:
+            return [f"{where}: {p}" for p in found]
+        needed = registry.reward_columns(name, params)
+    except PluginError as exc:
+        return [f"{where}.name: {exc}"]
+    if not isinstance(params, dict):
+        return [f"{where}.params: expected a mapping"]
+    if cols is not None:
+        missing = [c for c in needed if c not in cols]
+        if missing:
+            return [f"{where}: reward '{name}' needs column(s) {', '.join(missing)}; dataset columns are "
+                    f"{', '.join(cols)}"]
+    return []
+
+
+def load_recipe(path: str, overrides: list[str] | None = None, registry: Registry | None = None) -> Recipe:
+    """Load, override, normalize and validate; raise RecipeError listing every problem."""
+    raw = apply_overrides(load_yaml(path), overrides or [], source=path)
+    problems: list[str] = []
+    recipe = normalize(raw, path, problems)
+    validate(recipe, registry, problems)
+    if problems:
+        raise RecipeError(problems, source=path)
+    return recipe

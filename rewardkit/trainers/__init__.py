@@ -1,0 +1,1 @@
+"""Trainer stages. Each is registered by name through ``register_trainers`` (see rewardkit.builtin)."""

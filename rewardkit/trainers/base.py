@@ -1,0 +1,131 @@
+"""The Stage contract: how a recipe's ``trainer`` section becomes a configured TRL trainer.
+
+A stage class names its TRL config dataclass (checked field by field at validation time), the dataset
+columns it needs and whether it takes reward blocks; ``build_trainer(ctx)`` returns an object with
+``train()``, ``model``, ``state`` and ``processing_class`` (a TRL/transformers Trainer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from rewardkit.registry import _import_target
+
+# Set by rewardkit from other recipe sections; a trainer section that sets them is rejected with a pointer.
+RESERVED = {
+    "output_dir": "set output_dir at the top of the recipe",
+    "model_init_kwargs": "use the model: section (dtype, attn_implementation, quantization, lora)",
+    "reward_weights": "give each reward block a weight",
+}
+
+
+@dataclass
+class StageContext:
+    recipe: Any
+    spec: Any  # rewardkit.recipe.StageSpec
+    registry: Any
+    model_path: str
+    tokenizer: Any
+    dataset: Any  # DatasetDict
+    output_dir: str
+    rewards: list = field(default_factory=list)  # built TRL reward functions, aligned with spec.rewards
+    callbacks: list = field(default_factory=list)
+
+
+class Stage:
+    """Base class of trainer stages; subclasses override the class attributes and ``build_trainer``."""
+
+    config_class: str = ""  # "module:Class" of the TRL config dataclass
+    model_class: str = "transformers:AutoModelForCausalLM"  # how a stage's result is reloaded
+    takes_rewards: bool = False
+    # Dataset layouts the trainer accepts: each entry is one acceptable set of columns.
+    column_layouts: tuple[tuple[str, ...], ...] = ()
+    # Defaults we choose over TRL's (the recipe can override each).
+    defaults: dict = {"report_to": "none", "save_strategy": "no", "logging_steps": 10}
+
+    @classmethod
+    def config_cls(cls):
+        return _import_target(cls.config_class)
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls.config_cls()) if f.init}
+
+    @classmethod
+    def check_args(cls, args: dict) -> list[str]:
+        """Problems with a trainer section: unknown or reserved keys, then the config's own checks."""
+        fields = cls.fields()
+        problems = []
+        for key in args:
+            if key in RESERVED:
+                problems.append(f"{key}: set by rewardkit; {RESERVED[key]}")
+            elif key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                problems.append(f"{key}: not a field of {cls.config_cls().__name__}{hint}")
+        if problems:
+            return problems
+        try:
+            cls.make_config(args, tempfile.gettempdir())
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{cls.config_cls().__name__} rejects these values: {exc}")
+        return problems
+
+    @classmethod
+    def make_config(cls, args: dict, output_dir: str, **extra):
+        kwargs = {**cls.defaults, **cls.platform_defaults(), **extra, **args}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.config_cls()(output_dir=output_dir, **kwargs)
+
+    @staticmethod
+    def platform_defaults() -> dict:
+        """bf16 only where it is fast: TRL turns it on by default, which is slow and lossy on CPU."""
+        import torch  # noqa: PLC0415
+
+        return {} if torch.cuda.is_available() else {"bf16": False}
+
+    @classmethod
+    def missing_columns(cls, columns: list[str]) -> str | None:
+        if not cls.column_layouts or any(all(c in columns for c in lay) for lay in cls.column_layouts):
+            return None
+        return " or ".join("(" + ", ".join(lay) + ")" for lay in cls.column_layouts)
+
+    def config(self, ctx: StageContext, **extra):
+        args = dict(ctx.spec.trainer_args)
+        args.setdefault("seed", ctx.recipe.seed)
+        return self.make_config(args, ctx.output_dir, **extra)
+
+    def build_trainer(self, ctx: StageContext):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LogHistoryCallback:
+    """Appends every log record to ``<output_dir>/log.jsonl`` as it happens (survives crashes)."""
+
+    def __init__(self, path: str):
+        from transformers import TrainerCallback  # noqa: PLC0415
+
+        self.path = path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        outer = self
+
+        class _CB(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and state.is_world_process_zero:
+                    with open(outer.path, "a") as f:
+                        f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        self.callback = _CB()
+
+
+def accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters

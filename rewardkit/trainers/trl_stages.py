@@ -1,0 +1,63 @@
+"""Stages backed directly by TRL trainers: our layer adds nothing TRL already does.
+
+The model is handed to TRL as a path plus ``model_init_kwargs``, ``quantization_config`` and ``peft_config``,
+so TRL builds the policy and (when needed) the reference exactly as it would for a TRL user.
+"""
+
+from __future__ import annotations
+
+from rewardkit import models
+from rewardkit.trainers.base import Stage, StageContext
+
+
+class _TRLStage(Stage):
+    trainer_class = ""
+
+    def trainer_kwargs(self, ctx: StageContext) -> dict:
+        return {}
+
+    def build_trainer(self, ctx: StageContext):
+        from rewardkit.registry import _import_target  # noqa: PLC0415
+
+        model_cfg = ctx.spec.model
+        config = self.config(ctx, model_init_kwargs=models.init_kwargs(model_cfg), **self.extra_config(ctx))
+        cls = _import_target(self.trainer_class)
+        return cls(
+            model=ctx.model_path, args=config, train_dataset=ctx.dataset["train"], processing_class=ctx.tokenizer,
+            quantization_config=models.quantization_config(model_cfg), peft_config=models.peft_config(model_cfg),
+            callbacks=ctx.callbacks, **self.trainer_kwargs(ctx),
+        )
+
+    def extra_config(self, ctx: StageContext) -> dict:
+        return {}
+
+
+class SFTStage(_TRLStage):
+    """Supervised fine-tuning (TRL ``SFTTrainer``), prompt/completion, conversational or text data."""
+
+    config_class = "trl:SFTConfig"
+    trainer_class = "trl:SFTTrainer"
+    column_layouts = (("prompt", "completion"), ("messages",), ("text",))
+
+
+class GRPOStage(_TRLStage):
+    """Group Relative Policy Optimization (TRL ``GRPOTrainer``) with rewards from the registry."""
+
+    config_class = "trl:GRPOConfig"
+    trainer_class = "trl:GRPOTrainer"
+    takes_rewards = True
+    column_layouts = (("prompt",),)
+
+    def extra_config(self, ctx):
+        return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
+
+    def trainer_kwargs(self, ctx):
+        return {"reward_funcs": ctx.rewards}
+
+
+class DPOStage(_TRLStage):
+    """Direct Preference Optimization (TRL ``DPOTrainer``) on prompt/chosen/rejected pairs."""
+
+    config_class = "trl:DPOConfig"
+    trainer_class = "trl:DPOTrainer"
+    column_layouts = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
