@@ -32,6 +32,7 @@ REJECTED = object()  # extraction result for multiple="reject" with disagreeing 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_RE = re.compile(r"[{}]")
 _ANSWER_IS_RE = re.compile(r"(?i)(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*")
+_LEADING_NUMBER_RE = re.compile(r"^((?:\\?\$)?[-+]?\d[\d,]*(?:\.\d+)?\\?%?)\s+[A-Za-z]")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _THOUSANDS_RE = re.compile(r"^(-?)\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
@@ -76,8 +77,8 @@ def boxed_contents(text: str, limit: int = MAX_BOXED) -> list[str]:
 
 
 def clean(ans: str) -> str:
-    """Strip math delimiters, trailing punctuation and thousands separators of a plain number."""
-    ans = ans.strip()
+    """Strip markdown bold, math delimiters, trailing punctuation and thousands separators of a plain number."""
+    ans = ans.strip().strip("*").strip()  # markdown bold around the answer
     for _ in range(2):
         for left, right in _DELIMS:
             if ans.startswith(left) and ans.endswith(right) and len(ans) >= len(left) + len(right):
@@ -117,8 +118,10 @@ def _from_answer_is(text: str):
         return None
     rest = tail[last.end():].split("\n", 1)[0]
     # End of sentence: a period followed by a space (not a decimal point) ends the answer.
-    rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
-    return rest.strip() or None
+    rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0].strip()
+    # "5 apples", "$18 in total": a leading number followed by words is the number (units dropped).
+    lead = _LEADING_NUMBER_RE.match(rest)
+    return (lead.group(1) if lead else rest) or None
 
 
 def _from_last_number(text: str):

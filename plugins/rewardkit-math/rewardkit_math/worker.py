@@ -55,12 +55,13 @@ class Checker:
                                                      nits=True, boxed="last", equations=False))]
         self.gold = functools.lru_cache(maxsize=8192)(self._parse_gold)
 
-    def parse(self, latex: str) -> list:
-        return self._parse(latex, extraction_config=self._config, parsing_timeout=None)
+    def parse(self, latex: str, fallback: str = "first_match") -> list:
+        return self._parse(latex, extraction_config=self._config, fallback_mode=fallback, parsing_timeout=None)
 
     def _parse_gold(self, latex: str):
+        # No string fallback: a gold that does not parse into math (e.g. "\frac{") cannot judge anything.
         try:
-            parsed = self.parse(latex)
+            parsed = self.parse(latex, fallback="no_fallback")
         except Exception:  # noqa: BLE001 - an unparseable gold is a verdict, not a crash
             return None
         return (parsed, _short(parsed[0])) if parsed else None
