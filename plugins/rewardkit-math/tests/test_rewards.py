@@ -136,3 +136,21 @@ def test_length_penalty():
         LengthPenalty(max_length=4, cache_length=8)
     with pytest.raises(ValueError, match="unit"):
         LengthPenalty(unit="words")
+
+
+def test_plain_number_shortcut_agrees_with_math_verify():
+    from rewardkit_math.accuracy import plain_verdict
+    from rewardkit_math.extract import normalize_gold
+    from rewardkit_math.worker import Checker
+
+    checker = Checker()
+    pairs = [("18", "18"), ("18", "18.0"), ("18", "17"), ("-5", "5"), ("0", "-0"), ("007", "7"), ("3.50", "3.5"),
+             ("1234", "1,234"), ("2.5", "2.50000001"), ("10", "10.5"), ("-12", "-12"), ("99999999999", "99999999998")]
+    decided = 0
+    for gold, answer in pairs:
+        latex = normalize_gold(gold)
+        fast = plain_verdict(latex, answer)
+        if fast is not None:
+            decided += 1
+            assert fast[:2] == checker.judge(latex, answer, 6, False)[:2], (gold, answer)
+    assert decided == 9
