@@ -31,7 +31,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 
 BOOT_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify (a loaded CI box is slow)
-MAX_CHUNK = 64
+MAX_CHUNK = 16  # small chunks: a slow item delays only the rest of its own chunk
 MAX_BOOT_FAILURES = 3
 
 
@@ -118,12 +118,13 @@ class Pool:
             now = time.monotonic()
             for w in list(self._workers):
                 if w.ready and w.job is None and pending:
-                    size = min(MAX_CHUNK, len(pending), math.ceil(len(pending) / (2 * len(self._workers))))
+                    size = min(MAX_CHUNK, len(pending), math.ceil(len(pending) / (4 * len(self._workers))))
                     w.job, w.pos, w.item_start = [pending.popleft() for _ in range(size)], 0, now
                     try:
                         w.conn.send((job_id, timeout, opts, [items[i] for i in w.job]))
-                    except OSError:
-                        left -= self._fail(w, results, pending, "error", "crashed", now)
+                    except OSError:  # died while idle: nothing of this chunk was tried, queue it all again
+                        pending.extendleft(reversed(w.job))
+                        self._replace(w, "crashed")
             busy = [w for w in self._workers if w.job is not None or not w.ready]
             deadlines = [w.item_start + timeout if w.job is not None else w.started + BOOT_TIMEOUT for w in busy]
             if not busy:
