@@ -131,16 +131,20 @@ class MathAccuracy:
             keys.append(key)
             out.append(None)
         todo = list(dict.fromkeys(k for k in keys if k is not None and k not in self._results))
+        fresh = {}
         if todo:
             results = get_pool(self.workers).run(todo, self.timeout, (self.precision, self.partial_credit))
-            with self._lock:
-                for key, (result, _) in zip(todo, results):
-                    self._results[key] = result
-                    if len(self._results) > RESULT_CACHE:
-                        self._results.popitem(last=False)
+            fresh = {key: result for key, (result, _) in zip(todo, results)}
+            with self._lock:  # timeouts and crashes may be load or luck: checked again next time
+                for key, result in fresh.items():
+                    if result[0] not in ("timeout", "error"):
+                        self._results[key] = result
+                while len(self._results) > RESULT_CACHE:
+                    self._results.popitem(last=False)
         for i, key in enumerate(keys):
             if key is not None:
-                status, score, gold_str, pred_str = self._results.get(key) or ("error", None, "", "evicted")
+                result = fresh.get(key) or self._results.get(key) or ("error", None, "", "evicted")
+                status, score, gold_str, pred_str = result
                 out[i] = (status, score, key[1], gold_str, pred_str)
         return out
 
