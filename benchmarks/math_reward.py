@@ -16,13 +16,13 @@ import random
 import time
 
 
-def make_inputs(n: int, rng: random.Random, group: int = 1) -> tuple[list[str], list[str]]:
+def make_inputs(n: int, rng: random.Random, group: int = 1) -> tuple[list[str], list[str], list[float]]:
     """GSM8K-like completions with a boxed final answer (about 30% wrong) and their gold answers.
 
     ``group`` consecutive completions answer the same problem, as GRPO's ``num_generations`` do: they share
     the gold and draw their final answer from the same few right and wrong forms.
     """
-    texts, golds = [], []
+    texts, golds, labels = [], [], []
     for i in range(n):
         if i % group == 0:
             seed = rng.random()
@@ -37,11 +37,13 @@ def make_inputs(n: int, rng: random.Random, group: int = 1) -> tuple[list[str], 
             gold, right, wrong = rf"{a}\sqrt{{{c}}}", rf"\sqrt{{{a * a * c}}}", rf"{a}\sqrt{{{c + 1}}}"
         else:
             gold, right, wrong = rf"\{{{a}, {b}\}}", rf"\{{{b}, {a}\}}", rf"\{{{a}, {b + 1}\}}"
-        answer = right if rng.random() < 0.7 else wrong
+        is_right = rng.random() < 0.7
+        answer = right if is_right else wrong
+        labels.append(1.0 if is_right else 0.0)
         steps = " ".join(f"Step {k}: {rng.randint(1, 99)} + {rng.randint(1, 99)} is a partial sum." for k in range(6))
         texts.append(f"Let us work it out. {steps} Therefore the final answer is $\\boxed{{{answer}}}$.")
         golds.append(gold)
-    return texts, golds
+    return texts, golds, labels
 
 
 def timed(fn, batches) -> tuple[float, float, list]:
@@ -83,9 +85,9 @@ def main() -> None:
     rng = random.Random(0)
     totals = {"ours": 0.0, "trl": 0.0}
     worst = {"ours": 0.0, "trl": 0.0}
-    n_total, agree = 0, 0
+    n_total, agree, right = 0, 0, {"ours": 0, "trl": 0}
     for r in range(args.rounds):
-        texts, golds = make_inputs(args.n, rng, args.group)
+        texts, golds, labels = make_inputs(args.n, rng, args.group)
         batches = [(texts[i:i + args.batch], golds[i:i + args.batch]) for i in range(0, args.n, args.batch)]
         t_ours, w_ours, s_ours = timed(ours_factory(), batches)
         t_trl, w_trl, s_trl = timed(trl, batches)
@@ -94,15 +96,19 @@ def main() -> None:
         worst["ours"], worst["trl"] = max(worst["ours"], w_ours), max(worst["trl"], w_trl)
         n_total += args.n
         agree += sum(a == b for a, b in zip(s_ours, s_trl))
+        right["ours"] += sum(a == b for a, b in zip(s_ours, labels))
+        right["trl"] += sum(a == b for a, b in zip(s_trl, labels))
         print(f"round {r}: ours {args.n / t_ours:7.1f}/s   trl {args.n / t_trl:7.1f}/s   "
               f"(ours correct {s_ours.count(1.0)}, trl correct {s_trl.count(1.0)}, trl skipped {s_trl.count(None)})")
     ours_rate, trl_rate = n_total / totals["ours"], n_total / totals["trl"]
     print(f"\nverifications/s: math.accuracy {ours_rate:.1f}  trl accuracy_reward {trl_rate:.1f}  "
           f"ratio {ours_rate / trl_rate:.2f}x  (same verdict on {agree}/{n_total})")
+    print(f"verdicts matching how each completion was built (right/wrong): ours {right['ours']}/{n_total}  "
+          f"trl {right['trl']}/{n_total}")
     print(f"slowest {args.batch}-completion call: ours {worst['ours']:.2f}s  trl {worst['trl']:.2f}s")
 
     # Worst case: one pathological answer among ordinary ones, default deadlines on both sides.
-    texts, golds = make_inputs(args.batch - 1, rng)
+    texts, golds, _ = make_inputs(args.batch - 1, rng)
     texts.append(r"The answer is $\boxed{9^{9^{9^{9}}}}$.")
     golds.append("2")
     for name, fn in (("ours", ours_factory()), ("trl", trl)):
