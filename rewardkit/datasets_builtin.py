@@ -15,8 +15,8 @@ PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected", "answer"]
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def _problems(max_operand: int, ops: str, seed: int, n_test: int):
-    """All distinct problems, shuffled by ``seed``, the first ``n_test`` held out."""
+def _problems(max_operand: int, ops: str, seed: int, n_test: int, n_train: int):
+    """Training problems (``n_train``, sampled with replacement) and ``n_test`` distinct held-out ones."""
     for op in ops:
         if op not in _OPS:
             raise ValueError(f"ops: unknown operator {op!r}; choose from {''.join(_OPS)}")
@@ -24,7 +24,9 @@ def _problems(max_operand: int, ops: str, seed: int, n_test: int):
     if n_test >= len(problems):
         raise ValueError(f"n_test={n_test} leaves no training problems ({len(problems)} exist)")
     random.Random(seed).shuffle(problems)
-    return problems[n_test:], problems[:n_test]
+    pool, test = problems[n_test:], problems[:n_test]
+    rng = random.Random(seed + 1)
+    return [rng.choice(pool) for _ in range(n_train)], test
 
 
 def arithmetic(n_train: int = 20000, n_test: int = 300, max_operand: int = 100, ops: str = "+",
@@ -33,9 +35,7 @@ def arithmetic(n_train: int = 20000, n_test: int = 300, max_operand: int = 100, 
     ``test`` (distinct held-out problems)."""
     from datasets import Dataset, DatasetDict
 
-    train_pool, test = _problems(max_operand, ops, seed, n_test)
-    rng = random.Random(seed + 1)
-    train = [rng.choice(train_pool) for _ in range(n_train)]
+    train, test = _problems(max_operand, ops, seed, n_test, n_train)
 
     def rows(items):
         out = {c: [] for c in ARITHMETIC_COLUMNS}
@@ -67,9 +67,8 @@ def arithmetic_preferences(n_train: int = 4000, n_test: int = 300, max_operand: 
     """Preference pairs over the arithmetic problems: ``chosen`` is right, ``rejected`` plausibly wrong."""
     from datasets import Dataset, DatasetDict
 
-    train_pool, test = _problems(max_operand, ops, seed, n_test)
-    rng = random.Random(seed + 2)
-    train = [rng.choice(train_pool) for _ in range(n_train)]
+    train, test = _problems(max_operand, ops, seed, n_test, n_train)
+    rng = random.Random(seed + 2)  # draws the wrong answers
 
     def rows(items):
         out = {c: [] for c in PREFERENCE_COLUMNS}

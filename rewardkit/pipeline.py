@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 from rewardkit import models
 from rewardkit.data import load_data
@@ -82,6 +83,8 @@ def run(recipe, registry) -> dict:
     from transformers import AutoTokenizer, set_seed  # noqa: PLC0415
 
     datasets.disable_progress_bars()  # keep the trainers' progress bars readable
+    # transformers 5.x deprecation notices that TRL triggers on every stage; nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
     set_seed(recipe.seed)
     os.makedirs(recipe.output_dir, exist_ok=True)
     data = _DataCache(recipe, registry)

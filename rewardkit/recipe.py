@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -89,12 +90,30 @@ ALL_SCHEMAS = {"model": MODEL_KEYS, "data": DATA_KEYS, "eval": EVAL_KEYS}
 
 
 # --------------------------------------------------------------------------- loading and overrides
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-5`` as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                               |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                               |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                               |[-+]?\.(?:inf|Inf|INF)
+                               |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str) -> dict:
     if not os.path.exists(path):
         raise RecipeError(f"recipe file not found: {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = parse_yaml(f)
     except yaml.YAMLError as exc:
         raise RecipeError(f"not valid YAML: {exc}", source=path) from None
     if not isinstance(data, dict):
@@ -130,7 +149,7 @@ def apply_overrides(raw: dict, overrides: list[str], source: str | None = None) 
                     del node[parts[-1]]
             else:
                 try:
-                    node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+                    node[parts[-1]] = parse_yaml(value) if value != "" else ""
                 except yaml.YAMLError:
                     node[parts[-1]] = value
     if problems:
@@ -184,7 +203,7 @@ def _check_keys(section: Any, schema: dict, where: str, problems: list[str]) -> 
         return {}
     for key, value in section.items():
         if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(schema)}"
             problems.append(f"{where}.{key}: unknown key{hint}")
             continue
@@ -391,23 +410,23 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
             _check_model(recipe, stage.model, f"{where}.model", registry, problems)
         cols = (_dataset_columns(recipe, stage.data, f"{where}.data", registry, problems)
                 if stage.data != recipe.data else base_cols)
-        if stage.trainer_type is None:
-            continue
-        try:
-            stage_cls = registry.load("trainers", stage.trainer_type)
-        except PluginError as exc:
-            problems.append(f"{tw}.type: {exc}")
-            continue
-        problems.extend(f"{tw}.{p}" for p in stage_cls.check_args(stage.trainer_args))
-        if stage_cls.takes_rewards and not stage.rewards:
-            problems.append(f"{rw}: trainer '{stage.trainer_type}' needs at least one reward block")
-        if not stage_cls.takes_rewards and stage.rewards:
-            problems.append(f"{rw}: trainer '{stage.trainer_type}' does not take rewards")
-        if cols is not None:
-            missing = stage_cls.missing_columns(cols)
-            if missing:
-                problems.append(f"{where + '.' if multi else ''}data: trainer '{stage.trainer_type}' needs "
-                                f"{missing}; dataset columns are {', '.join(cols)}")
+        stage_cls = None
+        if stage.trainer_type is not None:
+            try:
+                stage_cls = registry.load("trainers", stage.trainer_type)
+            except PluginError as exc:
+                problems.append(f"{tw}.type: {exc}")
+        if stage_cls is not None:
+            problems.extend(f"{tw}.{p}" for p in stage_cls.check_args(stage.trainer_args))
+            if stage_cls.takes_rewards and not stage.rewards:
+                problems.append(f"{rw}: trainer '{stage.trainer_type}' needs at least one reward block")
+            if not stage_cls.takes_rewards and stage.rewards:
+                problems.append(f"{rw}: trainer '{stage.trainer_type}' does not take rewards")
+            if cols is not None:
+                missing = stage_cls.missing_columns(cols)
+                if missing:
+                    problems.append(f"{where + '.' if multi else ''}data: trainer '{stage.trainer_type}' needs "
+                                    f"{missing}; dataset columns are {', '.join(cols)}")
         aliases: dict[str, int] = {}
         for i, block in enumerate(stage.rewards):
             bw = f"{rw}[{i}]"

@@ -236,6 +236,8 @@ class Registry:
     def add(self, kind: str, name: str, obj: Any, *, columns=None, description=None, plugin: str = "<local>",
             dist: str = "<local>") -> None:
         """Register one component directly (tests and scripts)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; kinds are {KINDS}")
         info = PluginInfo(plugin, HOOK_GROUP, dist, "0", repr(obj))
         self._plugins.append(info)
         self._add(Component(kind, name, obj, plugin, dist, "0", description, columns), info)
@@ -360,9 +362,8 @@ class Registry:
             if not callable(fn):
                 raise PluginError(f"reward factory '{name}' from {comp.provider} returned "
                                   f"{type(fn).__name__}, not a reward function")
-        from trl.trainer.utils import is_async_callable  # noqa: PLC0415 - trl only once a trainer is built
-
-        cls = AsyncCheckedReward if is_async_callable(fn) else CheckedReward
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        cls = AsyncCheckedReward if is_async else CheckedReward
         return cls(fn, alias or name, comp.provider)
 
     # ------------------------------------------------------------------ KL estimators

@@ -73,6 +73,10 @@ class Stage:
                 problems.append(f"{key}: not a field of {cls.config_cls().__name__}{hint}")
         if problems:
             return problems
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():  # a GPU recipe still validates on a CPU machine
+            args = {k: v for k, v in args.items() if k not in ("bf16", "fp16", "tf32")}
         try:
             cls.make_config(args, tempfile.gettempdir())
         except (ValueError, TypeError) as exc:
@@ -88,10 +92,10 @@ class Stage:
 
     @staticmethod
     def platform_defaults() -> dict:
-        """bf16 only where it is fast: TRL turns it on by default, which is slow and lossy on CPU."""
+        """On CPU: no bf16 (TRL turns it on by default; slow and lossy there), no pinned memory."""
         import torch  # noqa: PLC0415
 
-        return {} if torch.cuda.is_available() else {"bf16": False}
+        return {} if torch.cuda.is_available() else {"bf16": False, "dataloader_pin_memory": False}
 
     @classmethod
     def missing_columns(cls, columns: list[str]) -> str | None:

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from rewardkit import RecipeError
+from rewardkit.data import file_columns, load_data
+from rewardkit.datasets_builtin import arithmetic, arithmetic_preferences
+from rewardkit.recipe import Recipe
+
+ROWS = [{"question": f"{i}+{i}=", "answer": str(2 * i)} for i in range(10)]
+
+
+def write_all_formats(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame(ROWS)
+    paths = {"jsonl": tmp_path / "d.jsonl", "json": tmp_path / "d.json", "csv": tmp_path / "d.csv",
+             "parquet": tmp_path / "d.parquet"}
+    paths["jsonl"].write_text("\n".join(json.dumps(r) for r in ROWS))
+    paths["json"].write_text(json.dumps(ROWS))
+    df.to_csv(paths["csv"], index=False)
+    df.to_parquet(paths["parquet"])
+    return paths
+
+
+def recipe_at(tmp_path):
+    return Recipe(None, str(tmp_path), str(tmp_path / "out"), 0, {}, {}, [], None, {})
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_local_files_load_and_shape(tmp_path, fmt):
+    path = write_all_formats(tmp_path)[fmt]
+    assert file_columns(str(path)) == ["question", "answer"]
+    dd = load_data(recipe_at(tmp_path), {"path": path.name, "test_size": 3, "prompt_template": "Q: {question}",
+                                         "rename": {"answer": "gold"}}, None)
+    assert len(dd["train"]) == 7 and len(dd["test"]) == 3
+    row = dd["train"][0]
+    assert row["prompt"] == f"Q: {row['question']}"
+    assert set(dd["train"].column_names) == {"question", "gold", "prompt"}
+
+
+def test_chat_formatting_builds_conversations(tmp_path):
+    path = write_all_formats(tmp_path)["jsonl"]
+    dd = load_data(recipe_at(tmp_path), {"path": path.name, "chat": True, "system_prompt": "Be brief.",
+                                         "prompt_template": "{question}", "completion_template": "{answer}"},
+                   None)
+    row = dd["train"][1]
+    assert row["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}]
+    assert row["completion"] == [{"role": "assistant", "content": "2"}]
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"unsupported file type '.txt'"):
+        file_columns(str(tmp_path / "x.txt"))
+    assert file_columns(str(bad)) == ["a"]  # the header is fine; the bad line is found when loading
+    with pytest.raises(RecipeError, match=r"data.path: could not read .*bad.jsonl"):
+        load_data(recipe_at(tmp_path), {"path": "bad.jsonl"}, None)
+
+
+def test_arithmetic_is_seeded_and_held_out_is_disjoint():
+    a, b = arithmetic(n_train=500, n_test=50, seed=1), arithmetic(n_train=500, n_test=50, seed=1)
+    assert a["train"]["prompt"] == b["train"]["prompt"] and a["test"]["prompt"] == b["test"]["prompt"]
+    assert not set(a["test"]["prompt"]) & set(a["train"]["prompt"])
+    for p, ans in zip(a["train"]["prompt"][:50], a["train"]["answer"][:50]):
+        x, y = p.rstrip("=").split("+")
+        assert int(x) + int(y) == int(ans)
+    assert arithmetic(n_train=10, seed=2)["test"]["prompt"] != a["test"]["prompt"]
+
+
+def test_preference_pairs_are_right_vs_wrong():
+    dd = arithmetic_preferences(n_train=200, n_test=20)
+    for row in dd["train"]:
+        x, y = row["prompt"].rstrip("=").split("+")
+        assert row["chosen"] == str(int(x) + int(y)) != row["rejected"]

@@ -1,0 +1,36 @@
+"""Keep the docs honest: the README's commands, the recipe keys, the hooks."""
+
+import os
+import re
+
+from rewardkit import hookspecs, recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(*parts):
+    with open(os.path.join(REPO, *parts)) as f:
+        return f.read()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme_commands = re.findall(r"^(bash \.ci/setup && .*?)\s+#", read("README.md"), re.M)
+    assert len(readme_commands) == 2 and read("README.md").lstrip().startswith("# rewardkit\n\n```bash")
+    assert readme_commands[1] in read(".ci", "run").splitlines()
+
+
+def test_every_recipe_key_is_documented():
+    doc = read("docs", "recipes.md")
+    for schema in (recipe.TOP_KEYS, recipe.MODEL_KEYS, recipe.QUANT_KEYS, recipe.DATA_KEYS, recipe.STAGE_KEYS,
+                   recipe.REWARD_KEYS, recipe.EVAL_KEYS):
+        for key in schema:
+            assert f"`{key}`" in doc, f"docs/recipes.md does not document '{key}'"
+
+
+def test_every_hook_is_documented_and_in_the_readme():
+    hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+    assert len(hooks) >= 5
+    for name in hooks:
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert "Called" in doc and "register(" in doc, f"{name} lacks its contract"
+        assert name in read("README.md")
