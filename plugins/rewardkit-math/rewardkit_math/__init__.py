@@ -1,0 +1,1 @@
+"""rewardkit-math: rule-based math rewards for rewardkit (see README.md)."""
