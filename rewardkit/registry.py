@@ -431,6 +431,8 @@ def find_faults(values: Any, n: int, name: str, provider: str) -> tuple[list[flo
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             try:
+                if isinstance(v, (str, bytes)):  # float("1") would pass a string off as a number
+                    raise TypeError
                 v = float(v)  # numpy scalars, 0-d tensors
             except (TypeError, ValueError):
                 faults.append(Fault(i, f"reward '{name}' from {provider} returned {type(v).__name__} "
