@@ -1,6 +1,7 @@
 """Reward fault policy: every fault names the reward, its distribution and the sample; never a silent zero."""
 
 import asyncio
+import json
 import os
 import pickle
 import re
@@ -139,3 +140,37 @@ def test_fault_keys_are_documented():
     assert "`reward_faults`" in doc
     for key in FAULT_KEYS:
         assert f"`{key}`" in doc, key
+
+
+def flaky_sevens(prompts, completions, trainer_state=None, **kwargs):
+    """Climbs like 'sevens', but after the first step sample 0 of every batch is NaN."""
+    values = [c.count("7") / max(len(c), 1) for c in completions]
+    if trainer_state is not None and trainer_state.global_step > 0:
+        values[0] = float("nan")
+    return values
+
+
+@pytest.mark.slow
+def test_skip_policy_in_a_grpo_run(tmp_path, builtin_registry):
+    from rewardkit.pipeline import run
+
+    builtin_registry.add("rewards", "flaky", flaky_sevens, dist="tests")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "model": {"name": "tiny-llama"},
+        "data": {"name": "arithmetic", "params": {"n_train": 100, "n_test": 10}},
+        "reward_faults": {"policy": "skip", "max_rate": 0.2},
+        "trainer": {"type": "grpo", "max_steps": 3, "per_device_train_batch_size": 8, "num_generations": 4,
+                    "max_completion_length": 4, "logging_steps": 1},
+        "rewards": [{"name": "flaky"}]}))
+    summary = run(load_recipe(str(path)), builtin_registry)
+    assert summary["stages"][0]["reward_faults"]["flaky"] == {"policy": "skip", "calls": 3, "samples": 24,
+                                                              "skipped": 2}
+    with open(tmp_path / "out" / "grpo" / "log.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r.get("reward_faults/flaky/skipped") for r in rows if "loss" in r] == [0.0, 1.0, 1.0]
+    # 1 of 16 samples (6.2%) crosses max_rate 0.05: the run stops, naming the reward and the sample.
+    with pytest.raises(RewardError, match=r"reward 'flaky' from .*tests.*above reward_faults.max_rate 5.0%.*"
+                                          r"for sample 0"):
+        run(load_recipe(str(path), ["reward_faults.max_rate=0.05", f"output_dir={tmp_path / 'out2'}"]),
+            builtin_registry)
