@@ -143,7 +143,8 @@ def _changed(old: dict, new: dict) -> list[str]:
 
 
 def _eval_key(recipe, data: dict) -> str:
-    return _fingerprint({"eval": recipe.eval, "data": data})
+    """What a held-out score depends on besides the stage's model; a stored score is reused only if it matches."""
+    return _fingerprint({"eval": recipe.eval, "data": data, "base": recipe.model, "seed": recipe.seed})
 
 
 def rewind_log(path: str, step: int) -> int:
