@@ -1,4 +1,4 @@
-"""The ``rewardkit`` command: run, validate, plugins.
+"""The ``rewardkit`` command: run, validate, plugins, plot, new-plugin.
 
 User errors (bad recipe, missing plugin, broken reward) print one clear message and exit with code 2;
 only bugs show a traceback. ``plugins`` imports no torch.
@@ -31,7 +31,27 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)  # validation happens before any model loads
     from rewardkit.pipeline import run  # noqa: PLC0415
 
-    run(recipe, get_registry())
+    run(recipe, get_registry(), resume="require" if args.resume else "never" if args.fresh else "auto")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from rewardkit.plot import plot_run, why_missing  # noqa: PLC0415
+
+    written = plot_run(args.run_dir, args.out)
+    for metric, path in written.items():
+        print(f"{metric:<9} {path}" if path else f"{metric:<9} - ({why_missing(metric)})")
+    return 0
+
+
+def cmd_new_plugin(args) -> int:
+    from rewardkit.scaffold import new_plugin  # noqa: PLC0415
+
+    path, files = new_plugin(args.name, args.dir)
+    print(f"wrote {path}:")
+    for f in files:
+        print(f"  {f}")
+    print(f"next: pip install -e {path} && rewardkit plugins && python -m pytest {path}")
     return 0
 
 
@@ -69,7 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("recipe", help="recipe YAML file")
         p.add_argument("overrides", nargs="*", help="key.path=value (YAML value) or ~key.path to delete")
+        if name == "run":
+            g = p.add_mutually_exclusive_group()
+            g.add_argument("--resume", action="store_true",
+                           help="continue the run in output_dir (an error if there is nothing to continue); "
+                                "without a flag, a run continues automatically when output_dir holds one")
+            g.add_argument("--fresh", action="store_true",
+                           help="delete this recipe's previous stage outputs in output_dir and start over")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("plot", help="write PNGs of reward, KL, accuracy and loss curves of a run")
+    p.add_argument("run_dir", help="a run's output_dir (holds <stage>/log.jsonl and summary.json)")
+    p.add_argument("--out", help="where to write the PNGs (default RUN_DIR/plots)")
+    p.set_defaults(fn=cmd_plot)
+    p = sub.add_parser("new-plugin", help="write a ready rewardkit-NAME plugin package")
+    p.add_argument("name", help="plugin name: lowercase letters, digits, '-' (e.g. 'brevity')")
+    p.add_argument("--dir", default=".", help="directory to create rewardkit-NAME in (default: here)")
+    p.set_defaults(fn=cmd_new_plugin)
     p = sub.add_parser("plugins", help="list plugin distributions and what they registered")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_plugins)
@@ -77,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in ("run", "validate"):  # options and overrides in any order
+        if any(e.startswith("-") and not e.startswith("~") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except RewardkitError as exc:

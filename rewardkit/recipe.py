@@ -33,6 +33,7 @@ TOP_KEYS = {
     "trainer": (dict, "single-stage shorthand: the trainer section"),
     "rewards": (list, "single-stage shorthand: the reward blocks"),
     "eval": (dict, "held-out evaluation before training and after each stage"),
+    "reward_faults": (dict, "what a reward that raises or returns NaN/non-numbers does: fail or skip"),
 }
 MODEL_KEYS = {
     "name": (str, "registered model (rewardkit plugins), local directory, or hub id"),
@@ -72,6 +73,12 @@ STAGE_KEYS = {
     "model": (dict, "model keys overriding the recipe's for this stage (e.g. lora)"),
     "data": (dict, "data keys overriding the recipe's for this stage"),
     "eval": (bool, "evaluate after this stage (default true when the recipe has eval)"),
+    "reward_faults": (dict, "overrides the recipe's reward_faults for this stage"),
+}
+FAULT_KEYS = {
+    "policy": (str, "fail (default): stop at the first fault | skip: the sample gets None, counted"),
+    "max_rate": ((int, float), "skip: stop once this share of a stage's samples was skipped (default 0.1)"),
+    "fail_fast_first_step": (bool, "skip: faults in the first reward call still fail (default true)"),
 }
 REWARD_KEYS = {
     "name": (str, "registered reward name"),
@@ -175,6 +182,7 @@ class StageSpec:
     model: dict
     data: dict
     evaluate: bool
+    reward_faults: dict = dataclasses.field(default_factory=dict)  # rewardkit.registry.FaultPolicy fields
 
 
 @dataclass
@@ -222,6 +230,18 @@ def _merge(base: dict, over: dict | None) -> dict:
     return out
 
 
+def _check_fault_keys(section: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(section, dict):
+        return  # the type error is reported by the enclosing section's check
+    _check_keys(section, FAULT_KEYS, where, problems)
+    policy = section.get("policy", "fail")
+    if isinstance(policy, str) and policy not in ("fail", "skip"):
+        problems.append(f"{where}.policy: must be fail or skip, got {policy!r}")
+    rate = section.get("max_rate", 0.1)
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and not 0 <= rate <= 1:
+        problems.append(f"{where}.max_rate: must be between 0 and 1, got {rate!r}")
+
+
 def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`."""
     _check_keys(raw, TOP_KEYS, "recipe", problems)
@@ -255,6 +275,8 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     else:
         problems.append("recipe: no trainer; add trainer: {type: grpo, ...} or stages:")
 
+    if raw.get("reward_faults") is not None:
+        _check_fault_keys(raw["reward_faults"], "reward_faults", problems)
     stages = []
     for sname, sraw in stages_raw.items():
         where = "trainer" if "stages" not in raw else f"stages.{sname}"
@@ -289,8 +311,12 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
             _check_keys(smodel, MODEL_KEYS, f"{where}.model", problems)
         if sdata:
             _check_keys(sdata, DATA_KEYS, f"{where}.data", problems)
+        faults = _merge(raw.get("reward_faults") if isinstance(raw.get("reward_faults"), dict) else {},
+                        sraw.get("reward_faults") if isinstance(sraw.get("reward_faults"), dict) else {})
+        if "stages" in raw and sraw.get("reward_faults") is not None:
+            _check_fault_keys(sraw["reward_faults"], f"{where}.reward_faults", problems)
         stages.append(StageSpec(str(sname), trainer.get("type"), args, rewards, _merge(model, smodel),
-                                _merge(data, sdata), bool(sraw.get("eval", True))))
+                                _merge(data, sdata), bool(sraw.get("eval", True)), faults))
 
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     seed = raw.get("seed", 42)

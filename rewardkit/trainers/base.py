@@ -48,8 +48,10 @@ class Stage:
     takes_rewards: bool = False
     # Dataset layouts the trainer accepts: each entry is one acceptable set of columns.
     column_layouts: tuple[tuple[str, ...], ...] = ()
-    # Defaults we choose over TRL's (the recipe can override each).
-    defaults: dict = {"report_to": "none", "save_strategy": "no", "logging_steps": 10}
+    # Defaults we choose over TRL's (the recipe can override each). Checkpoints every 500 steps (and at the
+    # end), two kept, so a killed run resumes (docs/operations.md).
+    defaults: dict = {"report_to": "none", "save_strategy": "steps", "save_steps": 500, "save_total_limit": 2,
+                      "logging_steps": 10}
 
     @classmethod
     def config_cls(cls):

@@ -1,0 +1,87 @@
+"""The quick-start recipe (shrunk) under `accelerate launch` with 2 CPU processes (gloo)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The CLI with one extra reward that stands for a plugin with a worker pool: the pool is opened lazily, in the
+# process that calls the reward, and every call is recorded per process.
+DRIVER = '''
+import os, sys
+from rewardkit.cli import main
+from rewardkit.registry import get_registry
+
+
+class PoolProbe:
+    def __init__(self):
+        self.pool_pid = None
+
+    def __call__(self, prompts, completions, **kwargs):
+        if self.pool_pid is None:
+            self.pool_pid = os.getpid()  # "open the pool" on first use
+        path = os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.txt")
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {self.pool_pid} {len(completions)}\\n")
+        return [0.0] * len(completions)
+
+
+get_registry().add("rewards", "pool_probe", PoolProbe, dist="tests")
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:  # other test runs on this machine may hold accelerate's default port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_quickstart_grpo_with_two_cpu_processes(tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    assert accelerate, "accelerate's launcher is not installed"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    out = tmp_path / "out"
+    overrides = [
+        f"output_dir={out}", "data.params.n_train=256", "data.params.n_test=16", "eval.n=16",
+        "stages.sft.trainer.max_steps=2", "stages.sft.trainer.per_device_train_batch_size=16",
+        "stages.grpo.trainer.max_steps=3", "stages.grpo.trainer.per_device_train_batch_size=8",
+        "stages.grpo.trainer.num_generations=4", "stages.grpo.trainer.logging_steps=1",
+        "stages.grpo.rewards=[{name: exact_match, alias: correct}, {name: pool_probe, weight: 0.0}]",
+    ]
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(driver), "run", os.path.join(REPO, "recipes", "quickstart.yaml"), *overrides]
+    env = {**os.environ, "PROBE_DIR": str(probe), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=540, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    # One summary, printed and written by the main process only.
+    assert proc.stdout.count("rewardkit: finished") == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and [(s["name"], s["steps"]) for s in summary["stages"]] == [("sft", 2),
+                                                                                            ("grpo", 3)]
+    assert [r["after"] for r in summary["eval"]] == ["base", "sft", "grpo"]
+    assert all(r["n"] == 16 for r in summary["eval"])
+    # Logs written once (rank 0), not once per process.
+    rows = [json.loads(line) for line in open(out / "grpo" / "log.jsonl")]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert os.path.exists(out / "grpo" / "model" / "model.safetensors")
+
+    # One reward instance (and pool) per process, each scoring its own share of every batch.
+    calls = {}
+    for rank in (0, 1):
+        lines = (probe / f"rank{rank}.txt").read_text().split()
+        calls[rank] = [tuple(map(int, lines[i:i + 3])) for i in range(0, len(lines), 3)]
+        assert len(calls[rank]) == 3  # one generation batch per step
+        assert all(pid == pool_pid and n == 8 for pid, pool_pid, n in calls[rank])
+    assert calls[0][0][0] != calls[1][0][0]  # two processes
