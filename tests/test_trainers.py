@@ -61,14 +61,24 @@ def test_grpo_raises_reward_and_chains_from_sft(tmp_path, builtin_registry):
 
 
 def test_dpo_prefers_chosen(tmp_path, builtin_registry):
-    path = recipe_file(tmp_path, {"model": {"name": "tiny-llama"},
-                                  "data": {"name": "arithmetic_preferences", "params": {"n_train": 1000}},
+    # A preference a tiny model can pick up in a few steps (right-vs-wrong sums need arithmetic first):
+    # chosen answers are runs of one digit, rejected ones mixed digits. Read from a local jsonl file.
+    import random
+
+    rng = random.Random(0)
+    with open(tmp_path / "pairs.jsonl", "w") as f:
+        for i in range(600):
+            d = str(rng.randrange(10))
+            f.write(json.dumps({"prompt": f"{i}=", "chosen": d * 4,
+                                "rejected": "".join(rng.choice("0123456789") for _ in range(4))}) + "\n")
+    path = recipe_file(tmp_path, {"model": {"name": "tiny-llama"}, "data": {"path": "pairs.jsonl"},
                                   "trainer": {"type": "dpo", "max_steps": 30, "learning_rate": 1e-3,
                                               "per_device_train_batch_size": 16, "logging_steps": 5}})
     run(load_recipe(path), builtin_registry)
     rows = log_rows(tmp_path, "dpo")
     first, last = first_last(rows, "rewards/margins")
     assert last > first + 0.5, (first, last)
+    assert first_last(rows, "rewards/accuracies")[1] > 0.9
 
 
 @pytest.mark.slow
