@@ -14,6 +14,15 @@ from rewardkit.registry import get_registry
 warnings.filterwarnings("ignore")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a shared 2-core CI box one torch thread is several times faster than two for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup():
     from transformers import AutoTokenizer
