@@ -36,6 +36,9 @@ def parse():
     p.add_argument("--mu", type=int, default=4, help="epochs per rollout for num_iterations and grpo_is")
     p.add_argument("--target", type=float, default=None, help="absolute held-out greedy accuracy target")
     p.add_argument("--target-gain", type=float, default=0.06, help="target = SFT accuracy + this (default)")
+    p.add_argument("--metric", choices=["sampled", "greedy"], default="sampled",
+                   help="held-out accuracy of temperature-1 samples (default) or of greedy decoding")
+    p.add_argument("--eval-samples", type=int, default=4, help="samples per held-out problem (sampled metric)")
     p.add_argument("--target-kl", type=float, default=0.1, help="grpo_is target_kl")
     p.add_argument("--no-reshuffle", action="store_true", help="grpo_is without per-epoch reshuffle")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -88,11 +91,35 @@ def sft_model(steps: int) -> str:
     return out
 
 
-def accuracy(model, tok, test) -> float:
+def accuracy(model, tok, test, samples: int = 0) -> float:
+    """Held-out exact-match accuracy: greedy (``samples=0``), or of ``samples`` completions per problem drawn at
+    temperature 1 (the policy GRPO optimises) under a fixed seed, with the global RNG restored afterwards so
+    evaluating never changes a training run."""
+    import torch
+
     from rewardkit.evaluate import greedy_completions
 
-    outs = greedy_completions(model, tok, list(test["prompt"]), max_new_tokens=5, batch_size=200)
-    return sum(o.split("\n")[0].strip() == a for o, a in zip(outs, test["answer"])) / len(outs)
+    prompts, answers = list(test["prompt"]), list(test["answer"])
+    if not samples:
+        outs = greedy_completions(model, tok, prompts, max_new_tokens=5, batch_size=200)
+        return sum(o.split("\n")[0].strip() == a for o, a in zip(outs, answers)) / len(outs)
+    was_training = model.training
+    model.eval()
+    tok.padding_side = "left"
+    hits = n = 0
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(1234)
+        for i in range(0, len(prompts), 100):
+            batch = [p for p in prompts[i:i + 100] for _ in range(samples)]
+            gold = [x for x in answers[i:i + 100] for _ in range(samples)]
+            enc = tok(batch, return_tensors="pt", padding=True)
+            gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=5,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            outs = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            hits += sum(o.split("\n")[0].strip() == g for o, g in zip(outs, gold))
+            n += len(outs)
+    model.train(was_training)
+    return hits / n
 
 
 def run_one(method: str, seed: int, a, sft: str, data, target: float) -> dict:
@@ -122,17 +149,19 @@ def run_one(method: str, seed: int, a, sft: str, data, target: float) -> dict:
     tr = cls(model=sft, args=cfg, train_dataset=data["train"], processing_class=tok, reward_funcs=[reward])
     test = data["test"].select(range(a.n_eval))
     state = {"completions": 0, "rollouts": 0, "eval_s": 0.0, "reached": None, "stop": False,
-             "curve": [{"completions": 0, "step": 0, "accuracy": a.sft_accuracy, "train_seconds": 0.0}]}
+             "curve": [{"completions": 0, "step": 0, "accuracy": a.sft_accuracy, "greedy_accuracy": a.sft_greedy,
+                        "train_seconds": 0.0}]}
     generate = tr._generate_and_score_completions
     t_start = time.perf_counter()
 
     def evaluate_now():
         t0 = time.perf_counter()
-        acc = accuracy(tr.model, tok, test)  # greedy: consumes no random numbers, so training is undisturbed
+        acc = accuracy(tr.model, tok, test, a.k)
+        greedy = accuracy(tr.model, tok, test) if a.k else acc
         state["eval_s"] += time.perf_counter() - t0
         wall = time.perf_counter() - t_start - state["eval_s"]
         state["curve"].append({"completions": state["completions"], "step": tr.state.global_step,
-                               "accuracy": acc, "train_seconds": wall})
+                               "accuracy": acc, "greedy_accuracy": greedy, "train_seconds": wall})
         return acc, wall
 
     def counting_generate(batch):
@@ -176,7 +205,8 @@ def summarize(results: list[dict], a, target: float, sft_acc: float, load: tuple
     by = {}
     for r in results:
         by.setdefault(r["method"], []).append(r)
-    summary = {"target": target, "sft_accuracy": sft_acc, "load_average_at_start": load, "methods": {}}
+    summary = {"metric": a.metric, "target": target, "sft_accuracy": sft_acc, "sft_greedy_accuracy": a.sft_greedy,
+               "load_average_at_start": load, "methods": {}}
     for m, runs in by.items():
         comp = [r["reached"]["completions"] if r["reached"] else a.max_completions for r in runs]
         secs = [r["reached"]["train_seconds"] if r["reached"] else r["train_seconds"] for r in runs]
@@ -197,7 +227,7 @@ def summarize(results: list[dict], a, target: float, sft_acc: float, load: tuple
     return summary
 
 
-def plot(results: list[dict], target: float, png: str, title: str) -> None:
+def plot(results: list[dict], target: float, png: str, title: str, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +245,7 @@ def plot(results: list[dict], target: float, png: str, title: str) -> None:
         seen.add(r["method"])
     ax.axhline(target, color="gray", ls="--", lw=1, label=f"target {target:.0%}")
     ax.set_xlabel("completions generated")
-    ax.set_ylabel("held-out greedy accuracy")
+    ax.set_ylabel(f"held-out {metric} accuracy")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -236,10 +266,14 @@ def main():
     torch.set_num_threads(a.threads)
     sft = sft_model(a.sft_steps)
     data = arithmetic(n_train=10000, n_test=300, max_operand=100, seed=0)
-    a.sft_accuracy = sft_acc = accuracy(AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft),
-                       data["test"].select(range(a.n_eval)))
+    a.k = a.eval_samples if a.metric == "sampled" else 0
+    sft_m, sft_tok, held = (AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft),
+                            data["test"].select(range(a.n_eval)))
+    a.sft_accuracy = sft_acc = accuracy(sft_m, sft_tok, held, a.k)
+    a.sft_greedy = accuracy(sft_m, sft_tok, held)
     target = a.target if a.target is not None else round(sft_acc + a.target_gain, 4)
-    print(f"SFT held-out greedy accuracy {sft_acc:.1%} on {a.n_eval}; target {target:.1%}", flush=True)
+    print(f"SFT held-out {a.metric} accuracy {sft_acc:.1%} (greedy {a.sft_greedy:.1%}) on {a.n_eval}; "
+          f"target {target:.1%}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     results = []
     for seed in a.seeds:
@@ -259,8 +293,8 @@ def main():
     summary["args"] = vars(a)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"summary": summary, "runs": results}, f, indent=1)
-    plot(results, target, a.png, f"arithmetic, tiny-llama SFT-warmed ({sft_acc:.0%}), seeds {a.seeds}, μ={a.mu}, "
-                                 f"rollout {a.rollout}, minibatch {a.batch}")
+    plot(results, target, a.png, f"arithmetic, tiny-llama SFT-warmed ({a.metric} {sft_acc:.0%}), seeds {a.seeds}, μ={a.mu}, "
+                                 f"rollout {a.rollout}, minibatch {a.batch}", a.metric)
     print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
     print(f"plot: {a.png}\nall curves: {os.path.join(a.out, 'results.json')}")
 
