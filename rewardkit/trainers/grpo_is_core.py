@@ -5,7 +5,7 @@ Shapes: ``B`` sequences, ``T`` completion tokens. ``mask`` is the ``(B, T)`` 0/1
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -137,18 +137,3 @@ def batch_problems(*, per_device_train_batch_size: int, num_processes: int, step
 def rollout_epochs_used(windows_done: int, windows_per_epoch: int) -> float:
     """Epochs a rollout was actually used for, counting a partial last epoch as a fraction."""
     return windows_done / windows_per_epoch
-
-
-def select_rows(batch: dict[str, Any], rows: Sequence[int] | slice) -> dict[str, Any]:
-    """Rows of a rollout dict (same conventions as :func:`permute_rows`)."""
-    n = next(len(v) for v in batch.values() if isinstance(v, (list, torch.Tensor)) and getattr(v, "ndim", 1) >= 1)
-    idx = list(range(n))[rows] if isinstance(rows, slice) else list(rows)
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
-            out[key] = value[idx]
-        elif isinstance(value, list) and len(value) == n:
-            out[key] = [value[i] for i in idx]
-        else:
-            out[key] = value
-    return out
