@@ -26,6 +26,7 @@ def register_trainers(register):
     register("sft", "rewardkit.trainers.trl_stages:SFTStage", description="TRL SFTTrainer")
     register("grpo", "rewardkit.trainers.trl_stages:GRPOStage", description="TRL GRPOTrainer")
     register("dpo", "rewardkit.trainers.trl_stages:DPOStage", description="TRL DPOTrainer")
+    register("grpo_is", "rewardkit.trainers.grpo_is:GRPOISStage", description="multi-epoch importance-sampled GRPO, target-KL early stop")
 
 
 @hookimpl

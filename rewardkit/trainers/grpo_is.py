@@ -1,0 +1,437 @@
+"""``grpo_is``: multi-epoch, importance-sampled GRPO with target-KL early stopping (issue 6).
+
+A thin subclass of TRL 1.16's ``GRPOTrainer``. Generation dominates GRPO's cost, so each rollout is reused for
+μ = ``rollout_epochs`` optimisation epochs, importance-sampled against the policy that generated it (PPO's
+clipped surrogate). What differs from TRL, and only that, is overridden:
+
+=============================== =========================================================================
+TRL 1.16 ``num_iterations``      ``grpo_is``
+=============================== =========================================================================
+replays the same minibatches in  reshuffles the rollout into new minibatches every epoch (``reshuffle``);
+the same order every pass        epoch 0 keeps TRL's order, so ``reshuffle: false`` replays TRL exactly
+always runs μ passes             stops reusing a rollout once approx. KL(old‖new) of a minibatch exceeds
+                                 ``target_kl``; the next optimizer step uses a fresh rollout, so optimizer
+                                 steps (LR schedule, logging, checkpoints) are never skipped or repeated
+k3 KL to the reference, fixed β  any registered estimator (``kl_estimator``), optional adaptive β toward
+                                 ``kl_target`` (``rewardkit.kl.AdaptiveKLController``)
+prompts tied to optimizer steps  prompts drawn per rollout from the same seeded ``RepeatSampler`` order, so an
+                                 early stop moves on to fresh prompts; the Trainer's dataloader only keeps
+                                 the step clock (its length is what TRL's would be for ``num_iterations=μ``)
+resume regenerates a rollout     the rollout buffer, its epoch/minibatch cursor, β and the prompt-stream
+                                 position are saved with each checkpoint, so a resumed run continues the
+                                 same rollout
+=============================== =========================================================================
+
+Old-policy log-probs are TRL's ``old_per_token_logps``: computed once per rollout, at generation, by TRL's own
+rule (only when the rollout spans more than one optimizer step, i.e. no extra forward pass when μ = 1 and one
+epoch is one step). With QLoRA the reference is the 4-bit base with the adapter disabled (TRL's PEFT path) and
+the old policy is the cached log-probs, so one copy of the base weights serves policy, old policy and reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import (
+    RepeatSampler,
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
+
+from rewardkit.kl import AdaptiveKLController, FixedKLController
+from rewardkit.trainers import grpo_is_core as core
+from rewardkit.trainers.trl_stages import GRPOStage
+
+STATE_FILE = "grpo_is_state.pt"
+EPOCH_LOG = "grpo_is_epochs.jsonl"
+
+
+@dataclass
+class GRPOISConfig(GRPOConfig):
+    """``GRPOConfig`` plus multi-epoch importance sampling. TRL's ``num_iterations`` is replaced by
+    ``rollout_epochs`` and must stay 1; ``epsilon``/``epsilon_high``/``importance_sampling_level``/``delta`` keep
+    their TRL meaning."""
+
+    rollout_epochs: int = field(default=4, metadata={
+        "help": "μ: optimisation epochs over each rollout, importance-sampled against its generating policy "
+                "(PPO, Schulman et al. 2017 §5 'K epochs'; μ of GRPO, Shao et al. 2024 DeepSeekMath Alg. 1)."})
+    reshuffle: bool = field(default=True, metadata={
+        "help": "Draw new minibatches from the rollout every epoch, as PPO's minibatch SGD does (Schulman et al. "
+                "2017 Alg. 1); false replays epoch 0's minibatches in order, like TRL num_iterations."})
+    target_kl: float | None = field(default=None, metadata={
+        "help": "Stop reusing a rollout when approx KL(old‖new) on a minibatch exceeds this (target-KL early "
+                "stopping of PPO implementations, Schulman et al. 2017 / OpenAI Spinning Up); null: never."})
+    kl_estimator: str = field(default="k3", metadata={
+        "help": "Registered estimator of the per-token KL(policy‖reference) penalised by beta (Schulman 2020; "
+                "k3 is GRPO's, Shao et al. 2024 eq. 4). Built-ins: k1, k2, k3, low_var_kl, abs."})
+    kl_target: float | None = field(default=None, metadata={
+        "help": "KL budget toward which beta adapts after each rollout (adaptive KL penalty, Schulman et al. "
+                "2017 §4); null keeps beta fixed. Needs beta > 0."})
+    kl_controller: str = field(default="halve_double", metadata={
+        "help": "Adaptive-beta rule: halve_double (PPO paper §4) or proportional (Ziegler et al. 2019)."})
+    kl_horizon: int = field(default=10000, metadata={
+        "help": "Horizon of the proportional beta controller (Ziegler et al. 2019)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = core.batch_problems(
+            per_device_train_batch_size=self.per_device_train_batch_size, num_processes=self.world_size,
+            steps_per_generation=self.steps_per_generation,
+            gradient_accumulation_steps=self.gradient_accumulation_steps, num_generations=self.num_generations,
+            rollout_epochs=self.rollout_epochs)
+        if self.num_iterations != 1:
+            problems.append(f"num_iterations={self.num_iterations}: grpo_is replaces TRL's num_iterations with "
+                            f"rollout_epochs (reshuffled, early-stoppable); set rollout_epochs: "
+                            f"{self.num_iterations} and leave num_iterations at 1")
+        if self.loss_type not in core.SUPPORTED_LOSS_TYPES:
+            problems.append(f"loss_type={self.loss_type!r}: grpo_is implements the clipped-surrogate losses "
+                            f"{', '.join(core.SUPPORTED_LOSS_TYPES)}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            problems.append(f"target_kl must be > 0 or null, got {self.target_kl}")
+        if self.kl_target is not None:
+            if self.kl_target <= 0:
+                problems.append(f"kl_target must be > 0 or null, got {self.kl_target}")
+            if self.beta <= 0:
+                problems.append(f"kl_target={self.kl_target} adapts beta, which needs beta > 0 (got {self.beta})")
+        if self.kl_controller not in AdaptiveKLController.MODES:
+            problems.append(f"kl_controller must be one of {AdaptiveKLController.MODES}, got {self.kl_controller!r}")
+        unsupported = {
+            "use_vllm": self.use_vllm, "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
+            "entropy_coef": self.entropy_coef != 0.0, "use_adaptive_entropy": self.use_adaptive_entropy,
+        }
+        for name, on in unsupported.items():
+            if on:
+                problems.append(f"{name}: not supported by grpo_is (use trainer: grpo)")
+        from rewardkit.registry import get_registry  # noqa: PLC0415
+
+        names = get_registry().names("kl_estimators")
+        if self.kl_estimator not in names:
+            problems.append(f"kl_estimator {self.kl_estimator!r} is not registered; registered: {', '.join(names)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class _StaleRollout(Exception):
+    """Raised inside ``compute_loss`` before any backward: the rollout has drifted past ``target_kl``."""
+
+
+class GRPOISTrainer(GRPOTrainer):
+    """TRL ``GRPOTrainer`` reusing each rollout for up to μ reshuffled epochs with target-KL early stopping.
+
+    Overrides: ``_prepare_inputs`` (serves minibatches from the rollout buffer, reshuffled per epoch, and draws a
+    new rollout when μ epochs are done or the rollout went stale), ``_compute_loss`` (TRL's clipped surrogate with
+    the registered KL estimator, adaptive β and per-epoch statistics), ``training_step`` (retries a step on a
+    fresh rollout when the first minibatch of that step shows KL(old‖new) > ``target_kl``), and checkpoint
+    save/load (rollout state). Everything else, generation, rewards, advantages, reference log-probs, the old
+    policy's log-probs and the optimizer loop, is TRL's.
+    """
+
+    _tag_names = ["trl", "grpo", "rewardkit", "grpo_is"]
+    _name = "GRPO-IS"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        a = self.args
+        if not isinstance(a, GRPOISConfig):
+            raise TypeError(f"GRPOISTrainer needs a GRPOISConfig, got {type(a).__name__}")
+        if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not hasattr(self.train_dataset,
+                                                                                            "__getitem__"):
+            raise ValueError("grpo_is draws prompts per rollout and needs a map-style (indexable) train dataset")
+        # TRL reads num_iterations for the dataloader length (our step clock) and for whether to compute old
+        # log-probs at generation (it does exactly when a rollout spans more than one optimizer step).
+        self.num_iterations = a.rollout_epochs
+        from rewardkit.registry import get_registry  # noqa: PLC0415
+
+        self.kl_fn = get_registry().kl_estimator(a.kl_estimator)
+        self.kl_ctl = (AdaptiveKLController(a.beta, a.kl_target, a.kl_controller, a.kl_horizon)
+                       if a.kl_target is not None else FixedKLController(a.beta))
+        self.windows_per_epoch = a.steps_per_generation // a.gradient_accumulation_steps
+        # Rollout state (saved with checkpoints).
+        self.rollouts = 0  # rollouts generated so far = position in the prompt stream
+        self._rollout = None  # the current rollout (TRL's generation dict, shuffled once as TRL does)
+        self._minibatches = None  # the current epoch's minibatches
+        self._epoch = 0  # epoch of the current rollout being served
+        self._mb = 0  # next minibatch of the current epoch to serve
+        self._cursor = (0, 0)  # (epoch, minibatch) of the minibatch being trained on
+        self._exhausted = True
+        self._acc = self._new_acc()  # statistics of the current epoch
+        self._rollout_ref_kl = [0.0, 0.0]  # [token-weighted KL-to-ref sum, tokens] over the current rollout
+        self.rollout_history: list[dict] = []  # one record per finished rollout
+        self.epoch_history: list[dict] = []  # one record per finished (possibly partial) epoch
+        self._stream = None
+
+    # ------------------------------------------------------------------ prompts, one chunk per rollout
+    def _prompt_sampler(self):
+        return RepeatSampler(data_source=self.train_dataset, mini_repeat_count=self.num_generations,
+                             batch_size=self.args.generation_batch_size // self.num_generations, repeat_count=1,
+                             shuffle=self.shuffle_dataset, seed=self.args.seed)
+
+    def _next_indices(self) -> list[int]:
+        """The global generation batch of the next rollout: the same order TRL's dataloader would give,
+        advanced once per rollout (not once per optimizer step), cycling over the dataset."""
+        n = self.args.generation_batch_size
+        if self._stream is None:
+            self._sampler = self._prompt_sampler()
+            self._stream = iter(self._sampler)
+            for _ in range(self.rollouts * n):  # resume: replay the sampler's order up to where we were
+                self._pull()
+        return [self._pull() for _ in range(n)]
+
+    def _pull(self) -> int:
+        try:
+            return next(self._stream)
+        except StopIteration:
+            self._stream = iter(self._sampler)
+            return next(self._stream)
+
+    def _local_prompts(self) -> list[dict]:
+        idx = self._next_indices()
+        local = len(idx) // self.accelerator.num_processes
+        start = self.accelerator.process_index * local
+        return [self.train_dataset[i] for i in idx[start:start + local]]
+
+    # ------------------------------------------------------------------ rollout buffer
+    def _start_rollout(self) -> None:
+        batch = self._generate_and_score_completions(self._local_prompts())
+        self.rollouts += 1
+        batch = split_pixel_values_by_grid(batch)
+        self._rollout = shuffle_sequence_dict(batch)  # the same (global-RNG) shuffle as TRL: epoch 0 == TRL
+        self._epoch, self._mb, self._exhausted = 0, 0, False
+        self._rollout_ref_kl = [0.0, 0.0]
+        self._acc = self._new_acc()
+        self._split_epoch()
+
+    def _split_epoch(self) -> None:
+        batch = self._rollout
+        if self.args.reshuffle and self._epoch > 0:
+            n = len(next(v for v in batch.values() if isinstance(v, (list, torch.Tensor)) and
+                         getattr(v, "ndim", 1) >= 1))
+            batch = core.permute_rows(batch, core.epoch_permutation(n, self.args.seed, self.rollouts, self._epoch))
+        self._minibatches = [unsplit_pixel_values_by_grid(b)
+                             for b in split_tensor_dict(batch, self.args.steps_per_generation)]
+
+    def _prepare_inputs(self, generation_batch):
+        """Train: the next minibatch of the rollout buffer (the dataloader's batch only ticks the step clock).
+        Eval: TRL's behaviour."""
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        if self._exhausted or self._rollout is None:
+            self._start_rollout()
+        elif self._mb == self.args.steps_per_generation:
+            self._epoch, self._mb = self._epoch + 1, 0
+            self._split_epoch()
+        self._cursor = (self._epoch, self._mb)
+        self._mb += 1
+        return self._minibatches[self._cursor[1]]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > target_kl), the rollout is
+        retired before any backward pass and the same optimizer step is taken on a fresh rollout."""
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except _StaleRollout:
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    # ------------------------------------------------------------------ statistics
+    @staticmethod
+    def _new_acc() -> dict:
+        return {"kl_sum": 0.0, "tokens": 0.0, "clipped": 0.0, "clip_n": 0.0, "ratio_min": math.inf,
+                "ratio_max": -math.inf, "minibatches": 0}
+
+    def _reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        if self.accelerator.num_processes == 1:
+            return values
+        t = torch.tensor(values, device=self.accelerator.device, dtype=torch.float64)
+        if op == "sum":
+            return self.accelerator.reduce(t, reduction="sum").tolist()
+        g = self.accelerator.gather(t.unsqueeze(0))
+        return (g.min(0).values if op == "min" else g.max(0).values).tolist()
+
+    def _finish_epoch(self, partial: bool) -> None:
+        acc = self._acc
+        kl_sum, tokens, clipped, clip_n = self._reduce([acc["kl_sum"], acc["tokens"], acc["clipped"], acc["clip_n"]])
+        (rmin,) = self._reduce([acc["ratio_min"]], "min")
+        (rmax,) = self._reduce([acc["ratio_max"]], "max")
+        rec = {"rollout": self.rollouts, "epoch": self._epoch, "global_step": self.state.global_step,
+               "minibatches": acc["minibatches"], "partial": partial,
+               "approx_kl": kl_sum / max(tokens, 1.0), "clip_fraction": clipped / max(clip_n, 1.0),
+               "ratio_min": rmin, "ratio_max": rmax}
+        self.epoch_history.append(rec)
+        m = self._metrics["train"]
+        m["is/approx_kl"].append(rec["approx_kl"])
+        m["is/clip_fraction"].append(rec["clip_fraction"])
+        m["is/ratio_min"].append(rmin)
+        m["is/ratio_max"].append(rmax)
+        if self.args.should_save:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, EPOCH_LOG), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        self._acc = self._new_acc()
+
+    def _finish_rollout(self, windows_done: int, early: bool) -> None:
+        used = core.rollout_epochs_used(windows_done, self.windows_per_epoch)
+        kl_sum, tokens = self._reduce(self._rollout_ref_kl)
+        ref_kl = kl_sum / tokens if tokens else float("nan")
+        if self.beta != 0.0 and tokens:
+            self.beta = self.kl_ctl.update(ref_kl, n_steps=windows_done)
+        self.rollout_history.append({"rollout": self.rollouts, "epochs_used": used, "early_stop": early,
+                                     "optimizer_steps": windows_done, "ref_kl": ref_kl, "beta": self.beta,
+                                     "global_step": self.state.global_step})
+        m = self._metrics["train"]
+        m["is/rollout_epochs_used"].append(used)
+        m["is/early_stops"].append(float(early))
+        m["is/rollouts"].append(float(self.rollouts))
+        m["beta"].append(self.beta)
+        self._exhausted = True
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        """TRL 1.16's clipped-surrogate loss for loss types grpo/bnpo/dr_grpo/dapo, token or sequence-level
+        ratios, ε/ε_high, δ and entropy masking, with three differences: the KL-to-reference term uses the
+        registered ``kl_estimator`` (TRL hard-codes k3) with a possibly adaptive β; a training minibatch that
+        opens a reuse step checks KL(old‖new) against ``target_kl`` first; per-epoch ratio statistics are kept."""
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mm_keys = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
+                   "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
+            **{k: inputs.get(k) for k in mm_keys})
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+
+        approx_kl = core.approx_kl_old_new(logps, old, mask)
+        if mode == "train":
+            epoch, mb = self._cursor
+            ga = self.args.gradient_accumulation_steps
+            opens_reuse_step = mb % ga == 0 and (epoch, mb) != (0, 0)
+            if opens_reuse_step and self.args.target_kl is not None:
+                (kl_now,) = self._reduce([approx_kl.item()])
+                kl_now /= self.accelerator.num_processes
+                if kl_now > self.args.target_kl:
+                    if self._acc["minibatches"]:
+                        self._finish_epoch(partial=True)
+                    self._finish_rollout(windows_done=epoch * self.windows_per_epoch + mb // ga, early=True)
+                    raise _StaleRollout
+
+        entropy_mask = (self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+                        if self.top_entropy_quantile < 1.0 else None)
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        coef_1 = torch.exp(core.importance_log_weights(logps, old, mask, self.importance_sampling_level))
+        per_token_loss = core.clipped_surrogate(coef_1, advantages, self.epsilon_low, self.epsilon_high,
+                                                self.args.delta)
+        if entropy_mask is not None:
+            per_token_loss = per_token_loss * entropy_mask
+        if self.beta != 0.0:
+            per_token_kl = self.kl_fn(logps, inputs["ref_per_token_logps"])
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * coef_1
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+
+        ga_norm = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if self.loss_type == "dapo":
+            num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                num_items = num_items * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            loss = core.aggregate_loss(per_token_loss, mask, "dapo", num_items=num_items)
+        else:
+            loss = core.aggregate_loss(per_token_loss, mask, self.loss_type,
+                                       max_completion_length=self.max_completion_length) / ga_norm
+
+        # Metrics: TRL's names where TRL logs the same thing, is/* for ours.
+        with torch.no_grad():
+            m = self._metrics[mode]
+            low, high = core.clip_masks(coef_1, advantages, self.epsilon_low, self.epsilon_high)
+            region = (low | high).float()
+            if self.beta != 0.0:
+                tokens = mask.sum().item()
+                kl_tok = (per_token_kl * mask).sum().item()
+                m["kl"].append(kl_tok / max(tokens, 1.0))
+                if mode == "train":
+                    self._rollout_ref_kl[0] += kl_tok
+                    self._rollout_ref_kl[1] += tokens
+            m["entropy"].append(core.masked_mean(entropies, mask).item())
+            m["clip_ratio/low_mean"].append(core.masked_mean(low.float(), mask).item())
+            m["clip_ratio/high_mean"].append(core.masked_mean(high.float(), mask).item())
+            m["clip_ratio/region_mean"].append(core.masked_mean(region, mask).item())
+            if mode == "train":
+                self._accumulate(approx_kl, region, coef_1, mask)
+        return loss
+
+    def _accumulate(self, approx_kl, region, coef, mask) -> None:
+        acc = self._acc
+        tokens = mask.sum().item()
+        acc["kl_sum"] += approx_kl.item() * tokens
+        acc["tokens"] += tokens
+        seq_level = region.shape[-1] == 1 and mask.shape[-1] != 1
+        acc["clipped"] += region.sum().item() if seq_level else (region * mask).sum().item()
+        acc["clip_n"] += region.numel() if seq_level else tokens
+        rmin, rmax = core.ratio_range(coef.detach(), mask)
+        if not math.isnan(rmin):
+            acc["ratio_min"], acc["ratio_max"] = min(acc["ratio_min"], rmin), max(acc["ratio_max"], rmax)
+        acc["minibatches"] += 1
+        epoch, mb = self._cursor
+        if mb == self.args.steps_per_generation - 1:
+            self._finish_epoch(partial=False)
+            if epoch == self.args.rollout_epochs - 1:
+                self._finish_rollout(windows_done=self.args.rollout_epochs * self.windows_per_epoch, early=False)
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def completions_generated(self) -> int:
+        """Completions generated for training so far (all processes)."""
+        return self.rollouts * self.args.generation_batch_size
+
+    def _state_dict(self) -> dict:
+        return {"rollouts": self.rollouts, "rollout": self._rollout, "epoch": self._epoch, "mb": self._mb,
+                "cursor": self._cursor, "exhausted": self._exhausted, "acc": self._acc,
+                "rollout_ref_kl": self._rollout_ref_kl, "beta": self.beta, "kl_ctl_beta": self.kl_ctl.beta,
+                "rollout_history": self.rollout_history, "epoch_history": self.epoch_history}
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint plus this process's rollout state (buffer, cursor, β, prompt-stream position)."""
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: PLC0415
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder):
+            name = STATE_FILE if self.accelerator.num_processes == 1 else f"rank{self.accelerator.process_index}_{STATE_FILE}"
+            torch.save(self._state_dict(), os.path.join(folder, name))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        name = STATE_FILE if self.accelerator.num_processes == 1 else f"rank{self.accelerator.process_index}_{STATE_FILE}"
+        path = os.path.join(checkpoint, name)
+        if not os.path.exists(path):
+            return
+        s = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self.rollouts, self._rollout, self._epoch, self._mb = s["rollouts"], s["rollout"], s["epoch"], s["mb"]
+        self._cursor, self._exhausted, self._acc = tuple(s["cursor"]), s["exhausted"], s["acc"]
+        self._rollout_ref_kl, self.beta, self.kl_ctl.beta = s["rollout_ref_kl"], s["beta"], s["kl_ctl_beta"]
+        self.rollout_history, self.epoch_history = s["rollout_history"], s["epoch_history"]
+        self._stream = None  # rebuilt and advanced to `rollouts` on the next draw
+        if self._rollout is not None and not self._exhausted:
+            self._split_epoch()
+
+
+class GRPOISStage(GRPOStage):
+    """Multi-epoch importance-sampled GRPO with target-KL early stopping (``GRPOISTrainer``)."""
+
+    config_class = "rewardkit.trainers.grpo_is:GRPOISConfig"
+    trainer_class = "rewardkit.trainers.grpo_is:GRPOISTrainer"

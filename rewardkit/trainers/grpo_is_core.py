@@ -1,0 +1,139 @@
+"""Pure tensor functions behind the ``grpo_is`` trainer (no trainer state, unit-testable on their own).
+
+Shapes: ``B`` sequences, ``T`` completion tokens. ``mask`` is the ``(B, T)`` 0/1 completion mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# The loss aggregations of TRL 1.16 that this trainer reproduces (see ``aggregate_loss``); all of them are the
+# PPO clipped surrogate, they differ only in how per-token terms are averaged.
+SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over valid tokens; a ``(B, 1)`` ``x`` (sequence level) is averaged over sequences."""
+    if x.shape[-1] == 1 and mask.shape[-1] != 1:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def approx_kl_old_new(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(old ‖ new) estimated on tokens sampled from the old policy, the PPO early-stopping statistic.
+
+    With ``log r = logp_new - logp_old`` this is Schulman's k3, ``mean(exp(log r) - 1 - log r)``: unbiased under
+    old-policy samples and never negative. Returns a 0-d tensor (no gradient).
+    """
+    log_r = (logps - old_logps).detach()
+    return masked_mean(torch.expm1(log_r) - log_r, mask)
+
+
+def importance_log_weights(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor,
+                           level: str) -> torch.Tensor:
+    """log π_θ/π_old per token (``level="token"``, (B, T)) or its masked mean per sequence (GSPO, (B, 1))."""
+    log_ratio = logps - old_logps
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
+
+
+def clipped_surrogate(coef: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
+                      delta: float | None = None) -> torch.Tensor:
+    """Per-token PPO loss ``-min(r·A, clip(r, 1-ε_low, 1+ε_high)·A)`` (DAPO's asymmetric ε; ``delta`` caps
+    the unclipped ratio as TRL's two-sided clipping does)."""
+    coef_2 = torch.clamp(coef, 1 - eps_low, 1 + eps_high)
+    if delta is not None:
+        coef = torch.clamp(coef, max=delta)
+    return -torch.min(coef * advantages, coef_2 * advantages)
+
+
+def clip_masks(coef: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
+    """Where the clip is active (the gradient is zeroed): low side for A<0, high side for A>0."""
+    low = (coef < 1 - eps_low) & (advantages < 0)
+    high = (coef > 1 + eps_high) & (advantages > 0)
+    return low, high
+
+
+def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, *,
+                   max_completion_length: int | None = None, num_items: torch.Tensor | float | None = None
+                   ) -> torch.Tensor:
+    """Reduce a per-token loss the way TRL's ``loss_type`` does, before gradient-accumulation scaling.
+
+    ``grpo``: mean over tokens of each sequence, then over sequences (GRPO, Shao et al. 2024);
+    ``bnpo``: mean over all tokens of the minibatch; ``dr_grpo``: sum / (B · max_completion_length)
+    (Dr. GRPO, Liu et al. 2025); ``dapo``: sum / ``num_items`` (tokens of the whole accumulation window).
+    """
+    if loss_type == "grpo":
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":
+        return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length)
+    if loss_type == "dapo":
+        return (per_token_loss * mask).sum() / num_items
+    raise ValueError(f"loss_type {loss_type!r} is not one of {SUPPORTED_LOSS_TYPES}")
+
+
+def ratio_range(coef: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of the importance ratio over valid tokens (or sequences at sequence level)."""
+    if coef.shape[-1] == 1 and mask.shape[-1] != 1:
+        valid = coef.reshape(-1)
+    else:
+        valid = coef[mask.bool()]
+    if valid.numel() == 0:
+        return float("nan"), float("nan")
+    return valid.min().item(), valid.max().item()
+
+
+def epoch_permutation(n: int, seed: int, rollout: int, epoch: int) -> torch.Tensor:
+    """The sample order of ``epoch`` (≥ 1) of rollout number ``rollout``: a fixed function of its arguments, so a
+    resumed run reshuffles exactly as the uninterrupted one did, and the global RNG is left untouched."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 1_000_003 + int(rollout)) * 1_009 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def permute_rows(batch: dict[str, Any], perm: torch.Tensor) -> dict[str, Any]:
+    """Reorder every per-sample entry of a rollout dict (tensors with a batch dim, lists); keep scalars."""
+    n = len(perm)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
+            out[key] = value[perm]
+        elif isinstance(value, list) and len(value) == n:
+            out[key] = [value[i] for i in perm.tolist()]
+        else:
+            out[key] = value
+    return out
+
+
+def batch_problems(*, per_device_train_batch_size: int, num_processes: int, steps_per_generation: int,
+                   gradient_accumulation_steps: int, num_generations: int, rollout_epochs: int) -> list[str]:
+    """What is wrong with this batch arithmetic, explained with the user's numbers (empty when fine)."""
+    b, p, s, a, g = (per_device_train_batch_size, num_processes, steps_per_generation,
+                     gradient_accumulation_steps, num_generations)
+    rollout = b * p * s
+    problems = []
+    if rollout_epochs < 1:
+        problems.append(f"rollout_epochs must be >= 1 (got {rollout_epochs})")
+    if s % a != 0:
+        problems.append(
+            f"one rollout holds per_device_train_batch_size × processes × steps_per_generation = {b} × {p} × {s} = "
+            f"{rollout} completions, split into {s} minibatches of {b} per process; an optimizer step accumulates "
+            f"gradient_accumulation_steps = {a} minibatches, so {s} minibatches make {s / a:g} optimizer steps "
+            f"per epoch. An epoch must end on an optimizer step (early stopping and reshuffling act on epochs): "
+            f"set steps_per_generation to a multiple of {a} (e.g. {a * max(1, round(s / a))})")
+    if rollout % g != 0:
+        problems.append(f"a rollout of {b} × {p} × {s} = {rollout} completions is not a whole number of groups "
+                        f"of num_generations = {g}")
+    return problems
+
+
+def rollout_epochs_used(windows_done: int, windows_per_epoch: int) -> float:
+    """Epochs a rollout was actually used for, counting a partial last epoch as a fraction."""
+    return windows_done / windows_per_epoch
