@@ -13,6 +13,8 @@ from rewardkit.kl import ESTIMATORS
 def register_rewards(register):
     register("exact_match", "rewardkit.rewards:ExactMatch", columns="rewardkit.rewards:exact_match_columns",
              description="1.0 if the completion's first line equals a gold column (default 'answer')")
+    register("reward_model", "rewardkit.reward_model:RewardModel", columns=[],
+             description="score from a trained sequence-classification reward model (params: path, ...)")
 
 
 @hookimpl
@@ -26,6 +28,10 @@ def register_trainers(register):
     register("sft", "rewardkit.trainers.trl_stages:SFTStage", description="TRL SFTTrainer")
     register("grpo", "rewardkit.trainers.trl_stages:GRPOStage", description="TRL GRPOTrainer")
     register("dpo", "rewardkit.trainers.trl_stages:DPOStage", description="TRL DPOTrainer")
+    register("ppo", "rewardkit.trainers.ppo:PPOStage",
+             description="PPO with a value head (GAE, clipped losses, adaptive KL) on TRL's GRPO machinery")
+    register("reward_model", "rewardkit.trainers.reward_model:RewardModelStage",
+             description="TRL RewardTrainer (Bradley-Terry) on preference pairs; held-out accuracy")
 
 
 @hookimpl

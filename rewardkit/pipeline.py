@@ -117,16 +117,20 @@ def run(recipe, registry) -> dict:
         model_dir = models.save_merged(trainer, stage_model, spec.model, os.path.join(out_dir, "model"),
                                        _import_target(stage_cls.model_class))
         info = {"name": spec.name, "trainer": spec.trainer_type, "model_dir": model_dir,
-                "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1)}
+                "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1),
+                **(getattr(trainer, "summary_metrics", None) or {})}
+        # A stage whose result is not a policy (a reward model) is neither evaluated by generation nor the
+        # starting point of the next stage.
+        produces_policy = getattr(stage_cls, "produces_policy", True)
         png = _plot_rewards(log_cb.path, os.path.join(out_dir, "reward_curve.png"))
         if png:
             info["reward_curve"] = png
         summary["stages"].append(info)
-        if evaluate and spec.evaluate:
+        if evaluate and spec.evaluate and produces_policy:
             result = evaluate(trainer.model, ctx.tokenizer, ctx.dataset)
             summary["eval"].append({"after": spec.name, **result})
             _log(f"after '{spec.name}': held-out score {result['score']:.1%}")
-        previous = model_dir
+        previous = model_dir if produces_policy else previous
         del trainer
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
