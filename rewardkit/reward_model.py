@@ -87,12 +87,12 @@ class RewardModel:
         if self.model is None:
             import os  # noqa: PLC0415
 
-            import torch  # noqa: PLC0415
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415
-
             if not os.path.isdir(self.path):
                 raise FileNotFoundError(f"reward_model: no model directory at {self.path!r}; train one with "
                                         f"trainer: reward_model, or fix params.path")
+            import torch  # noqa: PLC0415
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415
+
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
             self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
