@@ -87,7 +87,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     """PPO-clip: mean over real tokens of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)), ρ = exp(logp − old_logp).
 
     All inputs ``(B, T)``. Returns (scalar loss, stats) with ``clipfrac`` (share of tokens where the clipped
-    term won) and ``approx_kl`` (k3 estimate of KL(old‖new), Schulman 2020), both detached floats.
+    term won) and ``approx_kl`` (k3 estimate of KL(old‖new) from tokens sampled by the old policy: ρ − 1 − log ρ,
+    Schulman 2020), both detached floats.
     """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
@@ -96,7 +97,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-                 "approx_kl": masked_mean(torch.exp(-log_ratio) - 1 + log_ratio, mask).item(),
+                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}
     return loss, stats
 

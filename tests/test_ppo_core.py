@@ -81,8 +81,8 @@ def test_policy_loss_asymmetric_clip_and_approx_kl():
     assert pc.policy_loss(logp, torch.zeros(1, 1), t([[1.0]]), t([[1]]), 0.2)[0].item() == pytest.approx(-1.2)
     loss, stats = pc.policy_loss(logp, torch.zeros(1, 1), t([[1.0]]), t([[1]]), 0.2, clip_high=0.3)
     assert loss.item() == pytest.approx(-1.25)
-    # k3 of log-ratio r = log 1.25: exp(-r) - 1 + r
-    assert stats["approx_kl"] == pytest.approx(0.8 - 1 + math.log(1.25), abs=1e-6)
+    # k3 estimate of KL(old || new) with tokens from old: rho - 1 - log(rho) = 0.25 - log(1.25)
+    assert stats["approx_kl"] == pytest.approx(0.25 - math.log(1.25), abs=1e-6)
 
 
 def test_value_loss_clipped_by_hand():
