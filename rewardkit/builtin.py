@@ -5,7 +5,8 @@ named by a ``"module:attribute"`` string so that listing plugins imports no torc
 """
 
 from rewardkit import hookimpl
-from rewardkit.datasets_builtin import ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS
+from rewardkit.datasets_builtin import (ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS, REVERSE_COLUMNS,
+                                        REVERSE_PREFERENCE_COLUMNS)
 from rewardkit.kl import ESTIMATORS
 
 
@@ -40,6 +41,10 @@ def register_datasets(register):
              description="seeded a+b= problems with answer column, disjoint train/test")
     register("arithmetic_preferences", "rewardkit.datasets_builtin:arithmetic_preferences",
              columns=PREFERENCE_COLUMNS, description="arithmetic preference pairs (prompt/chosen/rejected)")
+    register("reverse", "rewardkit.datasets_builtin:reverse", columns=REVERSE_COLUMNS,
+             description="seeded abcd= -> dcba string reversal with answer column, disjoint train/test")
+    register("reverse_preferences", "rewardkit.datasets_builtin:reverse_preferences",
+             columns=REVERSE_PREFERENCE_COLUMNS, description="reversal preference pairs, rejected = near miss")
 
 
 @hookimpl
