@@ -322,9 +322,8 @@ class PPOTrainer(GRPOTrainer):
         return path
 
     def train(self, *args, **kwargs):
-        import logging  # noqa: PLC0415
-
-        logging.getLogger("rewardkit").info("PPO: %s", self.args.describe_batches())
+        if self.accelerator.is_main_process:
+            print(f"[rewardkit] PPO: {self.args.describe_batches()}", flush=True)
         result = super().train(*args, **kwargs)
         self.save_critic(self.args.output_dir)  # also with LoRA, where the pipeline saves only the adapter
         return result
