@@ -111,3 +111,17 @@ def test_pipeline_reward_model_then_ppo(tmp_path, registry):
     assert ppo["steps"] == 2
     scores = RewardModel(rm["model_dir"])(prompts=["1+2=", "1+2="], completions=["3", "4"])
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores)
+
+
+def test_reverse_datasets_are_disjoint_and_pairs_differ():
+    from rewardkit.datasets_builtin import reverse, reverse_preferences
+
+    d = reverse(n_train=500, n_test=50, seed=3)
+    p = reverse_preferences(n_train=500, n_test=50, seed=3)
+    assert not set(d["train"]["prompt"]) & set(d["test"]["prompt"])
+    assert set(p["test"]["prompt"]) == set(d["test"]["prompt"])
+    row = d["train"][0]
+    assert row["completion"] == row["prompt"][:-1][::-1] == row["answer"]
+    assert all(c != r and len(c) == len(r) for c, r in zip(p["train"]["chosen"], p["train"]["rejected"]))
+    with pytest.raises(ValueError, match="leaves no training strings"):
+        reverse(n_test=16, length=2, alphabet="abcd")
