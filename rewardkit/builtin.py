@@ -5,7 +5,8 @@ named by a ``"module:attribute"`` string so that listing plugins imports no torc
 """
 
 from rewardkit import hookimpl
-from rewardkit.datasets_builtin import ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS
+from rewardkit.datasets_builtin import (ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS, REVERSE_COLUMNS,
+                                        REVERSE_PREFERENCE_COLUMNS)
 from rewardkit.kl import ESTIMATORS
 
 
@@ -13,6 +14,8 @@ from rewardkit.kl import ESTIMATORS
 def register_rewards(register):
     register("exact_match", "rewardkit.rewards:ExactMatch", columns="rewardkit.rewards:exact_match_columns",
              description="1.0 if the completion's first line equals a gold column (default 'answer')")
+    register("reward_model", "rewardkit.reward_model:RewardModel", columns=[],
+             description="score from a trained sequence-classification reward model (params: path, ...)")
 
 
 @hookimpl
@@ -27,6 +30,10 @@ def register_trainers(register):
     register("grpo", "rewardkit.trainers.trl_stages:GRPOStage", description="TRL GRPOTrainer")
     register("dpo", "rewardkit.trainers.trl_stages:DPOStage", description="TRL DPOTrainer")
     register("grpo_is", "rewardkit.trainers.grpo_is:GRPOISStage", description="multi-epoch importance-sampled GRPO, target-KL early stop")
+    register("ppo", "rewardkit.trainers.ppo:PPOStage",
+             description="PPO with a value head (GAE, clipped losses, adaptive KL) on TRL's GRPO machinery")
+    register("reward_model", "rewardkit.trainers.reward_model:RewardModelStage",
+             description="TRL RewardTrainer (Bradley-Terry) on preference pairs; held-out accuracy")
 
 
 @hookimpl
@@ -35,6 +42,10 @@ def register_datasets(register):
              description="seeded a+b= problems with answer column, disjoint train/test")
     register("arithmetic_preferences", "rewardkit.datasets_builtin:arithmetic_preferences",
              columns=PREFERENCE_COLUMNS, description="arithmetic preference pairs (prompt/chosen/rejected)")
+    register("reverse", "rewardkit.datasets_builtin:reverse", columns=REVERSE_COLUMNS,
+             description="seeded abcd= -> dcba string reversal with answer column, disjoint train/test")
+    register("reverse_preferences", "rewardkit.datasets_builtin:reverse_preferences",
+             columns=REVERSE_PREFERENCE_COLUMNS, description="reversal preference pairs, rejected = near miss")
 
 
 @hookimpl

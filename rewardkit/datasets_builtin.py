@@ -102,3 +102,77 @@ def arithmetic_preferences(n_train: int = 4000, n_test: int = 300, max_operand: 
         return out
 
     return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+
+
+# --------------------------------------------------------------------------- string reversal (RLHF toy)
+REVERSE_COLUMNS = ["prompt", "completion", "answer"]
+REVERSE_PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected", "answer"]
+
+
+def _strings(length: int, alphabet: str, seed: int, n_test: int):
+    """All distinct strings of ``length`` over ``alphabet``, shuffled by ``seed``, the first ``n_test`` held out."""
+    if len(set(alphabet)) < 2 or length < 2:
+        raise ValueError(f"alphabet needs >= 2 distinct characters and length >= 2 (got {alphabet!r}, {length})")
+    total = len(alphabet) ** length
+    if n_test >= total:
+        raise ValueError(f"n_test={n_test} leaves no training strings ({total} exist)")
+    rng = random.Random(seed)
+    # Sample without enumerating huge spaces: draw distinct strings until the pool is big enough.
+    pool_size = min(total, 20000)
+    pool: set[str] = set()
+    while len(pool) < pool_size:
+        pool.add("".join(rng.choice(alphabet) for _ in range(length)))
+    strings = sorted(pool)
+    rng.shuffle(strings)
+    return strings[n_test:], strings[:n_test]
+
+
+def reverse(n_train: int = 10000, n_test: int = 300, length: int = 4, alphabet: str = "abcdefghij", seed: int = 0):
+    """``abcd=`` -> ``dcba``: prompts, SFT completions and an ``answer`` column; held-out strings never in train."""
+    from datasets import Dataset, DatasetDict
+
+    train_pool, test = _strings(length, alphabet, seed, n_test)
+    rng = random.Random(seed + 1)
+    train = [rng.choice(train_pool) for _ in range(n_train)]
+
+    def rows(items):
+        return {"prompt": [f"{s}=" for s in items], "completion": [s[::-1] for s in items],
+                "answer": [s[::-1] for s in items]}
+
+    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+
+
+def _corrupt(answer: str, alphabet: str, rng: random.Random) -> str:
+    """A near miss: one character replaced, or two neighbours swapped."""
+    while True:
+        chars = list(answer)
+        i = rng.randrange(len(chars))
+        if rng.random() < 0.3 and i + 1 < len(chars):
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        else:
+            chars[i] = rng.choice(alphabet)
+        cand = "".join(chars)
+        if cand != answer:
+            return cand
+
+
+def reverse_preferences(n_train: int = 10000, n_test: int = 300, length: int = 4, alphabet: str = "abcdefghij",
+                        seed: int = 0):
+    """Reversal preference pairs: ``chosen`` is the reversed string, ``rejected`` a near miss. Same held-out
+    strings as :func:`reverse` with the same parameters."""
+    from datasets import Dataset, DatasetDict
+
+    train_pool, test = _strings(length, alphabet, seed, n_test)
+    rng = random.Random(seed + 2)
+    train = [rng.choice(train_pool) for _ in range(n_train)]
+
+    def rows(items):
+        out = {c: [] for c in REVERSE_PREFERENCE_COLUMNS}
+        for s in items:
+            out["prompt"].append(f"{s}=")
+            out["chosen"].append(s[::-1])
+            out["rejected"].append(_corrupt(s[::-1], alphabet, rng))
+            out["answer"].append(s[::-1])
+        return out
+
+    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))

@@ -284,7 +284,8 @@ def run(recipe, registry, resume: str = "auto") -> dict:
             info = st["info"]
             log(f"stage '{spec.name}': finished in a previous run ({info['steps']} steps), not trained again")
             summary["stages"].append({**info, "previous_run": True})
-            if evaluate and spec.evaluate:
+            policy = info.get("produces_policy", True)
+            if evaluate and spec.evaluate and policy:
                 key = _eval_key(recipe, spec.data)
                 row = st.get("eval") if (st.get("eval") or {}).get("key") == key else None
                 if row is None and dist.main:  # the eval section changed since: score the saved model
@@ -295,7 +296,7 @@ def run(recipe, registry, resume: str = "auto") -> dict:
                 if row is not None:
                     summary["eval"].append(row)
                 dist.barrier()
-            previous = info["model_dir"]
+            previous = info["model_dir"] if policy else previous
             save_summary()
             continue
 
@@ -332,7 +333,11 @@ def run(recipe, registry, resume: str = "auto") -> dict:
             model_dir = models.save_merged(trainer, stage_model, spec.model, model_dir,
                                            _import_target(stage_cls.model_class))
         info = {"name": spec.name, "trainer": spec.trainer_type, "model_dir": model_dir,
-                "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1)}
+                "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1),
+                **(getattr(trainer, "summary_metrics", None) or {})}
+        # A stage whose result is not a policy (a reward model) is neither evaluated by generation nor the
+        # starting point of the next stage.
+        info["produces_policy"] = getattr(stage_cls, "produces_policy", True)
         if ckpt:
             info["resumed_from_step"] = ckpt[0]
         faults = {r.__name__: r.fault_counts() for r in rewards
@@ -346,7 +351,7 @@ def run(recipe, registry, resume: str = "auto") -> dict:
             png = plot.reward_curve(log_cb.path, os.path.join(out_dir, "reward_curve.png"))
             if png:
                 info["reward_curve"] = png
-            if evaluate and spec.evaluate:
+            if evaluate and spec.evaluate and info["produces_policy"]:
                 result = evaluate(trainer.model, ctx.tokenizer, ctx.dataset)
                 row = {"after": spec.name, **result, "key": _eval_key(recipe, spec.data)}
                 summary["eval"].append(row)
@@ -356,7 +361,7 @@ def run(recipe, registry, resume: str = "auto") -> dict:
         summary["stages"].append(info)
         save_summary()
         dist.barrier()
-        previous = model_dir
+        previous = model_dir if info["produces_policy"] else previous
         del trainer
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 

@@ -321,8 +321,24 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     seed = raw.get("seed", 42)
     default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
-    return Recipe(path, base_dir, str(raw.get("output_dir") or default_out), seed if isinstance(seed, int) else 42,
-                  model, data, stages, ev, raw)
+    output_dir = str(raw.get("output_dir") or default_out)
+    for stage in stages:  # a reward may read what an earlier stage wrote: path: "{output_dir}/rm/model"
+        for block in stage.rewards:
+            block.params = _with_output_dir(block.params, output_dir)
+    if isinstance(ev, dict):
+        ev = _with_output_dir(ev, output_dir)
+    return Recipe(path, base_dir, output_dir, seed if isinstance(seed, int) else 42, model, data, stages, ev, raw)
+
+
+def _with_output_dir(value: Any, output_dir: str) -> Any:
+    """Replace the literal ``{output_dir}`` in every string of ``value`` (other braces are left alone)."""
+    if isinstance(value, str):
+        return value.replace("{output_dir}", output_dir)
+    if isinstance(value, dict):
+        return {k: _with_output_dir(v, output_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_output_dir(v, output_dir) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- semantic validation

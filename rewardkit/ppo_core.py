@@ -1,0 +1,126 @@
+"""PPO's arithmetic as small pure functions on tensors (no model, no trainer), each unit-tested by hand.
+
+Shapes: ``B`` episodes (one completion each), ``T`` completion tokens, right-padded. ``mask`` is ``(B, T)``
+with 1 on real completion tokens and 0 on padding; every reduction here ignores padding. Token ``t``'s
+log-prob, value and advantage all belong to the state *before* token ``t`` was emitted.
+
+References: Schulman et al. 2017 "Proximal Policy Optimization Algorithms" (clipped objective, adaptive KL);
+Schulman et al. 2016 "High-Dimensional Continuous Control Using GAE" (GAE(γ, λ)); Ziegler et al. 2019
+"Fine-Tuning Language Models from Human Preferences" (score on the last token, per-token KL penalty).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (all of them, or along ``dim``)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries of ``x`` (Bessel-corrected by default)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; padding comes out as 0. ``(B, T) -> (B, T)``."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row of a right-padded ``(B, T)`` mask -> ``(B,)`` (0 if empty)."""
+    t = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), t, torch.zeros_like(t)).max(dim=1).values
+
+
+def token_rewards(score: torch.Tensor, kl: torch.Tensor, beta: float, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards: ``-β·kl_t`` on every real token, plus the sequence ``score`` on the last one.
+
+    score ``(B,)``, kl ``(B, T)`` (any estimator, already per token), mask ``(B, T)`` -> ``(B, T)``, 0 on padding.
+    """
+    mask = mask.to(kl.dtype)
+    rewards = -beta * kl * mask  # (B, T)
+    last = last_token_index(mask)  # (B,)
+    has_tokens = mask.sum(1) > 0  # an empty completion gets no score (nothing to credit it to)
+    at_last = torch.nn.functional.one_hot(last, mask.size(1)).to(kl.dtype)  # (B, T)
+    score = torch.where(has_tokens, score.to(kl.dtype), torch.zeros((), dtype=kl.dtype, device=kl.device))
+    return rewards + at_last * score[:, None]
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over right-padded episodes that end at their last real token.
+
+    rewards, values, mask: ``(B, T)`` -> (advantages, returns), both ``(B, T)`` and 0 on padding.
+    δ_t = r_t + γ·V_{t+1} − V_t (V after the last real token is 0: the episode is over),
+    A_t = δ_t + γλ·A_{t+1};  returns = A + V (the value target).
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    next_value = torch.zeros_like(values[:, 0])  # (B,)
+    next_adv = torch.zeros_like(values[:, 0])  # (B,)
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(values.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = adv
+        next_value, next_adv = values[:, t], adv  # both 0 on padding, so padding acts as the terminal state
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip: float = 0.2, clip_high: float | None = None) -> tuple[torch.Tensor, dict]:
+    """PPO-clip: mean over real tokens of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)), ρ = exp(logp − old_logp).
+
+    All inputs ``(B, T)``. Returns (scalar loss, stats) with ``clipfrac`` (share of tokens where the clipped
+    term won) and ``approx_kl`` (k3 estimate of KL(old‖new) from tokens sampled by the old policy: ρ − 1 − log ρ,
+    Schulman 2020), both detached floats.
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + (clip if clip_high is None else clip_high))
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
+                 "ratio_mean": masked_mean(ratio, mask).item()}
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float | None = 0.2) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss: ½·mean over real tokens of max((V − R)², (V_clip − R)²),
+    V_clip = V_old + clip(V − V_old, −c, c). ``clip=None`` gives the plain squared error. Inputs ``(B, T)``."""
+    unclipped = (values - returns) ** 2
+    if clip is None:
+        loss = 0.5 * masked_mean(unclipped, mask)
+        return loss, {"clipfrac": 0.0}
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    clipped = (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item()}
+    return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var[R − V] / Var[R] over real tokens: 1 is a perfect critic, 0 no better than a constant."""
+    var_r = masked_var(returns, mask)
+    if var_r.item() == 0:
+        return float("nan")
+    return (1.0 - masked_var(returns - values, mask) / var_r).item()

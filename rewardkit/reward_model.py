@@ -1,0 +1,125 @@
+"""The ``reward_model`` reward: scores completions with a learned sequence-classification model.
+
+Usable wherever a rule-based reward is (GRPO, PPO, next to other rewards). Cheap to build: the model loads on
+the first call, so a recipe may point ``path`` at a model an earlier stage has not trained yet; write
+``path: "{output_dir}/rm/model"`` and rewardkit substitutes the recipe's ``output_dir`` when it loads the recipe.
+
+The text scored is the text the reward model was trained on by ``trainer: reward_model`` (TRL's
+``RewardTrainer``): ``prompt + completion + eos`` for plain prompts, the chat template applied to
+``prompt + [assistant completion]`` for conversations.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rewardkit.rewards import completion_text
+
+NORMALIZE = ("none", "batch", "running")
+
+
+def pair_texts(tokenizer, prompts, completions) -> list[str]:
+    """The strings a reward model scores, formatted as TRL's RewardTrainer formats training pairs."""
+    texts = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        if isinstance(prompt, list):  # conversational
+            messages = completion if isinstance(completion, list) else [
+                {"role": "assistant", "content": str(completion)}]
+            texts.append(tokenizer.apply_chat_template(prompt + messages, tokenize=False))
+        else:
+            text = prompt + completion_text(completion)
+            eos = tokenizer.eos_token or ""
+            texts.append(text if text.endswith(eos) else text + eos)
+    return texts
+
+
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 512) -> list[float]:
+    """Raw reward-model scores of ``texts``, batched, right-padded (as in training), long texts cut on the left."""
+    import torch  # noqa: PLC0415
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"  # keep the end of a long text: that is where the answer is
+    scores: list[float] = []
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_length, padding_side="right", add_special_tokens=True).to(device)
+            with torch.no_grad():
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            scores.extend(logits[:, 0].float().tolist())  # (B, 1) -> B scores
+    finally:
+        tokenizer.truncation_side = side
+        model.train(was_training)
+    return scores
+
+
+class RewardModel:
+    """Reward factory: ``reward_model`` with params
+
+    - ``path``: directory of an ``AutoModelForSequenceClassification`` with one output (and its tokenizer);
+    - ``batch_size``: completions scored per forward pass (default 32);
+    - ``device``: "cpu", "cuda", ... (default: cuda when available);
+    - ``max_length``: tokens kept per text, from the end (default 512);
+    - ``normalize``: "none" (raw score), "batch" (z-score within each call), "running" (z-score with running
+      mean/std over every call so far);
+    - ``offset``, ``scale``: applied after normalization, ``(s - offset) / scale`` (centering on a known mean).
+    """
+
+    def __init__(self, path: str, batch_size: int = 32, device: str | None = None, max_length: int = 512,
+                 normalize: str = "none", offset: float = 0.0, scale: float = 1.0):
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+        if batch_size < 1 or max_length < 1:
+            raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
+        if scale == 0:
+            raise ValueError("scale must not be 0")
+        self.path, self.batch_size, self.device, self.max_length = path, batch_size, device, max_length
+        self.normalize, self.offset, self.scale = normalize, float(offset), float(scale)
+        self.model = self.tokenizer = None
+        self._n, self._mean, self._m2 = 0, 0.0, 0.0  # running statistics (Welford)
+        self.__name__ = "reward_model"
+
+    def load(self):
+        """Load model and tokenizer (once)."""
+        if self.model is None:
+            import os  # noqa: PLC0415
+
+            if not os.path.isdir(self.path):
+                raise FileNotFoundError(f"reward_model: no model directory at {self.path!r}; train one with "
+                                        f"trainer: reward_model, or fix params.path")
+            import torch  # noqa: PLC0415
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
+            if self.model.config.num_labels != 1:
+                raise ValueError(f"reward_model: {self.path} has num_labels={self.model.config.num_labels}; a "
+                                 f"reward model has 1 output")
+            if self.model.config.pad_token_id is None:
+                self.model.config.pad_token_id = self.tokenizer.pad_token_id
+            self.model.to(device).eval()
+        return self.model, self.tokenizer
+
+    def _normalize(self, raw: list[float]) -> list[float]:
+        if self.normalize == "batch" and len(raw) > 1:
+            mean = sum(raw) / len(raw)
+            std = math.sqrt(sum((x - mean) ** 2 for x in raw) / (len(raw) - 1))
+            raw = [(x - mean) / (std + 1e-6) for x in raw]
+        elif self.normalize == "running":
+            for x in raw:
+                self._n += 1
+                delta = x - self._mean
+                self._mean += delta / self._n
+                self._m2 += delta * (x - self._mean)
+            std = math.sqrt(self._m2 / (self._n - 1)) if self._n > 1 else 1.0
+            raw = [(x - self._mean) / (std + 1e-6) for x in raw]
+        return [(x - self.offset) / self.scale for x in raw]
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        model, tokenizer = self.load()
+        texts = pair_texts(tokenizer, prompts, completions)
+        return self._normalize(score_texts(model, tokenizer, texts, self.batch_size, self.max_length))

@@ -1,0 +1,105 @@
+"""PPO's pure functions against numbers worked by hand (see the comments for each calculation)."""
+
+import math
+
+import pytest
+import torch
+
+from rewardkit import ppo_core as pc
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_token_rewards_score_on_last_real_token_and_kl_on_every_token():
+    # beta 0.5; row 0 has 3 real tokens, row 1 has 2 (its third is padding with a garbage KL of 9).
+    score = t([1.0, 2.0])
+    kl = t([[0.1, 0.2, 0.3], [0.5, 0.5, 9.0]])
+    mask = t([[1, 1, 1], [1, 1, 0]])
+    r = pc.token_rewards(score, kl, 0.5, mask)
+    # row 0: -0.05, -0.10, -0.15 + 1 ; row 1: -0.25, -0.25 + 2, padding 0
+    assert torch.allclose(r, t([[-0.05, -0.10, 0.85], [-0.25, 1.75, 0.0]]))
+
+
+def test_token_rewards_empty_completion_gets_nothing():
+    r = pc.token_rewards(t([5.0]), t([[0.3, 0.3]]), 1.0, t([[0, 0]]))
+    assert torch.equal(r, t([[0.0, 0.0]]))
+
+
+def test_last_token_index():
+    assert pc.last_token_index(t([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])).tolist() == [1, 3, 0]
+
+
+def test_gae_monte_carlo_case():
+    # gamma = lam = 1: advantages are return - value; the return of every token is the final score 1.
+    adv, ret = pc.gae(t([[0, 0, 1]]), t([[0.5, 0.5, 0.5]]), t([[1, 1, 1]]), gamma=1.0, lam=1.0)
+    assert torch.allclose(adv, t([[0.5, 0.5, 0.5]]))
+    assert torch.allclose(ret, t([[1.0, 1.0, 1.0]]))
+
+
+def test_gae_discounted_by_hand():
+    # gamma 0.9, lam 0.5, V = 0.5 everywhere, reward 1 on the last token:
+    # t=2: d = 1 - 0.5 = 0.5, A = 0.5
+    # t=1: d = 0.9*0.5 - 0.5 = -0.05, A = -0.05 + 0.45*0.5 = 0.175
+    # t=0: d = -0.05, A = -0.05 + 0.45*0.175 = 0.02875
+    adv, ret = pc.gae(t([[0, 0, 1]]), t([[0.5, 0.5, 0.5]]), t([[1, 1, 1]]), gamma=0.9, lam=0.5)
+    assert torch.allclose(adv, t([[0.02875, 0.175, 0.5]]))
+    assert torch.allclose(ret, t([[0.52875, 0.675, 1.0]]))
+
+
+def test_gae_padding_is_terminal_and_ignored():
+    # Row ends after 2 tokens; the padded value (7) and reward (3) must not leak into the real tokens.
+    adv, ret = pc.gae(t([[0, 1, 3]]), t([[0.5, 0.5, 7.0]]), t([[1, 1, 0]]), gamma=1.0, lam=1.0)
+    assert torch.allclose(adv, t([[0.5, 0.5, 0.0]]))
+    assert torch.allclose(ret, t([[1.0, 1.0, 0.0]]))
+
+
+def test_masked_whiten_uses_only_real_tokens():
+    # real entries 1, 2, 3: mean 2, unbiased var 1 -> -1, 0, 1; padding stays 0
+    out = pc.masked_whiten(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]]))
+    assert torch.allclose(out, t([[-1, 0, 1, 0]]), atol=1e-6)
+    assert pc.masked_mean(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]])).item() == pytest.approx(2.0)
+
+
+def test_policy_loss_clip_by_hand_and_gradients():
+    # ratios 1, 1.5, 0.5 (+ a padded token with a huge ratio), advantages 1, 1, -1, clip 0.2:
+    # tok0: max(-1, -1) = -1 ; tok1: max(-1.5, -1.2) = -1.2 (clipped) ; tok2: max(0.5, 0.8) = 0.8 (clipped)
+    # loss = (-1 - 1.2 + 0.8) / 3, clipfrac 2/3
+    logp = torch.log(t([[1.0, 1.5, 0.5, 50.0]])).requires_grad_()
+    loss, stats = pc.policy_loss(logp, torch.zeros(1, 4), t([[1, 1, -1, 1]]), t([[1, 1, 1, 0]]), clip=0.2)
+    assert loss.item() == pytest.approx(-1.4 / 3, abs=1e-6)
+    assert stats["clipfrac"] == pytest.approx(2 / 3)
+    loss.backward()
+    # d/dlogp of -A*ratio/3 where unclipped wins (tok0): -1/3; clipped tokens and padding: 0
+    assert torch.allclose(logp.grad, t([[-1 / 3, 0.0, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_policy_loss_asymmetric_clip_and_approx_kl():
+    # ratio 1.25, A = 1: clipped at 1.2 with clip_high=None, untouched with clip_high=0.3
+    logp = torch.log(t([[1.25]]))
+    assert pc.policy_loss(logp, torch.zeros(1, 1), t([[1.0]]), t([[1]]), 0.2)[0].item() == pytest.approx(-1.2)
+    loss, stats = pc.policy_loss(logp, torch.zeros(1, 1), t([[1.0]]), t([[1]]), 0.2, clip_high=0.3)
+    assert loss.item() == pytest.approx(-1.25)
+    # k3 estimate of KL(old || new) with tokens from old: rho - 1 - log(rho) = 0.25 - log(1.25)
+    assert stats["approx_kl"] == pytest.approx(0.25 - math.log(1.25), abs=1e-6)
+
+
+def test_value_loss_clipped_by_hand():
+    # tok0: (1-2)^2 = 1 vs clipped V 0.7: (0.7-2)^2 = 1.69 -> 1.69
+    # tok1: (0-0)^2 = 0 vs clipped V 0.3: 0.09 -> 0.09 ; padded token ignored
+    # loss = 0.5 * (1.69 + 0.09) / 2 = 0.445
+    values, old, ret = t([[1.0, 0.0, 9.0]]), t([[0.5, 0.5, 0.0]]), t([[2.0, 0.0, 0.0]])
+    mask = t([[1, 1, 0]])
+    loss, stats = pc.value_loss(values, old, ret, mask, clip=0.2)
+    assert loss.item() == pytest.approx(0.445)
+    assert stats["clipfrac"] == pytest.approx(1.0)
+    plain, _ = pc.value_loss(values, old, ret, mask, clip=None)
+    assert plain.item() == pytest.approx(0.25)  # 0.5 * (1 + 0) / 2
+
+
+def test_explained_variance():
+    ret, mask = t([[1, 2, 3, 0]]), t([[1, 1, 1, 0]])
+    assert pc.explained_variance(t([[1, 2, 3, 5]]), ret, mask) == pytest.approx(1.0)
+    assert pc.explained_variance(t([[2, 2, 2, 5]]), ret, mask) == pytest.approx(0.0)
+    assert math.isnan(pc.explained_variance(t([[0, 0]]), t([[1, 1]]), t([[1, 1]])))

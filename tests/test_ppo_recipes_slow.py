@@ -1,0 +1,72 @@
+"""End-to-end: the bundled PPO and RLHF recipes learn (CPU, tiny model). Slow: run them with -m slow.
+
+Thresholds sit below the figures measured in docs/ppo.md, to allow for thread-count nondeterminism, not for
+a recipe that stopped learning."""
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(recipe, tmp_path, *overrides):
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+    from rewardkit.registry import get_registry
+
+    recipe = load_recipe(os.path.join(ROOT, recipe), [f"output_dir={tmp_path}", *overrides])
+    summary = run(recipe, get_registry())
+    return summary, {row["after"]: row["score"] for row in summary["eval"]}
+
+
+def _rm_score_and_accuracy(policy_dir, rm_dir, dataset):
+    """Raw reward-model score and exact match of greedy completions on held-out prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rewardkit.evaluate import greedy_completions
+    from rewardkit.reward_model import RewardModel
+
+    prompts = list(dataset["prompt"])
+    outs = greedy_completions(AutoModelForCausalLM.from_pretrained(policy_dir),
+                              AutoTokenizer.from_pretrained(policy_dir), prompts, 5, 200)
+    scores = RewardModel(rm_dir, batch_size=200)(prompts=prompts, completions=outs)
+    return sum(scores) / len(scores), sum(o.strip() == a for o, a in zip(outs, dataset["answer"])) / len(outs)
+
+
+@pytest.fixture(scope="module")
+def rlhf(tmp_path_factory):
+    from rewardkit.datasets_builtin import reverse
+
+    out = tmp_path_factory.mktemp("rlhf")
+    summary, acc = _run("recipes/rlhf/reverse.yaml", out)
+    test = reverse(n_train=10, n_test=200, seed=0)["test"]
+    rm_dir = str(out / "rm" / "model")
+    before = _rm_score_and_accuracy(str(out / "sft" / "model"), rm_dir, test)
+    after = _rm_score_and_accuracy(str(out / "ppo" / "model"), rm_dir, test)
+    return summary, acc, before, after
+
+
+@pytest.mark.slow
+def test_rlhf_reward_model_is_accurate_and_ppo_raises_its_score(rlhf):
+    summary, _, before, after = rlhf
+    rm = next(s for s in summary["stages"] if s["name"] == "rm")
+    assert rm["heldout_accuracy"] >= 0.90, rm
+    assert after[0] > before[0], (before, after)  # held-out reward-model score of greedy answers rises
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (docs/ppo.md): PPO over-optimizes the reward model and "
+                   "held-out exact match falls; strict, so a fix shows up as XPASS")
+def test_rlhf_ppo_raises_task_metric(rlhf):
+    _, acc, _, _ = rlhf
+    assert acc["ppo"] > acc["sft"], acc
+
+
+@pytest.mark.slow
+def test_ppo_reverse_exact_match_learns(tmp_path):
+    _, acc = _run("recipes/ppo/reverse.yaml", tmp_path)
+    assert acc["ppo"] - acc["sft"] >= THRESHOLD_PPO_POINTS / 100, acc
+
+
+THRESHOLD_PPO_POINTS = 15  # measured +25.0

@@ -1,0 +1,149 @@
+"""The PPO trainer and stage on the tiny embedded model: config checks, one real (tiny) training run each for
+the value-head critic, LoRA + 4-bit, and the separate critic."""
+
+import os
+
+import pytest
+import torch
+
+import rewardkit.builtin
+from rewardkit import models
+from rewardkit.registry import Registry
+
+pytest.importorskip("trl")
+from rewardkit.trainers.ppo import PPOConfig, PPOStage, PPOTrainer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = Registry(entry_points=False)
+    reg.add_plugin(rewardkit.builtin, "builtin", dist="rewardkit")
+    return reg
+
+
+@pytest.fixture(scope="module")
+def tiny(registry):
+    from transformers import AutoTokenizer
+
+    from rewardkit.datasets_builtin import arithmetic
+
+    path = models.resolve("tiny-llama", registry)
+    return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=64, n_test=8, max_operand=10)
+
+
+def digits(prompts, completions, **kwargs):
+    """A reward any policy can move: the share of digit characters in the completion."""
+    return [sum(ch.isdigit() for ch in c) / 4 for c in completions]
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), max_steps=4, learning_rate=3e-3, per_device_train_batch_size=8,
+                steps_per_generation=2, num_iterations=1, max_completion_length=4, report_to="none",
+                logging_steps=1, bf16=False, gradient_checkpointing=False, seed=0)
+    return PPOConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------- config checks
+@pytest.mark.parametrize("field,value,message", [
+    ("gamma", 1.5, "gamma must be in [0, 1], got 1.5"),
+    ("lam", -0.1, "lam must be in [0, 1]"),
+    ("critic", "twin", "critic must be one of value_head, separate"),
+    ("kl_controller", "pid", "kl_controller must be one of"),
+    ("cliprange_value", 0.0, "cliprange_value must be > 0"),
+    ("num_iterations", 0, "num_iterations (PPO epochs) must be >= 1"),
+])
+def test_config_errors_name_the_field(tmp_path, field, value, message):
+    with pytest.raises(ValueError) as exc:
+        config(tmp_path, **{field: value})
+    assert message in str(exc.value)
+
+
+def test_kl_target_needs_a_starting_beta(tmp_path):
+    with pytest.raises(ValueError, match="kl_target=3.0 needs"):
+        config(tmp_path, kl_target=3.0, beta=0.0)
+
+
+def test_one_generation_per_prompt_and_batch_arithmetic(tmp_path):
+    cfg = config(tmp_path, per_device_train_batch_size=16, steps_per_generation=4, num_iterations=3)
+    assert cfg.num_generations == 1 and cfg.generation_batch_size == 64
+    assert ("rollout = generation_batch_size 64 episodes (64 prompts x num_generations 1) in steps_per_generation "
+            "4 minibatches of per_device_train_batch_size 16; num_iterations 3 PPO epochs -> 12 optimizer steps"
+            in cfg.describe_batches())
+    with pytest.raises(ValueError, match="must be even"):
+        config(tmp_path, per_device_train_batch_size=3, steps_per_generation=1)
+
+
+def test_stage_rejects_grpo_only_fields_and_unknown_estimators(registry):
+    from rewardkit.registry import set_registry
+
+    previous = set_registry(registry)
+    try:
+        assert PPOStage.check_args({"loss_type": "dapo"}) == ["loss_type: a GRPO option; PPO's loss does not use it"]
+        assert "kl_estimator: unknown kl_estimator 'k4'" in PPOStage.check_args({"kl_estimator": "k4"})[0]
+        assert PPOStage.check_args({"gamma": 2.0})[0].startswith("PPOConfig rejects these values: gamma must")
+        assert PPOStage.check_args({"kl_estimator": "k3", "gamma": 0.99, "vf_coef": 0.5}) == []
+    finally:
+        set_registry(previous)
+
+
+# ---------------------------------------------------------------- training
+def _train(tiny, cfg, registry, **kw):
+    path, tok, ds = tiny
+    trainer = PPOTrainer(model=path, reward_funcs=[digits], args=cfg, train_dataset=ds["train"],
+                         processing_class=tok, kl_estimator_fn=registry.kl_estimator(cfg.kl_estimator), **kw)
+    trainer.train()
+    return trainer
+
+
+def _logged(trainer, key):
+    return [r[key] for r in trainer.state.log_history if r.get(key) is not None]
+
+
+def test_value_head_ppo_trains_policy_and_critic(tiny, registry, tmp_path):
+    cfg = config(tmp_path, kl_target=0.5, kl_controller="halve_double")
+    trainer = _train(tiny, cfg, registry)
+    critic = trainer.model.critic
+    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in in_opt for p in critic.parameters())
+    assert critic.head.weight.abs().sum() > 0  # zero-initialised, so it moved
+    assert trainer.ref_model is not None  # full fine-tuning: TRL's reference copy
+    # Two rollouts (2 minibatches x 1 epoch each over 4 steps); the second one sees a policy that moved.
+    kls = _logged(trainer, "ppo/kl")
+    assert len(kls) == 2 and kls[0] == 0.0 and kls[1] != 0.0
+    # halve/double toward 0.5: first KL 0 < 0.5/1.5 halves beta
+    assert _logged(trainer, "ppo/beta")[:2] == [pytest.approx(0.05), pytest.approx(0.025)]
+    for key in ("ppo/score", "ppo/loss/value", "ppo/explained_variance", "ppo/policy/clipfrac",
+                "ppo/value/clipfrac", "ppo/policy/approx_kl", "ppo/entropy", "ppo/advantages/mean"):
+        assert _logged(trainer, key), key
+    out = tmp_path / "saved"
+    trainer.save_model(str(out))
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(out / "model.safetensors")) if "critic" in k]
+    assert (out / "critic.pt").exists() and (tmp_path / "critic.pt").exists()
+
+
+def test_lora_4bit_ppo_uses_base_as_reference(tiny, registry, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, PeftModel
+    from transformers import BitsAndBytesConfig
+
+    cfg = config(tmp_path, learning_rate=1e-2)
+    trainer = _train(tiny, cfg, registry,
+                     peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+                     quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                            bnb_4bit_compute_dtype=torch.float32))
+    assert isinstance(trainer.model, PeftModel) and trainer.ref_model is None  # no second copy of the weights
+    assert trainer.model.critic.head.weight.requires_grad
+    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert id(trainer.model.critic.head.weight) in in_opt
+    assert _logged(trainer, "ppo/kl")[1] != 0.0  # adapters moved the policy away from the disabled-adapter base
+
+
+def test_separate_critic(tiny, registry, tmp_path):
+    trainer = _train(tiny, config(tmp_path, critic="separate"), registry)
+    critic = trainer.model.critic
+    assert critic.backbone is not None
+    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in in_opt for p in critic.backbone.parameters())
+    assert os.path.exists(tmp_path / "critic.pt")
