@@ -29,45 +29,25 @@ def _problems(max_operand: int, ops: str, seed: int, n_test: int, n_train: int):
     return [rng.choice(pool) for _ in range(n_train)], test
 
 
-def _without_carry(a: int, b: int) -> int:
-    """a+b as a careless pupil adds: digit by digit, every carry dropped (27+35 -> 52)."""
-    out, place = 0, 1
-    while a or b:
-        out += ((a % 10 + b % 10) % 10) * place
-        a, b, place = a // 10, b // 10, place * 10
-    return out
-
-
 def arithmetic(n_train: int = 20000, n_test: int = 300, max_operand: int = 100, ops: str = "+",
-               seed: int = 0, carry_error_rate: float = 0.0):
+               seed: int = 0):
     """Return a DatasetDict with ``train`` (sampled with replacement from the training problems) and
     ``test`` (distinct held-out problems).
-
-    ``carry_error_rate`` makes the *demonstrations* noisy: that share of the training ``completion``s of
-    additions with a carry drop the carry, a systematic mistake (like a careless teacher's). The ``answer``
-    column, which rewards and evaluation use, is always right: SFT learns the mistake, RL with a verifier
-    can unlearn it.
     """
     from datasets import Dataset, DatasetDict
 
-    if not 0.0 <= carry_error_rate <= 1.0:
-        raise ValueError(f"carry_error_rate must be in [0, 1], got {carry_error_rate}")
     train, test = _problems(max_operand, ops, seed, n_test, n_train)
-    noise = random.Random(seed + 3)
 
-    def rows(items, noisy):
+    def rows(items):
         out = {c: [] for c in ARITHMETIC_COLUMNS}
         for a, op, b in items:
             ans = str(_OPS[op](a, b))
-            shown = ans
-            if noisy and op == "+" and noise.random() < carry_error_rate:
-                shown = str(_without_carry(a, b))
             out["prompt"].append(f"{a}{op}{b}=")
-            out["completion"].append(shown)
+            out["completion"].append(ans)
             out["answer"].append(ans)
         return out
 
-    return DatasetDict(train=Dataset.from_dict(rows(train, True)), test=Dataset.from_dict(rows(test, False)))
+    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
 
 
 def _wrong(answer: int, rng: random.Random) -> int:
