@@ -12,23 +12,6 @@ _FENCE = re.compile(r"^[ \t]{0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n
 LANGUAGE_ALIASES = {"python": {"python", "py", "python3", "py3"}}
 
 
-def completion_text(completion) -> str:
-    """The text of a completion: a string, or the last message of a conversational completion."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    if isinstance(completion, (list, tuple)) and completion:
-        last = completion[-1]
-        if isinstance(last, dict):
-            content = last.get("content", "")
-            if isinstance(content, list):  # multimodal content parts
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content)
-        return str(last)
-    return ""
-
-
 def extract_code(text: str, *, language: str = "python", block: str = "last",
                  require_fence: bool = False) -> str | None:
     """The code to run, or None when there is none.

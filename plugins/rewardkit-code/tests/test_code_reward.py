@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from rewardkit_code.extract import completion_text, extract_code
+from rewardkit.rewards import completion_text
+from rewardkit_code.extract import extract_code
 from rewardkit_code.problems import load_problems, read_problems
 from rewardkit_code.reward import CodeTests
 from rewardkit_code.sandbox import Pool, SandboxConfig, SandboxUnavailable, host_problems

@@ -23,6 +23,7 @@ import threading
 from collections import Counter, OrderedDict, deque
 from decimal import Decimal
 
+from rewardkit.rewards import completion_text
 from rewardkit_math.extract import DEFAULT_MODES, MAX_ANSWER_CHARS, REJECTED, check_modes, extract_answer, \
     normalize_gold
 from rewardkit_math.pool import get_pool
@@ -34,14 +35,6 @@ RESULT_CACHE = 65536
 PLAIN_NUMBER = re.compile(r"^-?\d{1,50}(?:\.\d{1,50})?$")
 WINDOW = 2000  # samples over which the unchecked rate is watched
 MIN_WINDOW = 200
-
-
-def completion_text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    return str(completion)
 
 
 def plain_verdict(gold_latex: str, answer: str):

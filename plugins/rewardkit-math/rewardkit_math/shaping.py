@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rewardkit_math.accuracy import completion_text
+from rewardkit.rewards import completion_text
 
 
 def _prompt_text(prompt) -> str:
