@@ -98,11 +98,11 @@ def accuracy(model, tok, test, samples: int = 0) -> float:
     evaluating never changes a training run."""
     import torch
 
-    from rewardkit.evaluate import greedy_completions
+    from rewardkit.evaluate import generate
 
     prompts, answers = list(test["prompt"]), list(test["answer"])
     if not samples:
-        outs = greedy_completions(model, tok, prompts, max_new_tokens=5, batch_size=200)
+        outs = generate(model, tok, prompts, max_new_tokens=5, batch_size=200)
         return sum(o.split("\n")[0].strip() == a for o, a in zip(outs, answers)) / len(outs)
     was_training = model.training
     model.eval()

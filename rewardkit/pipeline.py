@@ -50,7 +50,8 @@ def _evaluator(recipe, registry):
             raise RecipeError(f"eval.split: the dataset has no '{split}' split (has {', '.join(dataset)}); "
                               f"add data.test_size or data.test_path")
         return evaluate(model, tokenizer, dataset[split], fn, recipe.eval.get("max_new_tokens", 16),
-                        recipe.eval.get("batch_size", 64), recipe.eval.get("n"))
+                        recipe.eval.get("batch_size", 64), recipe.eval.get("n"), recipe.eval.get("samples", 0),
+                        recipe.eval.get("temperature", 1.0))
 
     return run
 
@@ -383,13 +384,21 @@ def print_summary(summary: dict, recipe) -> None:
     lines = ["", f"rewardkit: finished in {summary['seconds']:.0f}s"]
     if summary["eval"]:
         n = summary["eval"][0]["n"]
-        lines.append(f"held-out score ({recipe.eval.get('split', 'test')}, {n} examples, greedy):")
-        first = summary["eval"][0]["score"]
-        prev = first
+        sampled = "sampled_score" in summary["eval"][0]
+        head = f"held-out score ({recipe.eval.get('split', 'test')}, {n} examples):  greedy"
+        if sampled:
+            row0 = summary["eval"][0]
+            head += f"       sampled ({row0['samples']} per prompt, temperature {row0['temperature']})"
+        lines.append(head)
+        prev = None
         for row in summary["eval"]:
-            delta = "" if row is summary["eval"][0] else f"  ({(row['score'] - prev) * 100:+.1f} points)"
-            lines.append(f"  {row['after']:<12} {row['score']:6.1%}{delta}")
-            prev = row["score"]
+            line = f"  {row['after']:<12} {row['score']:6.1%}"
+            line += f" ({(row['score'] - prev['score']) * 100:+5.1f})" if prev else " " * 8
+            if sampled and "sampled_score" in row:
+                line += f"    {row['sampled_score']:6.1%}"
+                line += f" ({(row['sampled_score'] - prev['sampled_score']) * 100:+5.1f})" if prev else ""
+            lines.append(line)
+            prev = row
     for st in summary["stages"]:
         extra = f", reward curve {st['reward_curve']}" if st.get("reward_curve") else ""
         when = " (previous run)" if st.get("previous_run") else ""

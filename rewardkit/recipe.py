@@ -92,6 +92,8 @@ EVAL_KEYS = {
     "n": (int, "evaluate the first N rows (default all)"),
     "max_new_tokens": (int, "generation length (default 16)"),
     "batch_size": (int, "generation batch size (default 64)"),
+    "samples": (int, "also score this many sampled completions per prompt (default 0: greedy only)"),
+    "temperature": ((int, float), "sampling temperature for `samples` (default 1.0, as GRPO samples)"),
 }
 ALL_SCHEMAS = {"model": MODEL_KEYS, "data": DATA_KEYS, "eval": EVAL_KEYS}
 

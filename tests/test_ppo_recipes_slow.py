@@ -24,11 +24,11 @@ def _rm_score_and_accuracy(policy_dir, rm_dir, dataset):
     """Raw reward-model score and exact match of greedy completions on held-out prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rewardkit.evaluate import greedy_completions
+    from rewardkit.evaluate import generate
     from rewardkit.reward_model import RewardModel
 
     prompts = list(dataset["prompt"])
-    outs = greedy_completions(AutoModelForCausalLM.from_pretrained(policy_dir),
+    outs = generate(AutoModelForCausalLM.from_pretrained(policy_dir),
                               AutoTokenizer.from_pretrained(policy_dir), prompts, 5, 200)
     scores = RewardModel(rm_dir, batch_size=200)(prompts=prompts, completions=outs)
     return sum(scores) / len(scores), sum(o.strip() == a for o, a in zip(outs, dataset["answer"])) / len(outs)
