@@ -116,25 +116,26 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert summary["complete"] and [s["steps"] for s in summary["stages"]] == [3, MAX_STEPS]
 
 
-def test_resume_with_nothing_to_resume_is_a_user_error(tmp_path, builtin_registry, capsys):
+def exact_match_recipe(tmp_path):
+    """The test recipe with the built-in reward in place of the test-only one (for in-process CLI runs)."""
     recipe = write_recipe(tmp_path)
     with open(recipe) as f:
         body = yaml.safe_load(f)
     body["stages"]["grpo"]["rewards"] = [{"name": "exact_match"}]
     with open(recipe, "w") as f:
-        yaml.safe_dump(body, f)
+        yaml.safe_dump(body, f, sort_keys=False)  # stage order is the mapping's order
+    return recipe
+
+
+def test_resume_with_nothing_to_resume_is_a_user_error(tmp_path, builtin_registry, capsys):
+    recipe = exact_match_recipe(tmp_path)
     assert main(["run", recipe, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "nothing to resume in" in err and "Traceback" not in err
 
 
 def test_changed_recipe_is_not_resumed_silently(tmp_path, builtin_registry, capsys):
-    recipe = write_recipe(tmp_path)
-    with open(recipe) as f:
-        body = yaml.safe_load(f)
-    body["stages"]["grpo"]["rewards"] = [{"name": "exact_match"}]
-    with open(recipe, "w") as f:
-        yaml.safe_dump(body, f)
+    recipe = exact_match_recipe(tmp_path)
     sft = tmp_path / "out" / "sft"
     sft.mkdir(parents=True)
     old = {"trainer": "sft", "trainer_args": {"max_steps": 99}}
