@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from rewardkit.kl import k3
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over positions where ``mask`` is 1 (all of them, or along ``dim``)."""
@@ -97,7 +99,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
+                 "approx_kl": masked_mean(k3(old_logp, logp), mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}
     return loss, stats
 

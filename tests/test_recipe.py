@@ -174,3 +174,10 @@ def test_third_party_entry_point_package_installed_with_pip(tmp_path):
     assert out.returncode == 0, out.stderr
     out = run_cli("validate", recipe, env={**env, "REWARDKIT_DISABLE_PLUGINS": "shout-reward"})
     assert out.returncode == 2 and "disabled by REWARDKIT_DISABLE_PLUGINS: shout" in out.stderr
+
+
+@pytest.mark.parametrize("trainer", ["ppo", "grpo_is"])
+def test_kl_estimator_names_are_checked_before_any_model_loads(tmp_path, builtin_registry, trainer):
+    path = write(tmp_path, GOOD.replace("type: grpo,", f"type: {trainer}, kl_estimator: k4,"))
+    with pytest.raises(RecipeError, match=r"trainer.kl_estimator: unknown kl_estimator 'k4'; installed: .*k3"):
+        load_recipe(path)

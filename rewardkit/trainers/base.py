@@ -73,6 +73,13 @@ class Stage:
                 close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 problems.append(f"{key}: not a field of {cls.config_cls().__name__}{hint}")
+        if "kl_estimator" in fields:  # any trainer that takes its KL estimator by name from the registry
+            from rewardkit.registry import get_registry  # noqa: PLC0415
+
+            name = args.get("kl_estimator", fields["kl_estimator"].default)
+            registry = get_registry()
+            if name not in registry.names("kl_estimators"):
+                problems.append(f"kl_estimator: {registry.unknown_message('kl_estimators', name)}")
         if problems:
             return problems
         import torch  # noqa: PLC0415

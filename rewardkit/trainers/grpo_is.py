@@ -45,7 +45,7 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from rewardkit.kl import AdaptiveKLController, FixedKLController
+from rewardkit.kl import AdaptiveKLController, kl_controller
 from rewardkit.trainers import grpo_is_core as core
 from rewardkit.trainers.trl_stages import GRPOStage
 
@@ -150,8 +150,7 @@ class GRPOISTrainer(GRPOTrainer):
         from rewardkit.registry import get_registry  # noqa: PLC0415
 
         self.kl_fn = get_registry().kl_estimator(a.kl_estimator)
-        self.kl_ctl = (AdaptiveKLController(a.beta, a.kl_target, a.kl_controller, a.kl_horizon)
-                       if a.kl_target is not None else FixedKLController(a.beta))
+        self.kl_ctl = kl_controller(a.beta, a.kl_target, a.kl_controller, a.kl_horizon)
         self.windows_per_epoch = a.steps_per_generation // a.gradient_accumulation_steps
         # Rollout state (saved with checkpoints).
         self.rollouts = 0  # rollouts generated so far = position in the prompt stream

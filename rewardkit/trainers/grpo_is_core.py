@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from rewardkit.kl import k3
+from rewardkit.ppo_core import masked_mean as token_mean
+
 # The loss aggregations of TRL 1.16 that this trainer reproduces (see ``aggregate_loss``); all of them are the
 # PPO clipped surrogate, they differ only in how per-token terms are averaged.
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -18,7 +21,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over valid tokens; a ``(B, 1)`` ``x`` (sequence level) is averaged over sequences."""
     if x.shape[-1] == 1 and mask.shape[-1] != 1:
         return x.mean()
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return token_mean(x, mask)
 
 
 def approx_kl_old_new(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -27,8 +30,7 @@ def approx_kl_old_new(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.
     With ``log r = logp_new - logp_old`` this is Schulman's k3, ``mean(exp(log r) - 1 - log r)``: unbiased under
     old-policy samples and never negative. Returns a 0-d tensor (no gradient).
     """
-    log_r = (logps - old_logps).detach()
-    return masked_mean(torch.expm1(log_r) - log_r, mask)
+    return masked_mean(k3(old_logps, logps.detach()), mask)
 
 
 def importance_log_weights(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor,

@@ -338,12 +338,6 @@ class PPOStage(GRPOStage):
     @classmethod
     def check_args(cls, args: dict) -> list[str]:
         problems = [f"{k}: a GRPO option; PPO's loss does not use it" for k in args if k in GRPO_ONLY]
-        name = args.get("kl_estimator", "k1")
-        from rewardkit.registry import get_registry  # noqa: PLC0415
-
-        registry = get_registry()
-        if name not in registry.names("kl_estimators"):
-            problems.append(f"kl_estimator: {registry.unknown_message('kl_estimators', name)}")
         return problems or super().check_args(args)
 
     def trainer_kwargs(self, ctx):
