@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
 import os
 import tempfile
@@ -141,7 +140,3 @@ class LogHistoryCallback:
                         f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
         self.callback = _CB()
-
-
-def accepts(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
