@@ -100,8 +100,9 @@ class Stage:
 
     @staticmethod
     def platform_defaults() -> dict:
-        """On CPU, TRL's GPU-minded defaults make every step several times slower: bf16 autocast and gradient checkpointing (both on
-        by default in TRL 1.16's configs). Off there, as is pinned memory; a recipe can still turn them on."""
+        """On CPU, TRL's GPU-minded defaults make every step several times slower: bf16 autocast and gradient
+        checkpointing (both on by default in TRL 1.16's configs). Off there, as is pinned memory; a recipe can
+        still turn them on."""
         import torch  # noqa: PLC0415
 
         if torch.cuda.is_available():
