@@ -46,6 +46,9 @@ def register_datasets(register):
              description="seeded abcd= -> dcba string reversal with answer column, disjoint train/test")
     register("reverse_preferences", "rewardkit.datasets_builtin:reverse_preferences",
              columns=REVERSE_PREFERENCE_COLUMNS, description="reversal preference pairs, rejected = near miss")
+    register("reverse_policy_preferences", "rewardkit.datasets_builtin:reverse_policy_preferences",
+             columns=REVERSE_PREFERENCE_COLUMNS,
+             description="reversal preference pairs, rejected = a policy model's own wrong sample")
 
 
 @hookimpl

@@ -156,3 +156,46 @@ def reverse_preferences(n_train: int = 10000, n_test: int = 300, length: int = 4
         return out
 
     return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+
+
+def reverse_policy_preferences(policy: str, samples: int = 4, temperature: float = 1.0, n_train: int = 4000,
+                               n_test: int = 300, length: int = 4, alphabet: str = "abcdefghij", seed: int = 0):
+    """Reversal preference pairs whose ``rejected`` side is the policy's own mistake (on-policy negatives, as
+    when labellers compare a policy's samples): for each string, ``samples`` completions are drawn from the
+    causal LM at ``policy`` at ``temperature``, and the first wrong one is ``rejected``; where all were right, a
+    synthetic near miss stands in. Same strings as :func:`reverse` with the same parameters."""
+    import os
+
+    from datasets import Dataset, DatasetDict
+
+    if not os.path.isdir(policy):
+        raise ValueError(f"policy: no model directory at {policy!r} (it must be written by an earlier stage)")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    import torch  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    from rewardkit.evaluate import generate  # noqa: PLC0415
+
+    model, tok = AutoModelForCausalLM.from_pretrained(policy), AutoTokenizer.from_pretrained(policy)
+    train_pool, test = _strings(length, alphabet, seed, n_test)
+    rng = random.Random(seed + 3)
+    train = [rng.choice(train_pool) for _ in range(n_train)]
+
+    def rows(items):
+        prompts = [f"{s}=" for s in items]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            outs = generate(model, tok, [p for p in prompts for _ in range(samples)], max_new_tokens=length + 1,
+                            batch_size=512, temperature=temperature)
+        out = {c: [] for c in REVERSE_PREFERENCE_COLUMNS}
+        for i, (p, s) in enumerate(zip(prompts, items)):
+            gold = s[::-1]
+            wrong = [o.strip() for o in outs[i * samples:(i + 1) * samples] if o.strip() != gold]
+            out["prompt"].append(p)
+            out["chosen"].append(gold)
+            out["rejected"].append(wrong[0] if wrong else _corrupt(gold, alphabet, rng))
+            out["answer"].append(gold)
+        return out
+
+    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))

@@ -324,7 +324,8 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     seed = raw.get("seed", 42)
     default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
     output_dir = str(raw.get("output_dir") or default_out)
-    for stage in stages:  # a reward may read what an earlier stage wrote: path: "{output_dir}/rm/model"
+    for stage in stages:  # a reward or dataset may read what an earlier stage wrote: "{output_dir}/rm/model"
+        stage.data = _with_output_dir(stage.data, output_dir)
         for block in stage.rewards:
             block.params = _with_output_dir(block.params, output_dir)
     if isinstance(ev, dict):

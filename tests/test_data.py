@@ -74,3 +74,29 @@ def test_preference_pairs_are_right_vs_wrong():
     for row in dd["train"]:
         x, y = row["prompt"].rstrip("=").split("+")
         assert row["chosen"] == str(int(x) + int(y)) != row["rejected"]
+
+
+def test_policy_preferences_take_the_policys_own_mistakes(tmp_path):
+    from rewardkit import models
+    from rewardkit.datasets_builtin import reverse_policy_preferences
+    from rewardkit.registry import get_registry
+
+    policy = models.resolve("tiny-llama", get_registry())  # untrained: every sample is wrong
+    dd = reverse_policy_preferences(policy, samples=2, n_train=40, n_test=10)
+    assert len(dd["train"]) == 40 and len(dd["test"]) == 10
+    near_misses = 0
+    for row in dd["train"]:
+        assert row["chosen"] == row["prompt"][:-1][::-1] == row["answer"] != row["rejected"]
+        near_misses += len(row["rejected"]) == 4 and sum(a != b for a, b in zip(row["rejected"], row["chosen"])) <= 2
+    assert near_misses < 10  # the untrained model's samples, not synthetic one-letter near misses
+    again = reverse_policy_preferences(policy, samples=2, n_train=40, n_test=10)
+    assert again["train"]["rejected"] == dd["train"]["rejected"]  # seeded sampling
+
+
+def test_policy_preferences_name_a_missing_policy(tmp_path):
+    from rewardkit.registry import get_registry
+
+    with pytest.raises(RecipeError, match=r"rm\.data\.params: dataset 'reverse_policy_preferences': policy: no "):
+        load_data(recipe_at(tmp_path), {"name": "reverse_policy_preferences",
+                                         "params": {"policy": str(tmp_path / "sft" / "model")}},
+                  get_registry(), "rm.data")

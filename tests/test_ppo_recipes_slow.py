@@ -56,8 +56,6 @@ def test_rlhf_reward_model_is_accurate_and_ppo_raises_its_score(rlhf):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap (docs/ppo.md): PPO over-optimizes the reward model and "
-                   "held-out exact match falls; strict, so a fix shows up as XPASS")
 def test_rlhf_ppo_raises_task_metric(rlhf):
     _, acc, _, _ = rlhf
     assert acc["ppo"] > acc["sft"], acc
@@ -74,6 +72,6 @@ THRESHOLD_PPO_POINTS = 15  # measured +25.0
 
 @pytest.mark.slow
 def test_ppo_arithmetic_exact_match_gains_20_points(tmp_path):
-    # The bar itself (measured +21.0; the run gave the same figures with 1 and 2 threads).
+    # The bar itself (measured +21.0; docs/ppo.md).
     _, acc = _run("recipes/ppo/arithmetic.yaml", tmp_path)
     assert acc["ppo"] - acc["sft"] >= 0.20, acc

@@ -90,6 +90,12 @@ def test_recipe_validates_before_the_reward_model_exists(tmp_path, registry):
     # the override of output_dir moves the reward model's path with it
     recipe = load_recipe(str(tmp_path / "r.yaml"), [f"output_dir={tmp_path}/elsewhere"], registry=registry)
     assert recipe.stages[1].rewards[0].params["path"] == f"{tmp_path}/elsewhere/rm/model"
+    # stage data params may point at an earlier stage's output too (on-policy preference pairs)
+    raw["data"] = {"name": "reverse", "params": {"n_train": 64, "n_test": 8}}
+    raw["stages"]["rm"]["data"] = {"name": "reverse_policy_preferences", "params": {"policy": "{output_dir}/sft/model"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    recipe = load_recipe(str(tmp_path / "r.yaml"), registry=registry)
+    assert recipe.stages[0].data["params"]["policy"] == f"{tmp_path}/out/sft/model"
 
 
 def test_pipeline_reward_model_then_ppo(tmp_path, registry):
