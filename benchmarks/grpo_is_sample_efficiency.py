@@ -35,21 +35,24 @@ def parse():
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --full 0..4)")
     p.add_argument("--mu", type=int, default=4, help="epochs per rollout for num_iterations and grpo_is")
     p.add_argument("--target", type=float, default=None, help="absolute held-out greedy accuracy target")
-    p.add_argument("--target-gain", type=float, default=0.03, help="target = SFT accuracy + this (default)")
-    p.add_argument("--metric", choices=["sampled", "greedy"], default="sampled",
-                   help="held-out accuracy of temperature-1 samples (default) or of greedy decoding")
+    p.add_argument("--target-gain", type=float, default=0.10, help="target = SFT accuracy + this (default)")
+    p.add_argument("--metric", choices=["sampled", "greedy"], default="greedy",
+                   help="held-out accuracy of greedy decoding (default) or of temperature-1 samples")
     p.add_argument("--eval-samples", type=int, default=4, help="samples per held-out problem (sampled metric)")
     p.add_argument("--target-kl", type=float, default=0.1, help="grpo_is target_kl")
     p.add_argument("--no-reshuffle", action="store_true", help="grpo_is without per-epoch reshuffle")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-multi", type=float, default=None,
+                   help="learning rate of the two mu-epoch methods (default: --lr); e.g. lr/mu for equal movement")
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--batch", type=int, default=64, help="minibatch (completions per optimizer step)")
     p.add_argument("--rollout", type=int, default=128, help="completions per rollout (multiple of --batch)")
     p.add_argument("--num-generations", type=int, default=8)
-    p.add_argument("--eval-every", type=int, default=4, help="evaluate every N rollouts")
-    p.add_argument("--n-eval", type=int, default=200)
-    p.add_argument("--max-completions", type=int, default=6144, help="budget per run")
-    p.add_argument("--sft-steps", type=int, default=650, help="SFT warm-start steps (batch 64, lr 3e-3)")
+    p.add_argument("--eval-every", type=int, default=2, help="evaluate every N rollouts")
+    p.add_argument("--n-eval", type=int, default=300)
+    p.add_argument("--max-completions", type=int, default=12288, help="budget per run")
+    p.add_argument("--sft-steps", type=int, default=900,
+                   help="SFT warm-start steps (batch 64, constant lr 2e-3: the quick start's SFT stage)")
     p.add_argument("--methods", nargs="+", default=["trl_mu1", "trl_num_iterations", "grpo_is"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is far faster on a shared 2-core box)")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_sample_efficiency"))
@@ -65,11 +68,12 @@ def parse():
 
 
 def sft_model(steps: int) -> str:
-    """The SFT warm start (TRL SFTTrainer, 64 × ``steps``, lr 3e-3), built once and cached."""
+    """The SFT warm start (TRL SFTTrainer, 64 × ``steps``, constant lr 2e-3 as in the quick start), built once
+    and cached."""
     from rewardkit import models
     from rewardkit.registry import get_registry
 
-    out = os.path.join(ROOT, "runs", "bench_cache", f"sft-tiny-llama-{steps}")
+    out = os.path.join(ROOT, "runs", "bench_cache", f"sft-tiny-llama-{steps}-lr2e-3")
     if os.path.exists(os.path.join(out, "config.json")):
         return out
     from transformers import AutoTokenizer
@@ -80,7 +84,7 @@ def sft_model(steps: int) -> str:
     base = models.resolve("tiny-llama", get_registry())
     tok = AutoTokenizer.from_pretrained(base)
     ds = arithmetic(n_train=10000, n_test=300, max_operand=100, seed=0)
-    cfg = SFTConfig(output_dir=out + ".tmp", max_steps=steps, learning_rate=3e-3, per_device_train_batch_size=64,
+    cfg = SFTConfig(output_dir=out + ".tmp", max_steps=steps, learning_rate=2e-3, per_device_train_batch_size=64,
                     lr_scheduler_type="constant", report_to="none", save_strategy="no", bf16=False, seed=0,
                     logging_steps=100, disable_tqdm=True)
     t0 = time.time()
@@ -135,7 +139,8 @@ def run_one(method: str, seed: int, a, sft: str, data, target: float) -> dict:
     spg = a.rollout // a.batch
     common = dict(output_dir=os.path.join(a.out, f"{method}-{seed}"), per_device_train_batch_size=a.batch,
                   steps_per_generation=spg, num_generations=a.num_generations, max_completion_length=5,
-                  learning_rate=a.lr, lr_scheduler_type="constant", beta=a.beta, report_to="none",
+                  learning_rate=a.lr if method == "trl_mu1" or a.lr_multi is None else a.lr_multi,
+                  lr_scheduler_type="constant", beta=a.beta, report_to="none",
                   save_strategy="no", logging_steps=10 ** 6, bf16=False, seed=seed, disable_tqdm=True,
                   max_steps=10 ** 6)
     if method == "trl_mu1":
@@ -317,7 +322,8 @@ def main():
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"summary": summary, "runs": results}, f, indent=1)
     plot(results, target, a.png, f"arithmetic, tiny-llama SFT-warmed ({a.metric} {sft_acc:.0%}), seeds {a.seeds}, μ={a.mu}, "
-                                 f"rollout {a.rollout}, minibatch {a.batch}", a.metric)
+                                 f"rollout {a.rollout}, minibatch {a.batch}, lr {a.lr:g}"
+                                 + (f" (μ-epoch methods {a.lr_multi:g})" if a.lr_multi else ""), a.metric)
     print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
     print(f"plot: {a.png}\nall curves: {os.path.join(a.out, 'results.json')}")
 
