@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 ARITHMETIC_COLUMNS = ["prompt", "completion", "answer"]
@@ -163,9 +164,7 @@ def reverse_policy_preferences(policy: str, samples: int = 4, temperature: float
     """Reversal preference pairs whose ``rejected`` side is the policy's own mistake (on-policy negatives, as
     when labellers compare a policy's samples): for each string, ``samples`` completions are drawn from the
     causal LM at ``policy`` at ``temperature``, and the first wrong one is ``rejected``; where all were right, a
-    synthetic near miss stands in. Same strings as :func:`reverse` with the same parameters."""
-    import os
-
+    synthetic near miss stands in. Held-out strings are those of :func:`reverse` with the same parameters."""
     from datasets import Dataset, DatasetDict
 
     if not os.path.isdir(policy):

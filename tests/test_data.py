@@ -76,7 +76,7 @@ def test_preference_pairs_are_right_vs_wrong():
         assert row["chosen"] == str(int(x) + int(y)) != row["rejected"]
 
 
-def test_policy_preferences_take_the_policys_own_mistakes(tmp_path):
+def test_policy_preferences_take_the_policys_own_mistakes():
     from rewardkit import models
     from rewardkit.datasets_builtin import reverse_policy_preferences
     from rewardkit.registry import get_registry
