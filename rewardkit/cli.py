@@ -1,4 +1,4 @@
-"""The ``rewardkit`` command: run, validate, plugins, plot, new-plugin.
+"""The ``rewardkit`` command: run, validate, probe, plugins, plot, new-plugin.
 
 User errors (bad recipe, missing plugin, broken reward) print one clear message and exit with code 2;
 only bugs show a traceback. ``plugins`` imports no torch.
@@ -33,6 +33,22 @@ def cmd_run(args) -> int:
 
     run(recipe, get_registry(), resume="require" if args.resume else "never" if args.fresh else "auto")
     return 0
+
+
+def cmd_probe(args) -> int:
+    """Exit 0: no exploit found; 1: some reward has an exploit; 2: recipe errors (raised, as everywhere)."""
+    from rewardkit import probe  # noqa: PLC0415
+    from rewardkit.recipe import load_recipe  # noqa: PLC0415
+    from rewardkit.registry import get_registry  # noqa: PLC0415
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    reports = probe.probe_recipe(recipe, get_registry(), rows=args.rows)
+    print(probe.as_json(reports) if args.json else probe.format_reports(reports))
+    exploits = [r for rep in reports for r in rep.exploits]
+    if not args.json:
+        rewards = len({(rep.stage, rep.reward) for rep in reports if rep.exploits})
+        print(f"{len(exploits)} exploit(s) in {rewards} reward(s)" if exploits else "no exploit found")
+    return 1 if exploits else 0
 
 
 def cmd_plot(args) -> int:
@@ -97,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--fresh", action="store_true",
                            help="delete this recipe's previous stage outputs in output_dir and start over")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("probe", help="score adversarial completions with every reward of a recipe's RL stages")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", help="key.path=value (YAML value) or ~key.path to delete")
+    p.add_argument("--json", action="store_true", help="print a list of {stage, reward, probe, score, "
+                                                       "gold_score, exploit}")
+    p.add_argument("--rows", type=int, default=32, help="training rows probed per stage (default 32)")
+    p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("plot", help="write PNGs of reward, KL, accuracy and loss curves of a run")
     p.add_argument("run_dir", help="a run's output_dir (holds <stage>/log.jsonl and summary.json)")
     p.add_argument("--out", help="where to write the PNGs (default RUN_DIR/plots)")
@@ -114,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command in ("run", "validate"):  # options and overrides in any order
+    if extra and args.command in ("run", "validate", "probe"):  # options and overrides in any order
         if any(e.startswith("-") and not e.startswith("~") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra

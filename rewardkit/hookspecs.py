@@ -55,7 +55,23 @@ def register_rewards(register) -> None:
       ``"module:attribute"`` string) for factories whose column is itself a param (``gold_column="answer"``). When omitted, rewardkit infers them from a
       reward function's required keyword parameters.
     - ``description`` (str): one line shown by ``rewardkit plugins``.
+
+    **Probes a reward declares itself** (optional attributes of the reward function, i.e. of what a factory
+    returns; read by ``rewardkit probe``, see :data:`REWARD_PROBE_ATTRIBUTES`):
+
+    - ``probe_gold(row: dict) -> str | None``: a completion that deserves full marks on dataset row ``row``
+      (one dict of column values), in the format the reward expects. Without it ``rewardkit probe`` tries
+      the gold column bare, as ``#### x``, ``\\boxed{x}``, "The answer is x.", in answer tags and from a
+      ``solution``/``completion``/``chosen`` column, and keeps the format the reward scores highest.
+    - ``probe_completions(rows: list[dict]) -> dict[str, list[str | None]]``: extra adversarial completions,
+      probe name -> one completion text per row (``None`` where a probe does not apply to a row), e.g. the
+      code plugin's programs that exit 0 early, print success markers, raise, or return objects that compare
+      equal to anything. Each is scored like the built-in probes: an exploit when it earns at least half of
+      the gold control's mean and more than a wrong answer's.
     """
+
+
+REWARD_PROBE_ATTRIBUTES = ("probe_gold", "probe_completions")  # documented in register_rewards above
 
 
 @hookspec

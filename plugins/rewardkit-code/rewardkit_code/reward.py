@@ -96,6 +96,20 @@ class CodeTests:
             return (1.0 if passed == len(cases) else 0.0), verdicts
         return passed / len(cases), verdicts
 
+    # -- rewardkit probe (rewardkit.hookspecs: reward probes) ----------------------------------------------
+    def probe_gold(self, row: dict) -> str | None:
+        """A lookup-table program that passes every test of ``row``: the full-marks control."""
+        from rewardkit_code.probes import gold_program  # noqa: PLC0415
+
+        return gold_program(row[self.tests_column])
+
+    def probe_completions(self, rows: list[dict]) -> dict[str, list[str]]:
+        """Programs that fooled other sandboxes: exit 0 early, success markers, raising, always-equal."""
+        from rewardkit_code.probes import attack_programs  # noqa: PLC0415
+
+        per_row = [attack_programs(r[self.tests_column]) for r in rows]
+        return {name: [p[name] for p in per_row] for name in per_row[0]} if per_row else {}
+
     def __call__(self, prompts=None, completions=None, **kwargs):
         if self.tests_column not in kwargs:
             raise ValueError(f"code.tests needs the dataset column '{self.tests_column}' (param 'tests_column'); "
