@@ -285,6 +285,8 @@ def run(recipe, registry, resume: str = "auto") -> dict:
             info = st["info"]
             log(f"stage '{spec.name}': finished in a previous run ({info['steps']} steps), not trained again")
             summary["stages"].append({**info, "previous_run": True})
+            if spec.name in previous_summary.get("health", {}):
+                summary.setdefault("health", {})[spec.name] = previous_summary["health"][spec.name]
             policy = info.get("produces_policy", True)
             if evaluate and spec.evaluate and policy:
                 key = _eval_key(recipe, spec.data)
@@ -329,6 +331,7 @@ def run(recipe, registry, resume: str = "auto") -> dict:
         trainer = stage_cls().build_trainer(ctx)
         trainer.train(resume_from_checkpoint=ckpt[1] if ckpt else None)
         trained_earlier = True
+        _record_health(summary, spec.name, trainer, out_dir, save_summary)
         model_dir = os.path.join(out_dir, "model")
         if not spec.model.get("lora") or dist.main:  # save_model is collective; a LoRA merge is main's job
             model_dir = models.save_merged(trainer, stage_model, spec.model, model_dir,
@@ -380,6 +383,32 @@ def run(recipe, registry, resume: str = "auto") -> dict:
     return summary
 
 
+def _record_health(summary: dict, stage: str, trainer, out_dir: str, save_summary) -> None:
+    """The health monitor's alarms into ``summary["health"]``; a stop on ``monitor.stop_on`` ends the run here,
+    with the stage left resumable from the checkpoint the stop saved."""
+    from rewardkit import monitor  # noqa: PLC0415
+
+    health = getattr(trainer, "health_monitor", None)
+    if health is None:
+        return
+    summary.setdefault("health", {})[stage] = health.report()
+    if health.stopped:
+        save_summary()
+        raise monitor.HealthStop(monitor.stop_message(stage, health, out_dir))
+
+
+def _health_lines(summary: dict) -> list[str]:
+    from rewardkit.monitor import format_alarm  # noqa: PLC0415
+
+    lines = []
+    for stage, rep in (summary.get("health") or {}).items():
+        off = [a for a, how in rep["checks"].items() if how != "watched"]
+        lines.append(f"  stage {stage}: {len(rep['alarms'])} alarm(s)"
+                     + (f" (not watched: {', '.join(off)})" if off else ""))
+        lines += [f"    {format_alarm(stage, a)}" for a in rep["alarms"]]
+    return ["health (training monitor):", *lines] if lines else []
+
+
 def print_summary(summary: dict, recipe) -> None:
     lines = ["", f"rewardkit: finished in {summary['seconds']:.0f}s"]
     if summary["eval"]:
@@ -404,6 +433,7 @@ def print_summary(summary: dict, recipe) -> None:
         when = " (previous run)" if st.get("previous_run") else ""
         resumed = f" (resumed at step {st['resumed_from_step']})" if st.get("resumed_from_step") else ""
         lines.append(f"  stage {st['name']}: {st['steps']} steps in {st['seconds']:.0f}s{when}{resumed}{extra}")
+    lines += _health_lines(summary)
     if summary["stages"]:
         lines.append(f"model written to {summary['stages'][-1]['model_dir']}")
     if summary.get("plots"):

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from rewardkit import monitor as _monitor
 from rewardkit.errors import PluginError, RecipeError
 from rewardkit.registry import Registry, get_registry
 
@@ -34,6 +35,7 @@ TOP_KEYS = {
     "rewards": (list, "single-stage shorthand: the reward blocks"),
     "eval": (dict, "held-out evaluation before training and after each stage"),
     "reward_faults": (dict, "what a reward that raises or returns NaN/non-numbers does: fail or skip"),
+    "monitor": (dict, "training health monitor of the RL stages (docs/monitor.md)"),
 }
 MODEL_KEYS = {
     "name": (str, "registered model (rewardkit plugins), local directory, or hub id"),
@@ -74,6 +76,7 @@ STAGE_KEYS = {
     "data": (dict, "data keys overriding the recipe's for this stage"),
     "eval": (bool, "evaluate after this stage (default true when the recipe has eval)"),
     "reward_faults": (dict, "overrides the recipe's reward_faults for this stage"),
+    "monitor": (dict, "overrides the recipe's monitor for this stage"),
 }
 FAULT_KEYS = {
     "policy": (str, "fail (default): stop at the first fault | skip: the sample gets None, counted"),
@@ -96,6 +99,7 @@ EVAL_KEYS = {
     "temperature": ((int, float), "sampling temperature for `samples` (default 1.0, as GRPO samples)"),
 }
 ALL_SCHEMAS = {"model": MODEL_KEYS, "data": DATA_KEYS, "eval": EVAL_KEYS}
+MONITOR_KEYS = {k: (types, help_) for k, (types, help_, _) in _monitor.MONITOR_KEYS.items()}
 
 
 # --------------------------------------------------------------------------- loading and overrides
@@ -185,6 +189,7 @@ class StageSpec:
     data: dict
     evaluate: bool
     reward_faults: dict = dataclasses.field(default_factory=dict)  # rewardkit.registry.FaultPolicy fields
+    monitor: dict = dataclasses.field(default_factory=dict)  # rewardkit.monitor keys; defaults filled there
 
 
 @dataclass
@@ -244,6 +249,14 @@ def _check_fault_keys(section: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.max_rate: must be between 0 and 1, got {rate!r}")
 
 
+def _check_monitor(section: Any, where: str, problems: list[str]) -> dict:
+    if section is None:
+        return {}
+    _check_keys(section, MONITOR_KEYS, where, problems)
+    _monitor.check_config(section, where, problems)
+    return section if isinstance(section, dict) else {}
+
+
 def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`."""
     _check_keys(raw, TOP_KEYS, "recipe", problems)
@@ -279,6 +292,7 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
 
     if raw.get("reward_faults") is not None:
         _check_fault_keys(raw["reward_faults"], "reward_faults", problems)
+    top_monitor = _check_monitor(raw.get("monitor"), "monitor", problems)
     stages = []
     for sname, sraw in stages_raw.items():
         where = "trainer" if "stages" not in raw else f"stages.{sname}"
@@ -317,8 +331,10 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
                         sraw.get("reward_faults") if isinstance(sraw.get("reward_faults"), dict) else {})
         if "stages" in raw and sraw.get("reward_faults") is not None:
             _check_fault_keys(sraw["reward_faults"], f"{where}.reward_faults", problems)
+        smonitor = _check_monitor(sraw.get("monitor"), f"{where}.monitor", problems) if "stages" in raw else {}
         stages.append(StageSpec(str(sname), trainer.get("type"), args, rewards, _merge(model, smodel),
-                                _merge(data, sdata), bool(sraw.get("eval", True)), faults))
+                                _merge(data, sdata), bool(sraw.get("eval", True)), faults,
+                                _merge(top_monitor, smonitor)))
 
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     seed = raw.get("seed", 42)

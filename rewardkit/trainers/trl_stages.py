@@ -51,6 +51,15 @@ class GRPOStage(_TRLStage):
     def extra_config(self, ctx):
         return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
 
+    def build_trainer(self, ctx: StageContext):
+        """TRL's trainer with rewardkit's health monitor attached (``trainer.health_monitor``; also for the
+        grpo_is and ppo stages, which derive from this one)."""
+        from rewardkit.monitor import attach  # noqa: PLC0415
+
+        trainer = super().build_trainer(ctx)
+        attach(trainer, ctx)
+        return trainer
+
     def trainer_kwargs(self, ctx):
         return {"reward_funcs": ctx.rewards}
 
