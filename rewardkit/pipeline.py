@@ -402,7 +402,7 @@ def _health_lines(summary: dict) -> list[str]:
 
     lines = []
     for stage, rep in (summary.get("health") or {}).items():
-        off = [a for a, how in rep["checks"].items() if how != "watched"]
+        off = [f"{a} ({how})" for a, how in rep["checks"].items() if how != "watched"]
         lines.append(f"  stage {stage}: {len(rep['alarms'])} alarm(s)"
                      + (f" (not watched: {', '.join(off)})" if off else ""))
         lines += [f"    {format_alarm(stage, a)}" for a in rep["alarms"]]
