@@ -41,9 +41,14 @@ def cmd_probe(args) -> int:
     from rewardkit.recipe import load_recipe  # noqa: PLC0415
     from rewardkit.registry import get_registry  # noqa: PLC0415
 
+    if args.rows < 1:
+        raise RewardkitError(f"--rows: at least 1 dataset row is needed, got {args.rows}")
     recipe = load_recipe(args.recipe, args.overrides)
     reports = probe.probe_recipe(recipe, get_registry(), rows=args.rows)
     print(probe.as_json(reports) if args.json else probe.format_reports(reports))
+    for rep in reports if args.json else []:  # the JSON list has probe results only: say what was left out
+        if rep.skipped:
+            print(f"rewardkit probe: stage {rep.stage}, reward {rep.reward} skipped: {rep.skipped}", file=sys.stderr)
     exploits = [r for rep in reports for r in rep.exploits]
     if not args.json:
         rewards = len({(rep.stage, rep.reward) for rep in reports if rep.exploits})

@@ -82,7 +82,8 @@ def check_config(section, where: str, problems: list[str]) -> None:
     number("eval_every", lambda v: v >= 0, "must be at least 0 (0: off)")
     number("eval_n", lambda v: v >= 1, "must be at least 1")
     number("eval_drop", lambda v: 0 < v <= 1, "must be in (0, 1]")
-    for i, name in enumerate(section.get("stop_on") or [] if isinstance(section.get("stop_on"), list) else []):
+    stop_on = section.get("stop_on") if isinstance(section.get("stop_on"), list) else []
+    for i, name in enumerate(stop_on):
         if name not in ALARMS:
             close = difflib.get_close_matches(str(name), ALARMS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f"; alarms: {', '.join(ALARMS)}"

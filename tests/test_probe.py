@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from rewardkit import cli, probe
 from rewardkit.recipe import load_recipe
 from rewardkit.rewards import completion_text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RECIPE = """\
 output_dir: {out}
@@ -41,9 +44,15 @@ def unsure(prompts, completions, answer, **kwargs):
             for c, a in zip(completions, answer)]
 
 
+def utf8_only(prompts, completions, answer, **kwargs):
+    """Honest, but crashes on text that is not valid UTF-8 (a lone surrogate)."""
+    return [float(completion_text(c).encode("utf-8").strip() == str(a).encode()) for c, a in zip(completions, answer)]
+
+
 @pytest.fixture
 def registry(builtin_registry):
-    for name, fn in (("test.leaky", leaky), ("test.lenient_boxed", lenient_boxed), ("test.unsure", unsure)):
+    for name, fn in (("test.leaky", leaky), ("test.lenient_boxed", lenient_boxed), ("test.unsure", unsure),
+                     ("test.utf8_only", utf8_only)):
         builtin_registry.add("rewards", name, fn)
     return builtin_registry
 
@@ -132,3 +141,29 @@ def test_math_and_code_rewards_of_the_bundled_recipes_are_not_flagged(fresh_regi
     assert res["math.accuracy"]["gold"].score == 1.0 and res["math.accuracy"]["wrong"].score == 0.0
     assert not [r.probe for rep in reports for r in rep.exploits]
     assert [rep.blind for rep in reports] == [False, True]  # math.format does not judge correctness
+
+
+def test_a_reward_that_raises_on_a_probe_is_reported_not_flagged(registry, tmp_path):
+    recipe = load_recipe(write(tmp_path, "test.utf8_only"), registry=registry)
+    (rep,) = probe.probe_recipe(recipe, registry, rows=8)
+    res = {r.probe: r for r in rep.results}
+    assert res["gold"].score == 1.0 and "UnicodeEncodeError" in res["control chars"].error
+    assert not res["control chars"].exploit and "RAISED: RewardError" in probe.format_reports([rep])
+
+
+def test_code_reward_of_the_bundled_recipe_is_not_flagged(fresh_registry):
+    code_plugin = pytest.importorskip("rewardkit_code.plugin")
+    from rewardkit_code.sandbox import host_problems  # noqa: PLC0415
+
+    if host_problems("full"):
+        pytest.skip("SANDBOX UNAVAILABLE: " + "; ".join(host_problems("full")))
+    from rewardkit import builtin  # noqa: PLC0415
+
+    fresh_registry.add_plugin(builtin, "builtin", dist="rewardkit")
+    fresh_registry.add_plugin(code_plugin, "code", dist="rewardkit-code")
+    recipe = load_recipe(os.path.join(REPO, "recipes", "code", "grpo_tiny.yaml"), registry=fresh_registry)
+    (rep,) = probe.probe_recipe(recipe, fresh_registry, rows=8)
+    res = {r.probe: r for r in rep.results}
+    assert rep.gold_format == "declared by the reward" and res["gold"].score == 1.0
+    assert {"exit 0 early (declared)", "success markers (declared)", "always-equal object (declared)"} <= set(res)
+    assert not rep.exploits and all(r.error is None for r in rep.results)
