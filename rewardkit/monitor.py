@@ -11,8 +11,8 @@ alarm                  metric (first one logged)           fires when (defaults)
 length_drift           completions/mean_length             now / start >= length_ratio (2.0) or <= 1/length_ratio
 reward_dominance       rewards/<alias>/mean x weight       one component's share of sum |weight x mean| >=
                                                            dominance (0.9), having started below it (>= 2 rewards)
-kl_acceleration        kl, ppo/kl                          KL >= kl_min (0.01) and it grew by >= kl_growth (x1.5)
-                                                           over the last window, faster than over the one before
+kl_acceleration        kl, ppo/kl                          KL >= kl_min (0.01), rising, and it grew by >= kl_growth
+                                                           (x2) over the last window, faster than the one before
 entropy_collapse       entropy, ppo/entropy                now <= entropy_ratio (0.1) x start
 zero_variance_groups   frac_reward_zero_std                now - start >= zero_std_rise (0.5)
 reward_up_eval_down    reward + held-out score (greedy,     mean held-out score of the last window of evaluations
@@ -43,7 +43,7 @@ MONITOR_KEYS = {
     "window": (int, "logged records averaged for 'at the start' and 'now' (default 2)", 2),
     "length_ratio": ((int, float), "length_drift: now/start at or beyond this factor either way (default 2.0)", 2.0),
     "dominance": ((int, float), "reward_dominance: a component's share of the weighted total (default 0.9)", 0.9),
-    "kl_growth": ((int, float), "kl_acceleration: growth factor of KL over one window (default 1.5)", 1.5),
+    "kl_growth": ((int, float), "kl_acceleration: growth factor of KL over one window (default 2.0)", 2.0),
     "kl_min": ((int, float), "kl_acceleration: only once KL is at least this (default 0.01)", 0.01),
     "entropy_ratio": ((int, float), "entropy_collapse: entropy now / at the start at most this (default 0.1)", 0.1),
     "zero_std_rise": ((int, float), "zero_variance_groups: rise of their share since the start (default 0.5)", 0.5),
@@ -141,11 +141,12 @@ def reward_dominance(history: list[dict[str, float]], w: int, threshold: float) 
 
 
 def kl_acceleration(kl: list[float], w: int, growth: float, kl_min: float) -> dict | None:
-    """Windows a, b, c (oldest first) of ``w`` records: fires when c >= kl_min, c/b >= growth and c/b > b/a."""
+    """Windows a, b, c (oldest first) of ``w`` records: fires when c >= kl_min, a < b (KL was already rising),
+    c/b >= growth and c/b > b/a (it rises faster now). Noise around a level does not pass a < b and c/b >= 2."""
     if len(kl) < 3 * w:
         return None
     a, b, c = _mean(kl[-3 * w:-2 * w]), _mean(kl[-2 * w:-w]), _mean(kl[-w:])
-    if c < kl_min or b <= 0:
+    if c < kl_min or b <= 0 or b <= a:
         return None
     g_before = b / a if a > 0 else float("inf")
     if c / b >= growth and c / b > g_before:

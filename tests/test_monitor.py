@@ -34,11 +34,12 @@ def test_shares_and_dominance():
 
 
 def test_kl_acceleration_needs_faster_growth_than_before():
-    hit = m.kl_acceleration([0.01, 0.01, 0.012, 0.012, 0.03, 0.03], 2, 1.5, 0.01)
+    hit = m.kl_acceleration([0.01, 0.01, 0.012, 0.012, 0.03, 0.03], 2, 2.0, 0.01)
     assert hit["windows"] == pytest.approx([0.01, 0.012, 0.03])  # x1.2, then x2.5
-    assert m.kl_acceleration([0.01, 0.01, 0.02, 0.02, 0.04, 0.04], 2, 1.5, 0.01) is None  # steady x2, x2
-    assert m.kl_acceleration([0.001, 0.001, 0.0012, 0.0012, 0.003, 0.003], 2, 1.5, 0.01) is None  # below kl_min
-    assert m.kl_acceleration([0.0, 0.0, 0.01, 0.01, 0.05, 0.05], 2, 1.5, 0.01) is None  # from 0: x inf before
+    assert m.kl_acceleration([0.01, 0.01, 0.02, 0.02, 0.04, 0.04], 2, 2.0, 0.01) is None  # steady x2, x2
+    assert m.kl_acceleration([0.02, 0.02, 0.01, 0.01, 0.025, 0.025], 2, 2.0, 0.01) is None  # noise: fell first
+    assert m.kl_acceleration([0.001, 0.001, 0.0012, 0.0012, 0.003, 0.003], 2, 2.0, 0.01) is None  # below kl_min
+    assert m.kl_acceleration([0.0, 0.0, 0.01, 0.01, 0.05, 0.05], 2, 2.0, 0.01) is None  # from 0: x inf before
 
 
 def test_entropy_collapse_and_zero_variance_groups():
