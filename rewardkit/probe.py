@@ -133,23 +133,39 @@ class _Probe:
         self.cores = [core_answer(r[gold_column]) if gold_column and r.get(gold_column) is not None else None
                       for r in rows]
 
-    def score(self, texts: list, idx: list[int] | None = None) -> tuple[float | None, int, int, str | None]:
-        """Mean score, rows judged, rows scored and the error of one probe (texts aligned with ``idx``)."""
-        idx = list(range(len(self.rows))) if idx is None else idx
-        keep = [(i, t) for i, t in zip(idx, texts) if t is not None]
-        if not keep:
-            return None, 0, 0, None
-        rows = [self.rows[i] for i, _ in keep]
-        comps = [[{"role": "assistant", "content": t}] if self.chat else t for _, t in keep]
+    def _call(self, pairs: list[tuple[int, str]]) -> list:
+        """The reward's values for (row index, completion text) pairs, in one call, as TRL makes it."""
+        rows = [self.rows[i] for i, _ in pairs]
+        comps = [[{"role": "assistant", "content": t}] if self.chat else t for _, t in pairs]
         cols = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         extras = {"trainer_state": SimpleNamespace(global_step=0, max_steps=1, epoch=0.0),
                   "log_extra": lambda column, values: None, "log_metric": lambda name, value: None}
+        return self.reward(prompts=[r.get("prompt") for r in rows], completions=comps, **cols, **extras)
+
+    def score(self, texts: list) -> tuple[float | None, int, int, str | None]:
+        """Mean score, rows judged, rows scored and the error of one probe (one text or None per row)."""
+        return self.score_many({"": texts})[""]
+
+    def score_many(self, probes: dict[str, list]) -> dict[str, tuple[float | None, int, int, str | None]]:
+        """Every probe in one batch (so a reward that normalizes per batch or with running statistics compares
+        them with each other, as within a training batch); if the batch raises, each probe alone, so the error
+        is reported against the probe that causes it."""
+        pairs = {name: [(i, t) for i, t in enumerate(texts) if t is not None] for name, texts in probes.items()}
+        flat = [pair for name in probes for pair in pairs[name]]
         try:
-            values = self.reward(prompts=[r.get("prompt") for r in rows], completions=comps, **cols, **extras)
-        except Exception as exc:  # noqa: BLE001 - reported as this probe's finding, not a crash of probe
-            return None, 0, len(keep), f"{type(exc).__name__}: {str(exc)[:300]}"
-        judged = [float(v) for v in values if v is not None]
-        return (sum(judged) / len(judged) if judged else None), len(judged), len(keep), None
+            values = self._call(flat) if flat else []
+        except Exception as exc:  # noqa: BLE001 - reported as a probe's finding, not a crash of probe
+            if len(probes) == 1:
+                name = next(iter(probes))
+                return {name: (None, 0, len(flat), f"{type(exc).__name__}: {str(exc)[:300]}")}
+            return {name: self.score_many({name: texts})[name] for name, texts in probes.items()}
+        out, at = {}, 0
+        for name in probes:
+            mine = values[at:at + len(pairs[name])]
+            at += len(mine)
+            judged = [float(v) for v in mine if v is not None]
+            out[name] = ((sum(judged) / len(judged) if judged else None), len(judged), len(mine), None)
+        return out
 
     # -- gold --------------------------------------------------------------------------------------------
     def gold_texts(self) -> tuple[str | None, Callable[[int], str | None]]:
@@ -158,11 +174,8 @@ class _Probe:
         if callable(declared):
             return "declared by the reward", lambda i: declared(self.rows[i])
         best, best_score = None, None
-        for name, fmt in FORMATS.items():
-            texts = [self._fmt(fmt, i, i) for i in range(len(self.rows))]
-            if all(t is None for t in texts):
-                continue
-            score, _, _, _ = self.score(texts)
+        candidates = {name: [self._fmt(fmt, i, i) for i in range(len(self.rows))] for name, fmt in FORMATS.items()}
+        for name, (score, _, _, _) in self.score_many(candidates).items():
             if score is not None and (best_score is None or score > best_score):
                 best, best_score = name, score
         if best is None:
@@ -258,7 +271,7 @@ def probe_reward(stage: str, block, reward, rows: list[dict], gold_column: str |
     p = _Probe(reward, rows, gold_column)
     report.gold_format, gold = p.gold_texts()
     texts = probe_texts(p, gold)
-    scored = {name: p.score(t) for name, t in texts.items()}
+    scored = p.score_many(texts)
     errors = [e for _, _, n, e in scored.values() if n]
     if errors and all(errors):  # it raised on everything: it cannot run here (e.g. its model is not trained yet)
         report.skipped = f"the reward raised on every probe: {errors[0]}"
