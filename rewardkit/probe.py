@@ -142,12 +142,10 @@ class _Probe:
                   "log_extra": lambda column, values: None, "log_metric": lambda name, value: None}
         return self.reward(prompts=[r.get("prompt") for r in rows], completions=comps, **cols, **extras)
 
-    def score(self, texts: list) -> tuple[float | None, int, int, str | None]:
-        """Mean score, rows judged, rows scored and the error of one probe (one text or None per row)."""
-        return self.score_many({"": texts})[""]
-
     def score_many(self, probes: dict[str, list]) -> dict[str, tuple[float | None, int, int, str | None]]:
-        """Every probe in one batch (so a reward that normalizes per batch or with running statistics compares
+        """Per probe (name -> one text or None per row): mean score, rows judged, rows scored, error.
+
+        Every probe in one batch (so a reward that normalizes per batch or with running statistics compares
         them with each other, as within a training batch); if the batch raises, each probe alone, so the error
         is reported against the probe that causes it."""
         pairs = {name: [(i, t) for i, t in enumerate(texts) if t is not None] for name, texts in probes.items()}
@@ -174,18 +172,19 @@ class _Probe:
         if callable(declared):
             return "declared by the reward", lambda i: declared(self.rows[i])
         best, best_score = None, None
-        candidates = {name: [self._fmt(fmt, i, i) for i in range(len(self.rows))] for name, fmt in FORMATS.items()}
+        candidates = {name: [self._fmt(fmt, i) for i in range(len(self.rows))] for name, fmt in FORMATS.items()}
         for name, (score, _, _, _) in self.score_many(candidates).items():
             if score is not None and (best_score is None or score > best_score):
                 best, best_score = name, score
         if best is None:
             return None, lambda i: None
-        return best, lambda i, f=FORMATS[best]: self._fmt(f, i, i)
+        return best, lambda i, f=FORMATS[best]: self._fmt(f, i)
 
-    def _fmt(self, fmt, answer_row: int, row: int) -> str | None:
-        core = self.cores[answer_row]
+    def _fmt(self, fmt, i: int) -> str | None:
+        """Row ``i``'s gold completion in format ``fmt`` (None when the format does not apply to the row)."""
+        core = self.cores[i]
         try:
-            return fmt(core, self.rows[row]) if core is not None or fmt not in _ANSWER_FORMATS else None
+            return fmt(core, self.rows[i]) if core is not None or fmt not in _ANSWER_FORMATS else None
         except (KeyError, TypeError):
             return None
 
