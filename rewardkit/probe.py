@@ -29,7 +29,6 @@ from typing import Callable
 
 from rewardkit.errors import RewardkitError
 from rewardkit.hookspecs import REWARD_PROBE_ATTRIBUTES
-from rewardkit.rewards import completion_text
 
 ROWS = 32  # dataset rows probed per stage
 SPRAY_CAP = 32  # distinct gold answers sprayed into one completion

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rewardkit_code.probes import _call_parts, attack_programs, gold_program
+from rewardkit_code.probes import _call_parts, gold_program
 from rewardkit_code.problems import read_problems
 from rewardkit_code.reward import CodeTests
 from rewardkit_code.sandbox import host_problems
