@@ -186,3 +186,30 @@ def test_a_short_quick_start_raises_no_alarm(tmp_path, builtin_registry, capsys)
     assert "stage grpo: 0 alarm(s)" in capsys.readouterr().out
     evals = [r for r in m.read_log(str(tmp_path / "run" / "grpo" / "log.jsonl")) if m.EVAL_KEY in r]
     assert [r["step"] for r in evals] == [4 * i for i in range(1, 11)]
+
+
+def test_attach_respects_enabled_and_only_evaluates_with_eval(tmp_path):
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from rewardkit.recipe import RewardBlock  # noqa: PLC0415
+
+    class Trainer:
+        args = SimpleNamespace(world_size=1)
+
+        def __init__(self):
+            self.callbacks = []
+
+        def add_callback(self, cb):
+            self.callbacks.append(cb)
+
+    def ctx(monitor):
+        spec = SimpleNamespace(name="grpo", monitor=monitor, evaluate=True,
+                               rewards=[RewardBlock("exact_match", "correct", 0.5, {})])
+        return SimpleNamespace(spec=spec, recipe=SimpleNamespace(eval=None), output_dir=str(tmp_path))
+
+    trainer = Trainer()
+    assert m.attach(trainer, ctx({"enabled": False})) is None and trainer.callbacks == []
+    mon = m.attach(trainer, ctx({}))
+    assert trainer.health_monitor is mon and mon.weights == {"correct": 0.5}
+    assert type(trainer.callbacks[0]).__name__ == "HealthCallback"
+    assert m.build_evaluator(ctx({}), 8) is None  # the recipe has no eval: no held-out check
