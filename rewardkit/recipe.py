@@ -74,6 +74,7 @@ STAGE_KEYS = {
     "data": (dict, "data keys overriding the recipe's for this stage"),
     "eval": (bool, "evaluate after this stage (default true when the recipe has eval)"),
     "reward_faults": (dict, "overrides the recipe's reward_faults for this stage"),
+    "early_stop": (dict, "stop on a held-out criterion: {every, split, n, target, patience, min_delta}"),
 }
 FAULT_KEYS = {
     "policy": (str, "fail (default): stop at the first fault | skip: the sample gets None, counted"),
@@ -185,6 +186,7 @@ class StageSpec:
     data: dict
     evaluate: bool
     reward_faults: dict = dataclasses.field(default_factory=dict)  # rewardkit.registry.FaultPolicy fields
+    early_stop: dict | None = None  # rewardkit.stopping: {every, split, n, target, patience, min_delta}
 
 
 @dataclass
@@ -317,8 +319,16 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
                         sraw.get("reward_faults") if isinstance(sraw.get("reward_faults"), dict) else {})
         if "stages" in raw and sraw.get("reward_faults") is not None:
             _check_fault_keys(sraw["reward_faults"], f"{where}.reward_faults", problems)
+        early = sraw.get("early_stop") if "stages" in raw else None
+        if isinstance(early, dict):
+            from rewardkit import stopping  # noqa: PLC0415
+
+            _check_keys(early, stopping.EARLY_STOP_KEYS, f"{where}.early_stop", problems)
+            problems.extend(stopping.check(early, (ev or {}).get("split", "test") if isinstance(ev, dict) else None,
+                                           f"{where}.early_stop"))
         stages.append(StageSpec(str(sname), trainer.get("type"), args, rewards, _merge(model, smodel),
-                                _merge(data, sdata), bool(sraw.get("eval", True)), faults))
+                                _merge(data, sdata), bool(sraw.get("eval", True)), faults,
+                                early if isinstance(early, dict) else None))
 
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     seed = raw.get("seed", 42)
