@@ -21,7 +21,7 @@ import yaml
 
 from rewardkit import values
 from rewardkit.errors import PluginError, RecipeError
-from rewardkit.recipe_file import load_yaml, parse_yaml
+from rewardkit.recipe_file import load_yaml, not_a_file, parse_yaml
 from rewardkit.registry import Registry, get_registry
 
 # key -> (type(s), help). The schema of everything except trainer fields, which belong to TRL.
@@ -381,10 +381,17 @@ def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry,
                 if not os.path.exists(p):
                     problems.append(f"{where}.{key}: file not found: {p}")
                     continue
+                why = not_a_file(p)  # a FIFO would block the read below
+                if why:
+                    problems.append(f"{where}.{key}: {why}")
+                    continue
                 try:
                     found = file_columns(p)
                 except ValueError as exc:
                     problems.append(f"{where}.{key}: {exc}")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - csv/pyarrow/OS errors: the file is the problem
+                    problems.append(f"{where}.{key}: cannot read {p}: {type(exc).__name__}: {exc}")
                     continue
                 cols = found if cols is None else [c for c in cols if c in found]
     else:

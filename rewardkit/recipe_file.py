@@ -154,6 +154,15 @@ def _file_kind(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
+def not_a_file(path: str) -> str | None:
+    """Why ``path`` cannot be read as a data file without blocking ("is a named pipe (FIFO)", ...), or None."""
+    try:
+        kind = _file_kind(os.stat(path).st_mode)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    return f"{path} is {kind}, not a data file" if kind else None
+
+
 def read_bytes(path: str) -> bytes:
     """The file's bytes, after checking it is a regular file of at most ``MAX_BYTES`` (never blocks)."""
     try:

@@ -109,6 +109,14 @@ def dataclass_types(cls) -> dict[str, tuple[Any, bool]]:
 def signature_types(fn) -> dict[str, Any]:
     """``parameter -> annotation`` of a callable (class: its ``__init__``); empty when they cannot be read."""
     try:
+        return _signature_types(fn)
+    except TypeError:  # unhashable callable: not cached
+        return _signature_types.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_types(fn) -> dict[str, Any]:
+    try:
         sig = inspect.signature(fn, eval_str=True)
     except Exception:  # noqa: BLE001 - unresolvable annotations or a builtin: nothing to check
         return {}

@@ -126,3 +126,20 @@ def test_wrongly_shaped_sections_are_errors_not_crashes(tmp_path):
                      if "data:" not in body else b"model: {name: tiny-llama}\n" + body.encode())
         message = _error(path)
         assert expected in message, (body, message)
+
+
+@pytest.mark.parametrize("name, make, expected", [
+    ("fifo.jsonl", os.mkfifo, "is a named pipe (FIFO), not a data file"),
+    ("dir.jsonl", os.mkdir, "is a directory, not a data file"),
+    ("bytes.jsonl", lambda p: open(p, "wb").write(b"\xff\xfe\x80{}\n"), "codec can't decode byte 0xff"),
+    ("nul.csv", lambda p: open(p, "wb").write(b"prompt,completion\n" + b"a\x00b,c\n" * 3), None),
+    ("junk.parquet", lambda p: open(p, "wb").write(b"not parquet at all"), "Parquet magic bytes not found"),
+])
+def test_data_files_that_cannot_be_read_are_errors(tmp_path, builtin_registry, name, make, expected):
+    make(str(tmp_path / name))
+    path = _file(tmp_path, f"model: {{name: tiny-llama}}\ndata: {{path: {name}}}\ntrainer: {{type: sft}}\n".encode())
+    if expected is None:  # a header is all validation reads: fine
+        load_recipe(str(path))
+        return
+    message = _error(path)  # the FIFO: returns at once (opening it would wait for a writer forever)
+    assert "data.path: " in message and expected in message, message
