@@ -227,10 +227,6 @@ def _check_fault_keys(section: Any, where: str, problems: list[str]) -> dict:
     return section
 
 
-def _check_model_keys(section: Any, where: str, problems: list[str]) -> dict:
-    return _check_keys(section, MODEL_KEYS, where, problems)
-
-
 def _check_data_keys(section: Any, where: str, problems: list[str]) -> dict:
     data = _check_keys(section, DATA_KEYS, where, problems)
     rename = data.get("rename")
@@ -271,7 +267,7 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
             problems.append("model: missing (e.g. model: {name: tiny-llama})")
         model = {}
     else:
-        model = _check_model_keys(model, "model", problems)
+        model = _check_keys(model, MODEL_KEYS, "model", problems)
     data = top.get("data")
     if data is None:
         if raw.get("data") is None:
@@ -315,7 +311,7 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
             trainer = {**trainer, "type": None}
         args = {k: v for k, v in trainer.items() if k != "type"}
         rewards = _reward_blocks(stage.get("rewards") or [], f"{where}.rewards" if multi else "rewards", problems)
-        smodel = _check_model_keys(stage["model"], f"{where}.model", problems) if stage.get("model") else {}
+        smodel = _check_keys(stage["model"], MODEL_KEYS, f"{where}.model", problems) if stage.get("model") else {}
         sdata = _check_data_keys(stage["data"], f"{where}.data", problems) if stage.get("data") else {}
         faults = faults_top
         if multi and stage.get("reward_faults"):

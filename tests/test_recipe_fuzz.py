@@ -2,8 +2,9 @@
 
 The contract under test is the CLI's: every input ends with exit code 0 (valid) or 2 (one message naming the
 file), never a traceback. Cases run in-process through ``load_recipe``, the function ``validate`` calls, and
-catch what the CLI catches (a subprocess per case would cost a second each); ``test_cli_contract_in_a_subprocess`` checks the same contract end to end for a few
-hostile files. Seeded: a failure names the case so it can be replayed.
+catch what the CLI catches (a subprocess per case would cost a second each);
+``test_cli_contract_in_a_subprocess`` checks the same contract end to end for a few hostile files. Seeded: a
+failure names the case so it can be replayed.
 """
 
 from __future__ import annotations
