@@ -528,13 +528,24 @@ def _reward_problems(registry, name, params, where, cols) -> list[str]:
 
 
 def _reward_param_types(registry, name, params, where) -> list[str]:
-    """Each param against the type its factory's signature declares (unannotated params pass)."""
-    types = values.signature_types(registry.load("rewards", name))
+    """Each param against the type its factory's signature declares (unannotated params pass), then the
+    factory's own ``check_params(**params)`` when it has one (the checks its constructor would make at run
+    time, after the model has loaded)."""
+    factory = registry.load("rewards", name)
+    types = values.signature_types(factory)
     found = []
     for key, value in params.items():
         bad = values.problem(value, types[key]) if key in types else None
         if bad:
             found.append(f"{where}.params.{key}: {bad}")
+    check = getattr(factory, "check_params", None)
+    if not found and callable(check):
+        try:
+            found = [f"{where}.params: {p}" for p in check(**params) or []]
+        except Exception as exc:  # noqa: BLE001 - a broken checker is reported, not raised
+            comp = registry.get("rewards", name)
+            found = [f"{where}.params: reward '{name}' from {comp.provider}: check_params raised "
+                     f"{type(exc).__name__}: {exc}"]
     return found
 
 

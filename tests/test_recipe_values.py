@@ -140,3 +140,21 @@ def test_problem(value, annotation, expected):
 def test_infinite_default_allows_infinity():
     assert problem(float("inf"), float, allow_inf=True) is None
     assert problem(float("nan"), float, allow_inf=True) is not None
+
+
+class Checked(Threshold):
+    """A factory with ``check_params``: validate reports what its constructor would reject at run time."""
+
+    @classmethod
+    def check_params(cls, **params):
+        return [] if params.get("cutoff", 0.5) <= 1 else [f"cutoff: at most 1, got {params['cutoff']}"]
+
+
+def test_factory_check_params_runs_at_validate_time(tmp_path, builtin_registry):
+    mod = types.ModuleType("checked_plugin")
+    mod.register_rewards = rewardkit.hookimpl(lambda register: register("checked", Checked))
+    builtin_registry.add_plugin(mod, "checked", dist="checked")
+    text = BASE.replace("{name: exact_match}", "{name: checked, params: {cutoff: 2}}")
+    message = _problems(tmp_path, [], text)
+    assert "rewards[0].params: cutoff: at most 1, got 2" in message, message
+    load_recipe(_recipe(tmp_path, BASE.replace("{name: exact_match}", "{name: checked, params: {cutoff: 1}}")))

@@ -24,6 +24,7 @@ from collections import Counter, OrderedDict, deque
 from fractions import Fraction
 
 from rewardkit.rewards import completion_text
+from rewardkit_math.checks import ChecksParams
 from rewardkit_math.extract import DEFAULT_MODES, MAX_ANSWER_CHARS, REJECTED, check_modes, extract_answer, \
     normalize_gold
 from rewardkit_math.numeric import Tolerance, close, tolerance
@@ -57,7 +58,7 @@ def accuracy_columns(params: dict) -> list[str]:
     return [params.get("gold_column", "answer")]
 
 
-class MathAccuracy:
+class MathAccuracy(ChecksParams):
     """Reward factory for ``math.accuracy``; every param is checked here, errors name the param."""
 
     def __init__(self, gold_column: str = "answer", extract=DEFAULT_MODES, multiple: str = "last",
