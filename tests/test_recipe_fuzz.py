@@ -162,11 +162,28 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_cli_contract_in_a_subprocess(tmp_path, kind):
+def _make(tmp_path, kind: str) -> str:
     path = tmp_path / f"{kind}.yaml"
-    path.write_bytes(HOSTILE[kind])
-    proc = subprocess.run([sys.executable, "-m", "rewardkit.cli", "validate", str(path)], capture_output=True,
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # no writer: opening it for reading would block forever
+    elif kind == "100mb":
+        with open(path, "wb") as f:
+            f.truncate(100 * 1024 * 1024)
+    elif kind == "device":
+        return "/dev/zero"  # reading it never ends
+    else:
+        path.write_bytes(HOSTILE[kind])
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("kind", [*sorted(HOSTILE), "directory", "fifo", "100mb", "device"])
+def test_cli_contract_in_a_subprocess(tmp_path, kind, command):
+    path = _make(tmp_path, kind)
+    proc = subprocess.run([sys.executable, "-m", "rewardkit.cli", command, path], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"rewardkit: error: {path}: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") <= 8, proc.stderr  # one message (a YAML error quotes its line and a caret)
