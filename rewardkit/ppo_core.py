@@ -34,13 +34,38 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; padding comes out as 0. ``(B, T) -> (B, T)``."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_reduce=None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; padding comes out as 0. ``(B, T) -> (B, T)``.
+
+    ``all_reduce`` (a function summing a tensor over processes, e.g. ``accelerator.reduce(t, "sum")``) makes the
+    mean and variance those of every process's entries together, as whitening a rollout split over processes
+    must; ``None`` whitens this process's entries only.
+    """
+    mask = mask.to(x.dtype)
+    total = _summed(torch.stack([(x * mask).sum(), mask.sum()]), all_reduce)  # [Σx, n]
+    n = total[1]
+    mean = total[0] / n.clamp(min=1.0)
+    sq = _summed(((x - mean) ** 2 * mask).sum(), all_reduce)
+    var = sq / n.clamp(min=1.0)
+    if n > 1:
+        var = var * n / (n - 1)  # Bessel, as masked_var
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask.to(x.dtype)
+    return out * mask
+
+
+def _summed(t: torch.Tensor, all_reduce) -> torch.Tensor:
+    return t if all_reduce is None else all_reduce(t)
+
+
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor, all_reduce=None) -> torch.Tensor:
+    """Mean of the masked entries of ``x`` over all processes (``all_reduce`` sums over them; ``None``: local).
+    Works for any shape; a process may hold no entries (or a different number from the others)."""
+    mask = mask.to(x.dtype)
+    total = _summed(torch.stack([(x * mask).sum(), mask.sum()]), all_reduce)
+    return total[0] / total[1].clamp(min=1.0)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -65,11 +90,13 @@ def token_rewards(score: torch.Tensor, kl: torch.Tensor, beta: float, mask: torc
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalized advantage estimation over right-padded episodes that end at their last real token.
+    """Generalized advantage estimation over episodes that end at their last real token.
 
-    rewards, values, mask: ``(B, T)`` -> (advantages, returns), both ``(B, T)`` and 0 on padding.
-    δ_t = r_t + γ·V_{t+1} − V_t (V after the last real token is 0: the episode is over),
-    A_t = δ_t + γλ·A_{t+1};  returns = A + V (the value target).
+    rewards, values, mask: ``(B, T)`` -> (advantages, returns), both ``(B, T)`` and 0 where mask is 0.
+    δ_t = r_t + γ·V_next − V_t,  A_t = δ_t + γλ·A_next,  returns = A + V (the value target), where "next" is the
+    next position with mask 1: positions with mask 0 *inside* a completion (tool outputs, which the policy did
+    not choose) are skipped, not terminal, so credit flows through them to the tokens before them. After the last
+    real token V_next = 0 (the episode is over).
     """
     mask = mask.to(values.dtype)
     values = values * mask
@@ -77,10 +104,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     next_adv = torch.zeros_like(values[:, 0])  # (B,)
     advantages = torch.zeros_like(values)
     for t in reversed(range(values.size(1))):
+        real = mask[:, t].bool()  # (B,)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        adv = (delta + gamma * lam * next_adv) * mask[:, t]
-        advantages[:, t] = adv
-        next_value, next_adv = values[:, t], adv  # both 0 on padding, so padding acts as the terminal state
+        adv = delta + gamma * lam * next_adv
+        advantages[:, t] = torch.where(real, adv, torch.zeros_like(adv))
+        next_value = torch.where(real, values[:, t], next_value)  # a masked position passes its successor on
+        next_adv = torch.where(real, adv, next_adv)
     return advantages, (advantages + values) * mask
 
 
