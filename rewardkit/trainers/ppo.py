@@ -156,8 +156,7 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
 
     def describe_batches(self) -> str:
         """The batch arithmetic in the user's numbers."""
-        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        steps = self.generation_batch_size * self.rollout_epochs // max(per_step, 1)
+        steps = self.steps_per_generation * self.rollout_epochs // self.gradient_accumulation_steps
         return (f"rollout = generation_batch_size {self.generation_batch_size} episodes "
                 f"({self.generation_batch_size // self.num_generations} prompts x num_generations "
                 f"{self.num_generations}) in steps_per_generation {self.steps_per_generation} minibatches of "
