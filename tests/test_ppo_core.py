@@ -145,3 +145,43 @@ def test_explained_variance():
     assert pc.explained_variance(t([[1, 2, 3, 5]]), ret, mask) == pytest.approx(1.0)
     assert pc.explained_variance(t([[2, 2, 2, 5]]), ret, mask) == pytest.approx(0.0)
     assert math.isnan(pc.explained_variance(t([[0, 0]]), t([[1, 1]]), t([[1, 1]])))
+
+
+def test_dual_clip_bounds_negative_advantages_by_hand():
+    # A = -1, ratio 5, clip 0.2: PPO-clip loss max(5, 1.2) = 5; dual clip c = 3 bounds it by -c·A = 3.
+    # A = +1, ratio 5: clipped -1.2 wins, dual clip does not apply.
+    logp = torch.log(t([[5.0, 5.0]])).requires_grad_()
+    adv, mask = t([[-1.0, 1.0]]), t([[1, 1]])
+    plain, _ = pc.policy_loss(logp, torch.zeros(1, 2), adv, mask, clip=0.2)
+    assert plain.item() == pytest.approx((5.0 - 1.2) / 2)
+    loss, stats = pc.policy_loss(logp, torch.zeros(1, 2), adv, mask, clip=0.2, dual_clip=3.0)
+    assert loss.item() == pytest.approx((3.0 - 1.2) / 2) and stats["dual_clipfrac"] == pytest.approx(0.5)
+    loss.backward()
+    assert torch.equal(logp.grad, t([[0.0, 0.0]]))  # the bound is a constant: no gradient from that token
+
+
+def test_penalty_policy_loss_by_hand():
+    # ratio 2, A = 1, coef 0.5: -2 + 0.5 * (2 - 1 - log 2); ratio 1, A = -1: 1 + 0 ; mean of the two
+    logp = torch.log(t([[2.0, 1.0]])).requires_grad_()
+    loss, stats = pc.penalty_policy_loss(logp, torch.zeros(1, 2), t([[1.0, -1.0]]), t([[1, 1]]), coef=0.5)
+    kl0 = 1 - math.log(2)
+    assert loss.item() == pytest.approx((-2 + 0.5 * kl0 + 1) / 2)
+    assert stats["approx_kl"] == pytest.approx(kl0 / 2)
+    loss.backward()
+    # d/dlogp [-A·ρ + c·(ρ - 1 - logp)] / 2 = (-A·ρ + c·(ρ - 1)) / 2: token 0: (-2 + 0.5) / 2, token 1: (1 + 0) / 2
+    assert torch.allclose(logp.grad, t([[-0.75, 0.5]]))
+
+
+def test_running_moments_by_hand():
+    m = pc.RunningMoments()
+    m.update(t([1.0, 2.0, 3.0]))
+    m.update(t([4.0, 5.0]))
+    assert m.mean == pytest.approx(3.0) and m.std == pytest.approx(2.5 ** 0.5)  # of 1..5, Bessel
+    assert torch.allclose(m.normalize(t([3.0, 3.0 + 2.5 ** 0.5])), t([0.0, 1.0]), atol=1e-6)
+    assert pc.RunningMoments().std == 1.0  # nothing seen: identity scale
+
+
+def test_ends_with_eos():
+    ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0], [0, 0, 0]])
+    mask = t([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    assert pc.ends_with(ids, mask, [2]).tolist() == [True, False, True, False]

@@ -235,7 +235,6 @@ class PPOTrainer(GRPOTrainer):
         self._rollout = None
         self._minibatches = None
         self._epoch, self._mb, self._cursor, self._retired = 0, 0, (0, 0), False
-        self._epoch_kl = [0.0, 0.0]  # [Σ approx KL(old‖new) of minibatches, minibatches] of the current epoch
         self._rewards_per_func = None
 
     # ------------------------------------------------------------------ plumbing
@@ -305,7 +304,6 @@ class PPOTrainer(GRPOTrainer):
         if self._rollout is None or self._retired:
             self._start_rollout(generation_batch)
         elif self._mb == spg:
-            self._finish_epoch()
             self._epoch, self._mb = self._epoch + 1, 0
             if self._epoch == self.args.rollout_epochs:
                 self._start_rollout(generation_batch)
@@ -316,6 +314,11 @@ class PPOTrainer(GRPOTrainer):
         return self._minibatches[self._cursor[1]]
 
     def _start_rollout(self, generation_batch) -> None:
+        if self._rollout is not None and not self._retired:  # the previous rollout ran all its epochs
+            self._metrics["train"]["ppo/early_stop"].append(0.0)
+            self._metrics["train"]["ppo/rollout_epochs_used"].append(float(self.args.rollout_epochs))
+        if self._rollout is not None and self.args.policy_loss == "penalty":
+            self._adapt_penalty()
         self._rollout = self._generate_and_score_completions(generation_batch)
         self._epoch, self._mb, self._retired = 0, 0, False
         self._split_epoch()
@@ -326,13 +329,20 @@ class PPOTrainer(GRPOTrainer):
         if self._epoch == 0 or self.args.reshuffle:
             self._minibatches = split_tensor_dict(shuffle_sequence_dict(self._rollout), self.args.steps_per_generation)
 
-    def _finish_epoch(self) -> None:
-        """After an epoch: with the penalty loss, β_pen halves/doubles toward d_targ on the epoch's KL(old‖new)
-        (Schulman et al. 2017 §4 adapt it after every policy update; here after every pass over the rollout)."""
-        total, n = self._epoch_kl
-        self._epoch_kl = [0.0, 0.0]
-        if self.args.policy_loss == "penalty" and n:
-            self.penalty_ctl.update(total / n)
+    def _adapt_penalty(self) -> None:
+        """PPO-penalty (Schulman et al. 2017 §4): after the policy update on a rollout, d = KL(old‖new) on its
+        tokens (k3, all processes) with the updated policy; β_pen ← β_pen/2 if d < d_targ/1.5, ×2 if d > 1.5·d_targ.
+        One extra no-grad pass over the finished rollout, as the paper's rule needs the KL after the update."""
+        r = self._rollout
+        ids = torch.cat([r["prompt_ids"], r["completion_ids"]], dim=1)
+        attn = torch.cat([r["prompt_mask"], r["completion_mask"]], dim=1)
+        k, bs = r["completion_ids"].size(1), self.args.per_device_train_batch_size
+        with torch.no_grad():
+            new = torch.cat([self._forward(self.model, ids[i:i + bs], attn[i:i + bs], k, values=False)[0]
+                             for i in range(0, ids.size(0), bs)])
+            d = ppo_core.global_masked_mean(k3(r["old_per_token_logps"], new), r["loss_mask"], self._all_reduce())
+        self.penalty_ctl.update(d.item())
+        self._metrics["train"]["ppo/policy/penalty_kl"].append(d.item())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > early_stop_kl), the rollout
@@ -445,9 +455,6 @@ class PPOTrainer(GRPOTrainer):
             loss = cfg.vf_coef * vf_loss  # critic warm-up: the policy is not updated
         else:
             loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
-        if mode == "train":
-            self._epoch_kl[0] += pg["approx_kl"]
-            self._epoch_kl[1] += 1
         stats = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/clipfrac": pg["clipfrac"],
                  "policy/approx_kl": pg["approx_kl"], "value/clipfrac": vf["clipfrac"], "entropy": mean_entropy.item()}
         if cfg.dual_clip is not None:
@@ -470,7 +477,6 @@ class PPOTrainer(GRPOTrainer):
             used = epoch + mb / self.args.steps_per_generation
             self._metrics["train"]["ppo/early_stop"].append(1.0)
             self._metrics["train"]["ppo/rollout_epochs_used"].append(used)
-            self._finish_epoch()
             self._retired = True
             raise _StaleRollout
 
