@@ -108,3 +108,37 @@ def test_running_reward_normalisation_and_clip(tiny, tmp_path):
     assert t.score_moments.count == 16
     t = train(tiny, tmp_path / "clip", reward=five, max_steps=1, reward_clip=1.0)
     assert logged(t, "ppo/score") == [1.0]
+
+
+def test_critic_from_a_reward_model_and_from_a_saved_critic(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    path = tiny[0]
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    torch.nn.init.normal_(rm.score.weight)
+    rm.save_pretrained(tmp_path / "rm")
+    t = train(tiny, tmp_path / "a", max_steps=1, learning_rate=0.0, critic="separate", critic_model=str(tmp_path / "rm"))
+    assert torch.equal(t.model.critic.head.weight, rm.score.weight)  # value head = the RM's score head
+    rm_backbone = rm.base_model.state_dict()
+    assert all(torch.equal(v, rm_backbone[k]) for k, v in t.model.critic.backbone.state_dict().items())
+
+    # a later stage starts from the critic the earlier one saved (lr 0: what it holds after training is what it loaded)
+    t2 = train(tiny, tmp_path / "b", max_steps=1, learning_rate=0.0, critic="separate",
+               critic_checkpoint=str(tmp_path / "a"))
+    saved = torch.load(tmp_path / "a" / "critic.pt")
+    loaded = t2.model.critic.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert saved["head.weight"].abs().sum() > 0  # not a fresh (zero) head
+    with pytest.raises(ValueError, match="does not fit this critic"):  # a value-head critic into a separate one
+        train(tiny, tmp_path / "c", max_steps=1, critic_checkpoint=str(tmp_path / "a"))
+
+
+def test_stage_fills_output_dir_into_critic_paths(tmp_path):
+    import types
+
+    from rewardkit.trainers.ppo import PPOStage
+
+    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(trainer_args={"critic_checkpoint": "{output_dir}/ppo"}),
+                                recipe=types.SimpleNamespace(seed=0, output_dir="runs/x"), output_dir=str(tmp_path))
+    assert PPOStage().config(ctx).critic_checkpoint == "runs/x/ppo"

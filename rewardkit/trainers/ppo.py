@@ -93,7 +93,13 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
     critic: str = field(default="value_head", metadata={
         "help": "'value_head': a linear head on the policy's backbone (one model); 'separate': its own backbone."})
     critic_model: str | None = field(default=None, metadata={
-        "help": "With critic='separate', the model its backbone is loaded from (default: the policy's)."})
+        "help": "With critic='separate', the model its backbone is loaded from (default: the policy's). A reward "
+                "model saved by trainer: reward_model (…ForSequenceClassification, one label) also initialises "
+                "the value head from its score head (Ouyang et al. 2022 initialise the value function from the RM). "
+                "'{output_dir}' is replaced by the recipe's output_dir."})
+    critic_checkpoint: str | None = field(default=None, metadata={
+        "help": "A critic.pt saved by an earlier PPO stage (or that stage's folder) to start the critic from, "
+                "e.g. '{output_dir}/ppo/critic.pt'; the critic kind and sizes must match. null: a fresh critic."})
 
     def __post_init__(self):
         n = self.num_generations
@@ -165,6 +171,35 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
                 f"steps {self.gradient_accumulation_steps})")
 
 
+def load_critic_backbone(path: str):
+    """(backbone, head weight or None) for a separate critic: a reward model (…ForSequenceClassification with one
+    label) gives its backbone and its score head; any other checkpoint its backbone only."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification  # noqa: PLC0415
+
+    archs = AutoConfig.from_pretrained(path).architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        return AutoModel.from_pretrained(path, dtype=torch.float32), None
+    rm = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    score = getattr(rm, "score", None)
+    if rm.config.num_labels != 1 or not isinstance(score, nn.Linear):
+        raise ValueError(f"critic_model {path}: a reward model needs one label and a linear 'score' head "
+                         f"(got num_labels={rm.config.num_labels})")
+    return rm.base_model, score.weight.detach().clone()  # (1, H)
+
+
+def load_critic_checkpoint(critic: nn.Module, path: str) -> None:
+    """Load a ``critic.pt`` (a file, or a stage folder holding one) into ``critic``; mismatches name the field."""
+    file = os.path.join(path, "critic.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ValueError(f"critic_checkpoint: no critic.pt at {path}")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        critic.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"critic_checkpoint {file} does not fit this critic (critic kind or model sizes differ): "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
 class Critic(nn.Module):
     """V(s_t) for every completion token: a linear head on the policy's hidden states, or on its own backbone."""
 
@@ -223,15 +258,18 @@ class PPOTrainer(GRPOTrainer):
         backbone = policy.base_model  # the transformer under the LM head; also under LoRA layers
         backbone.register_forward_hook(self._keep_hidden)
         hidden_size = policy.config.get_text_config().hidden_size
-        critic_backbone = None
+        critic_backbone, head = None, None
         if cfg.critic == "separate":
-            from transformers import AutoModel  # noqa: PLC0415
-
-            path = cfg.critic_model or policy.config._name_or_path
-            critic_backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+            critic_backbone, head = load_critic_backbone(cfg.critic_model or policy.config._name_or_path)
             hidden_size = critic_backbone.config.get_text_config().hidden_size
+        critic = Critic(hidden_size, critic_backbone)
+        if head is not None:
+            with torch.no_grad():
+                critic.head.weight.copy_(head)
+        if cfg.critic_checkpoint:
+            load_critic_checkpoint(critic, cfg.critic_checkpoint)
         # A submodule of the trained model, so the Trainer's optimizer, device placement and checkpoints see it.
-        self.model.critic = Critic(hidden_size, critic_backbone).to(self.accelerator.device)
+        self.model.critic = critic.to(self.accelerator.device)
         self._rollout = None
         self._minibatches = None
         self._epoch, self._mb, self._cursor, self._retired = 0, 0, (0, 0), False
@@ -537,6 +575,15 @@ class PPOStage(GRPOStage):
         problems = renamed_problems(args)
         problems += [f"{k}: a GRPO option; PPO's loss does not use it" for k in args if k in GRPO_ONLY]
         return problems or super().check_args(args)
+
+    def config(self, ctx, **extra):
+        """The stage's PPOConfig, with '{output_dir}' in the critic paths replaced by the recipe's output_dir."""
+        cfg = super().config(ctx, **extra)
+        for name in ("critic_model", "critic_checkpoint"):
+            value = getattr(cfg, name)
+            if isinstance(value, str):
+                setattr(cfg, name, value.replace("{output_dir}", ctx.recipe.output_dir))
+        return cfg
 
     def trainer_kwargs(self, ctx):
         name = ctx.spec.trainer_args.get("kl_estimator", PPOConfig.kl_estimator)
