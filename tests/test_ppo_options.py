@@ -118,7 +118,8 @@ def test_critic_from_a_reward_model_and_from_a_saved_critic(tiny, tmp_path):
     rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     torch.nn.init.normal_(rm.score.weight)
     rm.save_pretrained(tmp_path / "rm")
-    t = train(tiny, tmp_path / "a", max_steps=1, learning_rate=0.0, critic="separate", critic_model=str(tmp_path / "rm"))
+    t = train(tiny, tmp_path / "a", max_steps=1, learning_rate=0.0, critic="separate",
+              critic_model=str(tmp_path / "rm"))
     assert torch.equal(t.model.critic.head.weight, rm.score.weight)  # value head = the RM's score head
     rm_backbone = rm.base_model.state_dict()
     assert all(torch.equal(v, rm_backbone[k]) for k, v in t.model.critic.backbone.state_dict().items())
