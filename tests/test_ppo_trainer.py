@@ -162,3 +162,14 @@ def test_separate_critic(tiny, registry, tmp_path):
     in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in in_opt for p in critic.backbone.parameters())
     assert os.path.exists(tmp_path / "critic.pt")
+
+
+def test_validate_rejects_old_names_with_exit_code_2(capsys):
+    from rewardkit.cli import main
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "ppo", "reverse.yaml")
+    code = main(["validate", recipe, "stages.ppo.trainer.kl_target=2.0", "stages.ppo.trainer.num_iterations=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "stages.ppo.trainer.kl_target: renamed (did you mean 'beta_target'?)" in err
+    assert "stages.ppo.trainer.num_iterations: renamed (did you mean 'rollout_epochs'?)" in err
