@@ -143,3 +143,24 @@ def test_stage_fills_output_dir_into_critic_paths(tmp_path):
     ctx = types.SimpleNamespace(spec=types.SimpleNamespace(trainer_args={"critic_checkpoint": "{output_dir}/ppo"}),
                                 recipe=types.SimpleNamespace(seed=0, output_dir="runs/x"), output_dir=str(tmp_path))
     assert PPOStage().config(ctx).critic_checkpoint == "runs/x/ppo"
+
+
+@pytest.mark.slow
+def test_resume_keeps_adapted_beta_penalty_and_reward_statistics(tiny, tmp_path):
+    kw = dict(max_steps=4, beta_target=1e3, beta_controller="halve_double", policy_loss="penalty",
+              ppo_penalty_target=1e-9, reward_normalization="running", save_strategy="steps", save_steps=2)
+    full = train(tiny, tmp_path / "full", **kw)
+    assert (tmp_path / "full" / "checkpoint-2" / "ppo_state.pt").exists()
+    path, tok, ds, reg = tiny
+    cfg = PPOConfig(**{**dict(output_dir=str(tmp_path / "resumed"), learning_rate=3e-3, per_device_train_batch_size=8,
+                              steps_per_generation=1, rollout_epochs=1, max_completion_length=4, report_to="none",
+                              logging_steps=1, bf16=False, gradient_checkpointing=False, seed=0, disable_tqdm=True),
+                       **kw})
+    resumed = PPOTrainer(model=path, reward_funcs=[digits], args=cfg, train_dataset=ds["train"], processing_class=tok,
+                         kl_estimator_fn=reg.kl_estimator(cfg.kl_estimator))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    # β halves every rollout (KL far below 1e3); β_pen doubles after every rollout's update (the 4th's at the final
+    # checkpoint); 4 rollouts of 8 episodes counted in the statistics
+    assert full.kl_ctl.beta == pytest.approx(0.05 / 16) and full.penalty_ctl.beta == pytest.approx(16.0)
+    assert resumed.kl_ctl.beta == full.kl_ctl.beta and resumed.penalty_ctl.beta == full.penalty_ctl.beta
+    assert resumed.score_moments.count == full.score_moments.count == 32

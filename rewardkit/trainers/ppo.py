@@ -34,6 +34,7 @@ from rewardkit.kl import AdaptiveKLController, k3, kl_controller
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
+STATE_FILE = "ppo_state.pt"  # controller state saved with every checkpoint
 CRITICS = ("value_head", "separate")
 POLICY_LOSSES = ("clip", "penalty")
 REWARD_NORMALIZATION = ("none", "running")
@@ -272,7 +273,7 @@ class PPOTrainer(GRPOTrainer):
         self.model.critic = critic.to(self.accelerator.device)
         self._rollout = None
         self._minibatches = None
-        self._epoch, self._mb, self._cursor, self._retired = 0, 0, (0, 0), False
+        self._epoch, self._mb, self._cursor, self._retired, self._adapted = 0, 0, (0, 0), False, False
         self._rewards_per_func = None
 
     # ------------------------------------------------------------------ plumbing
@@ -355,10 +356,9 @@ class PPOTrainer(GRPOTrainer):
         if self._rollout is not None and not self._retired:  # the previous rollout ran all its epochs
             self._metrics["train"]["ppo/early_stop"].append(0.0)
             self._metrics["train"]["ppo/rollout_epochs_used"].append(float(self.args.rollout_epochs))
-        if self._rollout is not None and self.args.policy_loss == "penalty":
-            self._adapt_penalty()
+        self._adapt_penalty_once()
         self._rollout = self._generate_and_score_completions(generation_batch)
-        self._epoch, self._mb, self._retired = 0, 0, False
+        self._epoch, self._mb, self._retired, self._adapted = 0, 0, False, False
         self._split_epoch()
 
     def _split_epoch(self) -> None:
@@ -366,6 +366,18 @@ class PPOTrainer(GRPOTrainer):
 
         if self._epoch == 0 or self.args.reshuffle:
             self._minibatches = split_tensor_dict(shuffle_sequence_dict(self._rollout), self.args.steps_per_generation)
+
+    def _rollout_done(self) -> bool:
+        """Whether the current rollout has had all its updates (or was retired by the early stop)."""
+        last = self._epoch == self.args.rollout_epochs - 1 and self._mb == self.args.steps_per_generation
+        return self._rollout is not None and (self._retired or last)
+
+    def _adapt_penalty_once(self) -> None:
+        """β_pen's update for the current rollout, once: when the next rollout starts, or earlier at a checkpoint
+        taken right after the rollout's last update (so a resumed run has it)."""
+        if self.args.policy_loss == "penalty" and self._rollout is not None and not self._adapted:
+            self._adapt_penalty()
+            self._adapted = True
 
     def _adapt_penalty(self) -> None:
         """PPO-penalty (Schulman et al. 2017 §4): after the policy update on a rollout, d = KL(old‖new) on its
@@ -555,6 +567,32 @@ class PPOTrainer(GRPOTrainer):
         path = os.path.join(output_dir, "critic.pt")
         torch.save(self.accelerator.unwrap_model(self.model).critic.state_dict(), path)
         return path
+
+    def _controller_state(self) -> dict:
+        m = self.score_moments
+        return {"beta": self.kl_ctl.beta, "penalty_coef": self.penalty_ctl.beta,
+                "score_moments": [m.count, m.mean, m.m2]}
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint plus what PPO adapts as it trains (β, β_pen, the running score statistics), so a
+        resumed run continues with them instead of the initial values. They are the same on every process."""
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: PLC0415
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self._rollout_done():
+            self._adapt_penalty_once()  # every process: it reduces over them
+        if self.args.should_save and os.path.isdir(folder):
+            torch.save(self._controller_state(), os.path.join(folder, STATE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, STATE_FILE) if checkpoint else None
+        if path and os.path.exists(path):
+            s = torch.load(path, weights_only=True)
+            self.kl_ctl.beta, self.penalty_ctl.beta = s["beta"], s["penalty_coef"]
+            m = self.score_moments
+            m.count, m.mean, m.m2 = s["score_moments"]
 
     def train(self, *args, **kwargs):
         if self.accelerator.is_main_process:
