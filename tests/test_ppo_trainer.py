@@ -6,29 +6,14 @@ import os
 import pytest
 import torch
 
-import rewardkit.builtin
-from rewardkit import models
-from rewardkit.registry import Registry
 
 pytest.importorskip("trl")
 from rewardkit.trainers.ppo import PPOConfig, PPOStage, PPOTrainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def registry():
-    reg = Registry(entry_points=False)
-    reg.add_plugin(rewardkit.builtin, "builtin", dist="rewardkit")
-    return reg
-
-
-@pytest.fixture(scope="module")
-def tiny(registry):
-    from transformers import AutoTokenizer
-
-    from rewardkit.datasets_builtin import arithmetic
-
-    path = models.resolve("tiny-llama", registry)
-    return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=64, n_test=8, max_operand=10)
+def registry(module_registry):
+    return module_registry
 
 
 def digits(prompts, completions, **kwargs):

@@ -165,6 +165,27 @@ class Stage:
         raise NotImplementedError
 
 
+class HeldOutMetrics:
+    """Mixin for a TRL trainer whose result is judged on pairs it never trained on: after ``train()`` it calls
+    ``heldout_metrics()`` on ``self.heldout`` (when given) and keeps the result in ``summary_metrics``, which
+    the pipeline copies into the stage's entry of ``summary.json``."""
+
+    def __init__(self, *args, heldout=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heldout = heldout
+        self.summary_metrics: dict = {}
+
+    def heldout_metrics(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.heldout is not None and len(self.heldout):
+            self.summary_metrics = self.heldout_metrics()
+            self.log(dict(self.summary_metrics))
+        return result
+
+
 class LogHistoryCallback:
     """Appends every log record to ``<output_dir>/log.jsonl`` as it happens (survives crashes)."""
 

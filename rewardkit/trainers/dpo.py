@@ -11,19 +11,14 @@ from __future__ import annotations
 
 from trl import DPOTrainer
 
+from rewardkit.trainers.base import HeldOutMetrics
 
-class HeldOutDPOTrainer(DPOTrainer):
-    def __init__(self, *args, heldout=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.heldout = heldout
-        self.summary_metrics: dict = {}
 
-    def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
-        if self.heldout is not None and len(self.heldout):
-            self.evaluate(self.heldout)
-            # TRL adds its DPO statistics to the evaluation's log record (eval_*), not to evaluate()'s result.
-            m = next(r for r in reversed(self.state.log_history) if "eval_rewards/accuracies" in r)
-            self.summary_metrics = {"heldout_preference_accuracy": m["eval_rewards/accuracies"],
-                                    "heldout_margin": m["eval_rewards/margins"], "heldout_pairs": len(self.heldout)}
-        return result
+class HeldOutDPOTrainer(HeldOutMetrics, DPOTrainer):
+    def heldout_metrics(self) -> dict:
+        self.evaluate(self.heldout)
+        # TRL adds its DPO statistics to the evaluation's log record (eval_*), not to evaluate()'s result; they
+        # are means over evaluation batches (exact when the batch size divides the number of pairs).
+        m = next(r for r in reversed(self.state.log_history) if "eval_rewards/accuracies" in r)
+        return {"heldout_preference_accuracy": m["eval_rewards/accuracies"], "heldout_margin": m["eval_rewards/margins"],
+                "heldout_pairs": len(self.heldout)}
