@@ -85,7 +85,7 @@ def child(kind: str, path: str, a) -> dict:
 
         from rewardkit.trainers.grpo_is import GRPOISConfig, GRPOISTrainer
 
-        cfg = GRPOISConfig(rollout_epochs=2, target_kl=0.1, kl_estimator="k3", **common)
+        cfg = GRPOISConfig(rollout_epochs=2, early_stop_kl=0.1, kl_estimator="k3", **common)
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")

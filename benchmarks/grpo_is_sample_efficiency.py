@@ -39,7 +39,7 @@ def parse():
     p.add_argument("--metric", choices=["sampled", "greedy"], default="greedy",
                    help="held-out accuracy of greedy decoding (default) or of temperature-1 samples")
     p.add_argument("--eval-samples", type=int, default=4, help="samples per held-out problem (sampled metric)")
-    p.add_argument("--target-kl", type=float, default=0.1, help="grpo_is target_kl")
+    p.add_argument("--target-kl", type=float, default=0.1, help="grpo_is early_stop_kl")
     p.add_argument("--no-reshuffle", action="store_true", help="grpo_is without per-epoch reshuffle")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-multi", type=float, default=None,
@@ -148,7 +148,7 @@ def run_one(method: str, seed: int, a, sft: str, data, target: float) -> dict:
     elif method == "trl_num_iterations":
         cfg, cls = GRPOConfig(num_iterations=a.mu, **common), GRPOTrainer
     else:
-        cfg, cls = GRPOISConfig(rollout_epochs=a.mu, reshuffle=not a.no_reshuffle, target_kl=a.target_kl,
+        cfg, cls = GRPOISConfig(rollout_epochs=a.mu, reshuffle=not a.no_reshuffle, early_stop_kl=a.target_kl,
                                 **common), GRPOISTrainer
     torch.manual_seed(seed)
     reward = ExactMatch()

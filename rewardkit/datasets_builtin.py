@@ -1,7 +1,7 @@
 """Bundled synthetic datasets: generated, seeded, offline.
 
 - ``arithmetic``: ``a+b=`` prompts with an ``answer`` column (and ``completion`` for SFT), train/test split
-  with no test problem in train.
+  with no test problem in train (and, with ``n_val``, a ``validation`` split in neither).
 - ``arithmetic_preferences``: the same problems as preference pairs (``chosen`` = right answer,
   ``rejected`` = a plausible wrong one) for DPO and reward-model training.
 """
@@ -16,39 +16,68 @@ PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected", "answer"]
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def _problems(max_operand: int, ops: str, seed: int, n_test: int, n_train: int):
-    """Training problems (``n_train``, sampled with replacement) and ``n_test`` distinct held-out ones."""
+FORMATS = ("plain", "reversed")
+
+
+def _problems(max_operand: int, ops: str, seed: int, n_test: int, n_train: int, n_val: int = 0):
+    """Training problems (``n_train``, sampled with replacement), ``n_test`` distinct held-out ones and
+    ``n_val`` distinct validation ones, the three disjoint. ``n_val=0`` gives the same train/test as before
+    validation splits existed."""
     for op in ops:
         if op not in _OPS:
             raise ValueError(f"ops: unknown operator {op!r}; choose from {''.join(_OPS)}")
     problems = [(a, op, b) for op in ops for a in range(max_operand) for b in range(max_operand)]
-    if n_test >= len(problems):
-        raise ValueError(f"n_test={n_test} leaves no training problems ({len(problems)} exist)")
+    if n_val < 0 or n_test + n_val >= len(problems):
+        raise ValueError(f"n_test={n_test} and n_val={n_val} leave no training problems ({len(problems)} exist)")
     random.Random(seed).shuffle(problems)
-    pool, test = problems[n_test:], problems[:n_test]
+    pool, test, val = problems[n_test + n_val:], problems[:n_test], problems[n_test:n_test + n_val]
     rng = random.Random(seed + 1)
-    return [rng.choice(pool) for _ in range(n_train)], test
+    return [rng.choice(pool) for _ in range(n_train)], test, val
+
+
+def _layout(a: int, op: str, b: int, result: int, max_operand: int, fmt: str) -> tuple[str, str]:
+    """``(prompt, answer)`` of one problem in format ``fmt``.
+
+    ``plain``: ``7+45=`` -> ``52``. ``reversed``: operands zero-padded to the width of ``max_operand - 1``
+    and the result written least-significant digit first, zero-padded to one more digit (``07+45=`` ->
+    ``250``; a negative result keeps its sign in front: ``-250``). Emitting the low digit first lets each
+    output digit depend only on aligned input digits and the carry already written, which is why small
+    transformers learn addition in this layout far more reliably (Lee et al. 2023, "Teaching Arithmetic to
+    Small Transformers", arXiv:2307.03381).
+    """
+    if fmt == "plain":
+        return f"{a}{op}{b}=", str(result)
+    if fmt != "reversed":
+        raise ValueError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    width = len(str(max(max_operand - 1, 1)))
+    digits = f"{abs(result):0{width + 1 if op != '*' else 2 * width}d}"[::-1]
+    return f"{a:0{width}d}{op}{b:0{width}d}=", ("-" if result < 0 else "") + digits
 
 
 def arithmetic(n_train: int = 20000, n_test: int = 300, max_operand: int = 100, ops: str = "+",
-               seed: int = 0):
-    """Return a DatasetDict with ``train`` (sampled with replacement from the training problems) and
-    ``test`` (distinct held-out problems).
+               seed: int = 0, n_val: int = 0, format: str = "plain"):  # noqa: A002 - the recipe's word
+    """Return a DatasetDict with ``train`` (sampled with replacement from the training problems), ``test``
+    (distinct held-out problems) and, when ``n_val > 0``, ``validation`` (distinct problems in neither, for
+    choosing when to stop without looking at ``test``). ``format``: ``plain`` or ``reversed`` (see
+    :func:`_layout`).
     """
     from datasets import Dataset, DatasetDict
 
-    train, test = _problems(max_operand, ops, seed, n_test, n_train)
+    if format not in FORMATS:
+        raise ValueError(f"format: {format!r} is not one of {', '.join(FORMATS)}")
+    train, test, val = _problems(max_operand, ops, seed, n_test, n_train, n_val)
 
     def rows(items):
         out = {c: [] for c in ARITHMETIC_COLUMNS}
         for a, op, b in items:
-            ans = str(_OPS[op](a, b))
-            out["prompt"].append(f"{a}{op}{b}=")
+            prompt, ans = _layout(a, op, b, _OPS[op](a, b), max_operand, format)
+            out["prompt"].append(prompt)
             out["completion"].append(ans)
             out["answer"].append(ans)
         return out
 
-    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+    splits = {"train": rows(train), "test": rows(test)} | ({"validation": rows(val)} if val else {})
+    return DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})
 
 
 def _wrong(answer: int, rng: random.Random) -> int:
@@ -65,24 +94,30 @@ def _wrong(answer: int, rng: random.Random) -> int:
 
 
 def arithmetic_preferences(n_train: int = 4000, n_test: int = 300, max_operand: int = 100, ops: str = "+",
-                           seed: int = 0):
-    """Preference pairs over the arithmetic problems: ``chosen`` is right, ``rejected`` plausibly wrong."""
+                           seed: int = 0, n_val: int = 0, format: str = "plain"):  # noqa: A002
+    """Preference pairs over the arithmetic problems: ``chosen`` is right, ``rejected`` plausibly wrong; the
+    same held-out (and validation) problems as :func:`arithmetic` with the same parameters, in the same
+    ``format``."""
     from datasets import Dataset, DatasetDict
 
-    train, test = _problems(max_operand, ops, seed, n_test, n_train)
+    if format not in FORMATS:
+        raise ValueError(f"format: {format!r} is not one of {', '.join(FORMATS)}")
+    train, test, val = _problems(max_operand, ops, seed, n_test, n_train, n_val)
     rng = random.Random(seed + 2)  # draws the wrong answers
 
     def rows(items):
         out = {c: [] for c in PREFERENCE_COLUMNS}
         for a, op, b in items:
             ans = _OPS[op](a, b)
-            out["prompt"].append(f"{a}{op}{b}=")
-            out["chosen"].append(str(ans))
-            out["rejected"].append(str(_wrong(ans, rng)))
-            out["answer"].append(str(ans))
+            prompt, chosen = _layout(a, op, b, ans, max_operand, format)
+            out["prompt"].append(prompt)
+            out["chosen"].append(chosen)
+            out["rejected"].append(_layout(a, op, b, _wrong(ans, rng), max_operand, format)[1])
+            out["answer"].append(chosen)
         return out
 
-    return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+    splits = {"train": rows(train), "test": rows(test)} | ({"validation": rows(val)} if val else {})
+    return DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})
 
 
 # --------------------------------------------------------------------------- string reversal (RLHF toy)

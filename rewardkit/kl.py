@@ -1,20 +1,38 @@
 """Per-token KL estimators, KL(policy || ref), from log-probs of tokens sampled from the policy.
 
-With ``r = ref_logp - logp`` (log of ref/policy at the sampled token), Schulman's estimators
-("Approximating KL Divergence", 2020) are:
+KL(π‖π_ref), the expectation under the policy being trained, is the *reverse* KL that RLHF penalises (Ziegler
+et al. 2019; mode-seeking); KL(π_ref‖π) is the forward one. With ``r = ref_logp - logp`` (log of ref/policy at
+the sampled token), Schulman's estimators ("Approximating KL Divergence", 2020) are:
 
 ========== ======================== ======== =============== ===========================================
 name       formula                  unbiased non-negative    use
 ========== ======================== ======== =============== ===========================================
 k1         ``-r``                   yes      no              cheapest; high variance, can go negative
-k2         ``r**2 / 2``             no       yes             low variance; its gradient is the true KL's
+k2         ``r**2 / 2``             no       yes             low variance
 k3         ``exp(r) - 1 - r``       yes      yes             TRL GRPO's and DeepSeek's choice
-low_var_kl k3 clamped to [-10, 10]  no*      yes             verl's; guards against exp overflow
+low_var_kl k3, r clamped to ±20,    no*      yes             verl's; the clamp before exp keeps value and
+           value to [-10, 10]                                gradient finite (float32 exp overflows at 88.7)
 abs        ``|r|``                  no       yes             robust penalty, biased upward
 ========== ======================== ======== =============== ===========================================
 
-(* unbiased until the clamp bites.) Every function takes ``(B, T)`` tensors and returns ``(B, T)``;
-the caller masks padding.
+(* unbiased until a clamp bites.) Every function takes ``(B, T)`` tensors and returns ``(B, T)``; the caller
+masks padding.
+
+**As a loss, their gradients** (tokens sampled from π, differentiated through ``logp``) depend on whether the
+term is multiplied by the importance ratio ρ = π_θ/π_old (TRL's ``use_bias_correction_kl``, default true in
+TRL 1.16, used by ``grpo_is``). Exact expectations on a 6-way categorical, |∇KL(π‖π_ref)| = 0.218
+(``python tests/test_kl_gradients.py``, which also checks a seeded 400k-sample estimate against them):
+
+========== ================================== ======== =========================================
+estimator  E[∇] without ρ                      error    E[∇] with ρ (``use_bias_correction_kl``)
+========== ================================== ======== =========================================
+k1         0 (E[∇log π] = 0): biased          0.218    ∇KL(π‖π_ref): unbiased (error 0)
+k2         ∇KL(π‖π_ref): unbiased             0        biased, error 0.054
+k3         ∇KL(π_ref‖π), the forward KL       0.100    ∇KL(π‖π_ref): unbiased (error 0)
+low_var_kl as k3 inside the clamps            0.100    as k3 inside the clamps: unbiased
+========== ================================== ======== =========================================
+
+PPO (``trainer: ppo``) puts the KL into the reward, detached, so only its value matters (k1 and k3 unbiased).
 """
 
 from __future__ import annotations
@@ -36,9 +54,13 @@ def k3(logp, ref_logp):
 
 
 def low_var_kl(logp, ref_logp):
+    """verl's k3: the log-ratio is clamped to [-20, 20] *before* the exponential, so exp cannot overflow (float32
+    overflows at exp(88.7)) and value and gradient stay finite; the value is then clamped to [-10, 10]. Where a
+    clamp is active the gradient is 0."""
     import torch
 
-    return torch.clamp(k3(logp, ref_logp), min=-10.0, max=10.0)
+    r = torch.clamp(ref_logp - logp, min=-20.0, max=20.0)  # (B, T)
+    return torch.clamp(torch.exp(r) - r - 1, min=-10.0, max=10.0)
 
 
 def abs_kl(logp, ref_logp):
@@ -49,7 +71,7 @@ ESTIMATORS = {
     "k1": ("rewardkit.kl:k1", "log-ratio; unbiased, high variance, can be negative"),
     "k2": ("rewardkit.kl:k2", "half squared log-ratio; biased, low variance, non-negative"),
     "k3": ("rewardkit.kl:k3", "exp(r)-r-1; unbiased and non-negative (TRL GRPO default)"),
-    "low_var_kl": ("rewardkit.kl:low_var_kl", "k3 clamped to [-10, 10] (verl)"),
+    "low_var_kl": ("rewardkit.kl:low_var_kl", "k3 with the log-ratio clamped before exp, value to [-10, 10] (verl)"),
     "abs": ("rewardkit.kl:abs_kl", "absolute log-ratio; biased, robust"),
 }
 

@@ -33,6 +33,12 @@ class _DataCache:
         return self._cache[key]
 
 
+def _require_split(dataset, split: str, where: str) -> None:
+    if split not in dataset:
+        hint = "data.params.n_val (built-in arithmetic)" if split == "validation" else "data.test_size or data.test_path"
+        raise RecipeError(f"{where}: the dataset has no '{split}' split (has {', '.join(dataset)}); add {hint}")
+
+
 def _evaluator(recipe, registry):
     if not recipe.eval:
         return None
@@ -43,15 +49,11 @@ def _evaluator(recipe, registry):
     fn = registry.build_reward(block["name"], block.get("params") or {}, alias="eval")
     split = recipe.eval.get("split", "test")
 
-    def run(model, tokenizer, dataset):
-        if split not in dataset:
-            from rewardkit.errors import RecipeError  # noqa: PLC0415
-
-            raise RecipeError(f"eval.split: the dataset has no '{split}' split (has {', '.join(dataset)}); "
-                              f"add data.test_size or data.test_path")
+    def run(model, tokenizer, dataset, split=split, n=recipe.eval.get("n"), samples=recipe.eval.get("samples", 0),
+            where="eval.split"):
+        _require_split(dataset, split, where)
         return evaluate(model, tokenizer, dataset[split], fn, recipe.eval.get("max_new_tokens", 16),
-                        recipe.eval.get("batch_size", 64), recipe.eval.get("n"), recipe.eval.get("samples", 0),
-                        recipe.eval.get("temperature", 1.0))
+                        recipe.eval.get("batch_size", 64), n, samples, recipe.eval.get("temperature", 1.0))
 
     return run
 
@@ -130,7 +132,8 @@ def _stage_config(recipe, spec, previous: str | None) -> dict:
     """Everything that decides what a stage trains; a finished stage is reused only if this is unchanged."""
     return {"trainer": spec.trainer_type, "trainer_args": spec.trainer_args,
             "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
-            "reward_faults": spec.reward_faults, "seed": recipe.seed, "after": previous}
+            "reward_faults": spec.reward_faults, "seed": recipe.seed, "after": previous,
+            **({"early_stop": spec.early_stop, "eval": recipe.eval} if spec.early_stop else {})}
 
 
 def _fingerprint(config: dict) -> str:
@@ -190,6 +193,23 @@ def _clear_stage(stage_dir: str, everything: bool) -> None:
     for name in ("log.jsonl", STAGE_FILE):
         if os.path.exists(os.path.join(stage_dir, name)):
             os.remove(os.path.join(stage_dir, name))
+
+
+def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
+    """The stage's held-out stopping callback (rewardkit.stopping), or None without ``early_stop:``."""
+    if not spec.early_stop:
+        return None
+    from rewardkit import stopping  # noqa: PLC0415
+
+    block, where = spec.early_stop, f"stages.{spec.name}.early_stop.split"
+    split = block.get("split", "validation")
+    _require_split(dataset, split, where)  # before training starts, not at the first evaluation
+
+    def score(model):
+        return evaluate(model, tokenizer, dataset, split=split, n=block.get("n"), samples=0, where=where)["score"]
+
+    return stopping.callback(block, score, lambda msg: log(f"stage '{spec.name}' early_stop: {msg}"),
+                             os.path.join(out_dir, "early_stop.json"), ckpt[0] if ckpt else None)
 
 
 # --------------------------------------------------------------------------- the run
@@ -326,8 +346,12 @@ def run(recipe, registry, resume: str = "auto") -> dict:
         stage_cls = registry.load("trainers", spec.trainer_type)
         rewards = [registry.build_reward(b.name, b.params, b.alias, spec.reward_faults) for b in spec.rewards]
         log_cb = LogHistoryCallback(os.path.join(out_dir, "log.jsonl"))
-        ctx = StageContext(recipe, spec, registry, stage_model, tokenizer,
-                           data.get(spec.data, f"stages.{spec.name}.data"), out_dir, rewards, [log_cb.callback])
+        dataset = data.get(spec.data, f"stages.{spec.name}.data")
+        callbacks = [log_cb.callback]
+        stopper = _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log)
+        if stopper:
+            callbacks.append(stopper)
+        ctx = StageContext(recipe, spec, registry, stage_model, tokenizer, dataset, out_dir, rewards, callbacks)
         trainer = stage_cls().build_trainer(ctx)
         trainer.train(resume_from_checkpoint=ckpt[1] if ckpt else None)
         trained_earlier = True
@@ -344,6 +368,8 @@ def run(recipe, registry, resume: str = "auto") -> dict:
         info["produces_policy"] = getattr(stage_cls, "produces_policy", True)
         if ckpt:
             info["resumed_from_step"] = ckpt[0]
+        if stopper:
+            info["early_stop"] = stopper.summary()
         faults = {r.__name__: r.fault_counts() for r in rewards
                   if hasattr(r, "fault_counts") and r.faults.policy == "skip"}
         if faults:
@@ -433,6 +459,8 @@ def print_summary(summary: dict, recipe) -> None:
         when = " (previous run)" if st.get("previous_run") else ""
         resumed = f" (resumed at step {st['resumed_from_step']})" if st.get("resumed_from_step") else ""
         lines.append(f"  stage {st['name']}: {st['steps']} steps in {st['seconds']:.0f}s{when}{resumed}{extra}")
+        if (st.get("early_stop") or {}).get("stopped_at"):
+            lines.append(f"    stopped early at step {st['early_stop']['stopped_at']}: {st['early_stop']['reason']}")
     lines += _health_lines(summary)
     if summary["stages"]:
         lines.append(f"model written to {summary['stages'][-1]['model_dir']}")

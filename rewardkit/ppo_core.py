@@ -34,19 +34,52 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; padding comes out as 0. ``(B, T) -> (B, T)``."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_reduce=None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; padding comes out as 0. ``(B, T) -> (B, T)``.
+
+    ``all_reduce`` (a function summing a tensor over processes, e.g. ``accelerator.reduce(t, "sum")``) makes the
+    mean and variance those of every process's entries together, as whitening a rollout split over processes
+    must; ``None`` whitens this process's entries only.
+    """
+    mask = mask.to(x.dtype)
+    total = _summed(torch.stack([(x * mask).sum(), mask.sum()]), all_reduce)  # [Σx, n]
+    n = total[1]
+    mean = total[0] / n.clamp(min=1.0)
+    sq = _summed(((x - mean) ** 2 * mask).sum(), all_reduce)
+    var = sq / n.clamp(min=1.0)
+    if n > 1:
+        var = var * n / (n - 1)  # Bessel, as masked_var
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask.to(x.dtype)
+    return out * mask
+
+
+def _summed(t: torch.Tensor, all_reduce) -> torch.Tensor:
+    return t if all_reduce is None else all_reduce(t)
+
+
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor, all_reduce=None) -> torch.Tensor:
+    """Mean of the masked entries of ``x`` over all processes (``all_reduce`` sums over them; ``None``: local).
+    Works for any shape; a process may hold no entries (or a different number from the others)."""
+    mask = mask.to(x.dtype)
+    total = _summed(torch.stack([(x * mask).sum(), mask.sum()]), all_reduce)
+    return total[0] / total[1].clamp(min=1.0)
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row of a right-padded ``(B, T)`` mask -> ``(B,)`` (0 if empty)."""
     t = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), t, torch.zeros_like(t)).max(dim=1).values
+
+
+def ends_with(ids: torch.Tensor, mask: torch.Tensor, token_ids) -> torch.Tensor:
+    """Whether each row's last real token is one of ``token_ids`` (an EOS): ids, mask ``(B, T)`` -> ``(B,)`` bool;
+    an empty row does not end with one."""
+    last = ids.gather(1, last_token_index(mask)[:, None]).squeeze(1)  # (B,)
+    eos = torch.as_tensor(list(token_ids), device=ids.device)
+    return torch.isin(last, eos) & (mask.sum(1) > 0)
 
 
 def token_rewards(score: torch.Tensor, kl: torch.Tensor, beta: float, mask: torch.Tensor) -> torch.Tensor:
@@ -65,11 +98,13 @@ def token_rewards(score: torch.Tensor, kl: torch.Tensor, beta: float, mask: torc
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalized advantage estimation over right-padded episodes that end at their last real token.
+    """Generalized advantage estimation over episodes that end at their last real token.
 
-    rewards, values, mask: ``(B, T)`` -> (advantages, returns), both ``(B, T)`` and 0 on padding.
-    δ_t = r_t + γ·V_{t+1} − V_t (V after the last real token is 0: the episode is over),
-    A_t = δ_t + γλ·A_{t+1};  returns = A + V (the value target).
+    rewards, values, mask: ``(B, T)`` -> (advantages, returns), both ``(B, T)`` and 0 where mask is 0.
+    δ_t = r_t + γ·V_next − V_t,  A_t = δ_t + γλ·A_next,  returns = A + V (the value target), where "next" is the
+    next position with mask 1: positions with mask 0 *inside* a completion (tool outputs, which the policy did
+    not choose) are skipped, not terminal, so credit flows through them to the tokens before them. After the last
+    real token V_next = 0 (the episode is over).
     """
     mask = mask.to(values.dtype)
     values = values * mask
@@ -77,31 +112,90 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     next_adv = torch.zeros_like(values[:, 0])  # (B,)
     advantages = torch.zeros_like(values)
     for t in reversed(range(values.size(1))):
+        real = mask[:, t].bool()  # (B,)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        adv = (delta + gamma * lam * next_adv) * mask[:, t]
-        advantages[:, t] = adv
-        next_value, next_adv = values[:, t], adv  # both 0 on padding, so padding acts as the terminal state
+        adv = delta + gamma * lam * next_adv
+        advantages[:, t] = torch.where(real, adv, torch.zeros_like(adv))
+        next_value = torch.where(real, values[:, t], next_value)  # a masked position passes its successor on
+        next_adv = torch.where(real, adv, next_adv)
     return advantages, (advantages + values) * mask
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float = 0.2, clip_high: float | None = None) -> tuple[torch.Tensor, dict]:
+                clip: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None
+                ) -> tuple[torch.Tensor, dict]:
     """PPO-clip: mean over real tokens of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)), ρ = exp(logp − old_logp).
 
+    ``dual_clip`` = c > 1 (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", eq. 5) also
+    bounds the loss of a token with A < 0 by −c·A, so a huge ratio on a bad action cannot dominate the update.
     All inputs ``(B, T)``. Returns (scalar loss, stats) with ``clipfrac`` (share of tokens where the clipped
-    term won) and ``approx_kl`` (k3 estimate of KL(old‖new) from tokens sampled by the old policy: ρ − 1 − log ρ,
-    Schulman 2020), both detached floats.
+    term won), ``dual_clipfrac``, and ``approx_kl`` (k3 estimate of KL(old‖new) from tokens sampled by the old
+    policy: ρ − 1 − log ρ, Schulman 2020), all detached floats.
     """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + (clip if clip_high is None else clip_high))
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)  # (B, T)
+    dual = torch.zeros_like(per_token, dtype=torch.bool)
+    if dual_clip is not None:
+        bound = -dual_clip * advantages  # (B, T)
+        dual = (advantages < 0) & (per_token > bound)
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, bound), per_token)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+                 "dual_clipfrac": masked_mean(dual.float(), mask).item(),
                  "approx_kl": masked_mean(k3(old_logp, logp), mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}
     return loss, stats
+
+
+def penalty_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                        coef: float) -> tuple[torch.Tensor, dict]:
+    """PPO's adaptive-KL-penalty objective (Schulman et al. 2017 §4), as a loss: mean over real tokens of
+    −A·ρ + coef·KL(old‖new), the KL estimated by k3 = ρ − 1 − log ρ on the old policy's tokens (unbiased in value,
+    and its gradient (ρ − 1)∇log π has expectation ∇KL(old‖new)). Inputs ``(B, T)``; ``coef`` is the β the
+    caller adapts toward d_targ (``rewardkit.kl.AdaptiveKLController``, mode halve_double)."""
+    ratio = torch.exp(logp - old_logp)
+    kl = k3(old_logp, logp)  # (B, T)
+    loss = masked_mean(-advantages * ratio + coef * kl, mask)
+    with torch.no_grad():
+        stats = {"clipfrac": 0.0, "dual_clipfrac": 0.0, "approx_kl": masked_mean(kl, mask).item(),
+                 "ratio_mean": masked_mean(ratio, mask).item()}
+    return loss, stats
+
+
+class RunningMoments:
+    """Running mean and std of every score seen so far (Chan et al.'s parallel update), for reward normalisation
+    (Engstrom et al. 2020 "Implementation Matters in Deep Policy Gradients", reward scaling; Ziegler et al. 2019
+    normalise the reward model's scores). ``all_reduce`` sums over processes, so every process keeps the same
+    statistics."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0.0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor, all_reduce=None) -> None:
+        """Add the entries of the 1-D tensor ``x`` (this process's share of the batch)."""
+        x = x.detach().double()
+        s = _summed(torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x ** 2).sum()]), all_reduce)
+        n, total, sq = (float(v) for v in s)
+        if n == 0:
+            return
+        mean = total / n
+        m2 = sq - n * mean ** 2
+        delta = mean - self.mean
+        new_count = self.count + n
+        self.m2 += m2 + delta ** 2 * self.count * n / new_count
+        self.mean += delta * n / new_count
+        self.count = new_count
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 1.0
+
+    def normalize(self, x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        return (x - self.mean) / (self.std + eps)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
@@ -120,9 +214,14 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 − Var[R − V] / Var[R] over real tokens: 1 is a perfect critic, 0 no better than a constant."""
-    var_r = masked_var(returns, mask)
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, all_reduce=None) -> float:
+    """1 − Var[R − V] / Var[R] over real tokens (of all processes with ``all_reduce``): 1 is a perfect critic,
+    0 no better than a constant."""
+    def var(x):
+        mean = global_masked_mean(x, mask, all_reduce)
+        return global_masked_mean((x - mean) ** 2, mask, all_reduce)
+
+    var_r = var(returns)
     if var_r.item() == 0:
         return float("nan")
-    return (1.0 - masked_var(returns - values, mask) / var_r).item()
+    return (1.0 - var(returns - values) / var_r).item()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
-import re
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from rewardkit import monitor as _monitor
+from rewardkit import values
 from rewardkit.errors import PluginError, RecipeError
+from rewardkit.recipe_file import load_yaml, not_a_file, parse_yaml
 from rewardkit.registry import Registry, get_registry
 
 # key -> (type(s), help). The schema of everything except trainer fields, which belong to TRL.
@@ -76,6 +78,7 @@ STAGE_KEYS = {
     "data": (dict, "data keys overriding the recipe's for this stage"),
     "eval": (bool, "evaluate after this stage (default true when the recipe has eval)"),
     "reward_faults": (dict, "overrides the recipe's reward_faults for this stage"),
+    "early_stop": (dict, "stop on a held-out criterion: {every, split, n, target, patience, min_delta}"),
     "monitor": (dict, "overrides the recipe's monitor for this stage"),
 }
 FAULT_KEYS = {
@@ -103,35 +106,7 @@ MONITOR_KEYS = {k: (types, help_) for k, (types, help_, _) in _monitor.MONITOR_K
 
 
 # --------------------------------------------------------------------------- loading and overrides
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-5`` as a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                               |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                               |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                               |[-+]?\.(?:inf|Inf|INF)
-                               |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def load_yaml(path: str) -> dict:
-    if not os.path.exists(path):
-        raise RecipeError(f"recipe file not found: {path}")
-    try:
-        with open(path) as f:
-            data = parse_yaml(f)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"not valid YAML: {exc}", source=path) from None
-    if not isinstance(data, dict):
-        raise RecipeError("a recipe must be a mapping of keys (model, data, stages, ...)", source=path)
-    return data
+# parse_yaml / load_yaml live in rewardkit.recipe_file (imported above): safe, bounded reading of a file.
 
 
 def apply_overrides(raw: dict, overrides: list[str], source: str | None = None) -> dict:
@@ -189,6 +164,7 @@ class StageSpec:
     data: dict
     evaluate: bool
     reward_faults: dict = dataclasses.field(default_factory=dict)  # rewardkit.registry.FaultPolicy fields
+    early_stop: dict | None = None  # rewardkit.stopping: {every, split, n, target, patience, min_delta}
     monitor: dict = dataclasses.field(default_factory=dict)  # rewardkit.monitor keys; defaults filled there
 
 
@@ -213,9 +189,12 @@ class Recipe:
 
 
 def _check_keys(section: Any, schema: dict, where: str, problems: list[str]) -> dict:
+    """Report unknown keys and values of the wrong type (NaN and infinity are not numbers here); return the
+    section without them, so later checks only see values of the declared types."""
     if not isinstance(section, dict):
         problems.append(f"{where}: expected a mapping, got {type(section).__name__}")
         return {}
+    clean = {}
     for key, value in section.items():
         if key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.5)
@@ -227,7 +206,12 @@ def _check_keys(section: Any, schema: dict, where: str, problems: list[str]) -> 
         if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
             names = " or ".join(t.__name__ for t in types)
             problems.append(f"{where}.{key}: expected {names}, got {type(value).__name__} ({value!r:.40})")
-    return section
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}.{key}: expected a finite number, got {value!r}")
+            continue
+        clean[key] = value
+    return clean
 
 
 def _merge(base: dict, over: dict | None) -> dict:
@@ -237,16 +221,46 @@ def _merge(base: dict, over: dict | None) -> dict:
     return out
 
 
-def _check_fault_keys(section: Any, where: str, problems: list[str]) -> None:
+def _check_fault_keys(section: Any, where: str, problems: list[str]) -> dict:
     if not isinstance(section, dict):
-        return  # the type error is reported by the enclosing section's check
-    _check_keys(section, FAULT_KEYS, where, problems)
+        return {}  # the type error is reported by the enclosing section's check
+    section = _check_keys(section, FAULT_KEYS, where, problems)
     policy = section.get("policy", "fail")
     if isinstance(policy, str) and policy not in ("fail", "skip"):
         problems.append(f"{where}.policy: must be fail or skip, got {policy!r}")
     rate = section.get("max_rate", 0.1)
     if isinstance(rate, (int, float)) and not isinstance(rate, bool) and not 0 <= rate <= 1:
         problems.append(f"{where}.max_rate: must be between 0 and 1, got {rate!r}")
+    return section
+
+
+def _check_data_keys(section: Any, where: str, problems: list[str]) -> dict:
+    data = _check_keys(section, DATA_KEYS, where, problems)
+    rename = data.get("rename")
+    if isinstance(rename, dict):
+        bad = [f"{k!r}: {v!r:.40}" for k, v in rename.items() if not (isinstance(k, str) and isinstance(v, str))]
+        if bad:
+            problems.append(f"{where}.rename: expected {{old column: new column}} names, got {', '.join(bad)}")
+            del data["rename"]
+    return data
+
+
+def _reward_blocks(blocks: list, where: str, problems: list[str]) -> list[RewardBlock]:
+    rewards = []
+    for i, block in enumerate(blocks):
+        bw = f"{where}[{i}]"
+        if isinstance(block, str):
+            block = {"name": block}
+        if not isinstance(block, dict) or "name" not in block:
+            problems.append(f"{bw}: expected {{name, weight, params}}")
+            continue
+        block = _check_keys(block, REWARD_KEYS, bw, problems)
+        if not isinstance(block.get("name"), str):
+            continue  # reported: a name of the wrong type
+        weight = block.get("weight")
+        rewards.append(RewardBlock(block["name"], block.get("alias") or block["name"],
+                                   1.0 if weight is None else float(weight), block.get("params") or {}))
+    return rewards
 
 
 def _check_monitor(section: Any, where: str, problems: list[str]) -> dict:
@@ -258,88 +272,83 @@ def _check_monitor(section: Any, where: str, problems: list[str]) -> dict:
 
 
 def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
-    """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`."""
-    _check_keys(raw, TOP_KEYS, "recipe", problems)
-    model = raw.get("model")
+    """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`. Sections and values of
+    the wrong type are reported and left out, so :func:`validate` only meets the declared types."""
+    top = _check_keys(raw, TOP_KEYS, "recipe", problems)
+    multi = "stages" in raw
+    model = top.get("model")
     if model is None:
-        problems.append("model: missing (e.g. model: {name: tiny-llama})")
+        if raw.get("model") is None:
+            problems.append("model: missing (e.g. model: {name: tiny-llama})")
         model = {}
     else:
-        _check_keys(model, MODEL_KEYS, "model", problems)
-    data = raw.get("data")
+        model = _check_keys(model, MODEL_KEYS, "model", problems)
+    data = top.get("data")
     if data is None:
-        problems.append("data: missing (e.g. data: {name: arithmetic})")
+        if raw.get("data") is None:
+            problems.append("data: missing (e.g. data: {name: arithmetic})")
         data = {}
     else:
-        _check_keys(data, DATA_KEYS, "data", problems)
-    ev = raw.get("eval")
+        data = _check_data_keys(data, "data", problems)
+    ev = top.get("eval")
     if ev is not None:
-        _check_keys(ev, EVAL_KEYS, "eval", problems)
+        ev = _check_keys(ev, EVAL_KEYS, "eval", problems)
 
     stages_raw: dict = {}
-    if "stages" in raw and ("trainer" in raw or "rewards" in raw):
+    if multi and ("trainer" in raw or "rewards" in raw):
         problems.append("recipe: use either stages: or a top-level trainer:/rewards:, not both")
-    elif "stages" in raw:
-        stages_raw = raw["stages"] if isinstance(raw["stages"], dict) else {}
+    elif multi:
+        stages_raw = top.get("stages") or {}
         if not stages_raw:
             problems.append("stages: expected a non-empty mapping of stage name -> {trainer, rewards, ...}")
     elif "trainer" in raw:
-        trainer = raw["trainer"] if isinstance(raw["trainer"], dict) else {}
+        trainer = top.get("trainer") or {}
         name = str(trainer.get("type", "train"))
-        stages_raw = {name: {"trainer": raw["trainer"], **({"rewards": raw["rewards"]} if "rewards" in raw else {})}}
+        stages_raw = {name: {"trainer": trainer, **({"rewards": top["rewards"]} if "rewards" in top else {})}}
     else:
         problems.append("recipe: no trainer; add trainer: {type: grpo, ...} or stages:")
 
-    if raw.get("reward_faults") is not None:
-        _check_fault_keys(raw["reward_faults"], "reward_faults", problems)
-    top_monitor = _check_monitor(raw.get("monitor"), "monitor", problems)
+    faults_top = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
+    top_monitor = _check_monitor(top.get("monitor"), "monitor", problems)
     stages = []
     for sname, sraw in stages_raw.items():
-        where = "trainer" if "stages" not in raw else f"stages.{sname}"
+        where = f"stages.{sname}" if multi else "trainer"
         if not isinstance(sraw, dict):
             problems.append(f"{where}: expected a mapping with a trainer")
             continue
-        if "stages" in raw:
-            _check_keys(sraw, STAGE_KEYS, where, problems)
-        trainer = sraw.get("trainer")
-        tw = "trainer" if "stages" not in raw else f"{where}.trainer"
+        stage = _check_keys(sraw, STAGE_KEYS, where, problems) if multi else sraw
+        tw = f"{where}.trainer" if multi else "trainer"
+        trainer = stage.get("trainer")
         if not isinstance(trainer, dict) or "type" not in trainer:
             problems.append(f"{tw}: missing type (e.g. type: grpo)")
             trainer = {"type": None}
+        elif not isinstance(trainer["type"], str):
+            problems.append(f"{tw}.type: expected a trainer name, got {type(trainer['type']).__name__}")
+            trainer = {**trainer, "type": None}
         args = {k: v for k, v in trainer.items() if k != "type"}
-        rewards = []
-        rw_where = "rewards" if "stages" not in raw else f"{where}.rewards"
-        for i, block in enumerate(sraw.get("rewards") or []):
-            bw = f"{rw_where}[{i}]"
-            if isinstance(block, str):
-                block = {"name": block}
-            if not isinstance(block, dict) or "name" not in block:
-                problems.append(f"{bw}: expected {{name, weight, params}}")
-                continue
-            _check_keys(block, REWARD_KEYS, bw, problems)
-            weight = block.get("weight", 1.0)
-            rewards.append(RewardBlock(str(block["name"]), str(block.get("alias") or block["name"]),
-                                       float(weight) if isinstance(weight, (int, float)) else 1.0,
-                                       block.get("params") or {}))
-        smodel = sraw.get("model") or {}
-        sdata = sraw.get("data") or {}
-        if smodel:
-            _check_keys(smodel, MODEL_KEYS, f"{where}.model", problems)
-        if sdata:
-            _check_keys(sdata, DATA_KEYS, f"{where}.data", problems)
-        faults = _merge(raw.get("reward_faults") if isinstance(raw.get("reward_faults"), dict) else {},
-                        sraw.get("reward_faults") if isinstance(sraw.get("reward_faults"), dict) else {})
-        if "stages" in raw and sraw.get("reward_faults") is not None:
-            _check_fault_keys(sraw["reward_faults"], f"{where}.reward_faults", problems)
-        smonitor = _check_monitor(sraw.get("monitor"), f"{where}.monitor", problems) if "stages" in raw else {}
+        rewards = _reward_blocks(stage.get("rewards") or [], f"{where}.rewards" if multi else "rewards", problems)
+        smodel = _check_keys(stage["model"], MODEL_KEYS, f"{where}.model", problems) if stage.get("model") else {}
+        sdata = _check_data_keys(stage["data"], f"{where}.data", problems) if stage.get("data") else {}
+        faults = faults_top
+        if multi and stage.get("reward_faults"):
+            faults = _merge(faults_top, _check_fault_keys(stage["reward_faults"], f"{where}.reward_faults",
+                                                          problems))
+        early = None
+        if multi and stage.get("early_stop"):
+            from rewardkit import stopping  # noqa: PLC0415
+
+            early = _check_keys(stage["early_stop"], stopping.EARLY_STOP_KEYS, f"{where}.early_stop", problems)
+            problems.extend(stopping.check(early, ev.get("split", "test") if isinstance(ev, dict) else None,
+                                           f"{where}.early_stop"))
+        smonitor = _check_monitor(stage.get("monitor"), f"{where}.monitor", problems) if multi else {}
         stages.append(StageSpec(str(sname), trainer.get("type"), args, rewards, _merge(model, smodel),
-                                _merge(data, sdata), bool(sraw.get("eval", True)), faults,
-                                _merge(top_monitor, smonitor)))
+                                _merge(data, sdata), bool(stage.get("eval", True)), faults,
+                                monitor=_merge(top_monitor, smonitor), early_stop=early))
 
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-    seed = raw.get("seed", 42)
+    seed = top.get("seed", 42)
     default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
-    output_dir = str(raw.get("output_dir") or default_out)
+    output_dir = str(top.get("output_dir") or default_out)
     for stage in stages:  # a reward or dataset may read what an earlier stage wrote: "{output_dir}/rm/model"
         stage.data = _with_output_dir(stage.data, output_dir)
         for block in stage.rewards:
@@ -393,10 +402,17 @@ def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry,
                 if not os.path.exists(p):
                     problems.append(f"{where}.{key}: file not found: {p}")
                     continue
+                why = not_a_file(p)  # a FIFO would block the read below
+                if why:
+                    problems.append(f"{where}.{key}: {why}")
+                    continue
                 try:
                     found = file_columns(p)
                 except ValueError as exc:
                     problems.append(f"{where}.{key}: {exc}")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - csv/pyarrow/OS errors: the file is the problem
+                    problems.append(f"{where}.{key}: cannot read {p}: {type(exc).__name__}: {exc}")
                     continue
                 cols = found if cols is None else [c for c in cols if c in found]
     else:
@@ -437,7 +453,7 @@ def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, pr
         problems.append(f"{where}.dtype: '{model['dtype']}' is not one of float32, bfloat16, float16, auto")
     quant = model.get("quantization")
     if isinstance(quant, dict):
-        _check_keys(quant, QUANT_KEYS, f"{where}.quantization", problems)
+        quant = _check_keys(quant, QUANT_KEYS, f"{where}.quantization", problems)
         if quant.get("bits", 4) not in (4, 8):
             problems.append(f"{where}.quantization.bits: must be 4 or 8, got {quant.get('bits')!r}")
         if quant.get("quant_type", "nf4") not in ("nf4", "fp4"):
@@ -447,11 +463,14 @@ def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, pr
         from peft import LoraConfig  # noqa: PLC0415
 
         fields = {f.name for f in dataclasses.fields(LoraConfig)}
-        for k in lora:
+        types = values.dataclass_types(LoraConfig)
+        for k, v in lora.items():
             if k not in fields:
-                close = difflib.get_close_matches(k, fields, n=1)
+                close = difflib.get_close_matches(str(k), fields, n=1)
                 problems.append(f"{where}.lora.{k}: not a peft LoraConfig field"
                                 + (f" (did you mean '{close[0]}'?)" if close else ""))
+            elif k in types and values.problem(v, *types[k]):
+                problems.append(f"{where}.lora.{k}: {values.problem(v, *types[k])}")
 
 
 def validate(recipe: Recipe, registry: Registry | None = None, problems: list[str] | None = None) -> list[str]:
@@ -479,6 +498,9 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
                 problems.append(f"{tw}.type: {exc}")
         if stage_cls is not None:
             problems.extend(f"{tw}.{p}" for p in stage_cls.check_args(stage.trainer_args))
+            if stage.trainer_args.get("sync_ref_model") is True and stage.model.get("lora"):
+                problems.append(f"{tw}.sync_ref_model: TRL does not support it with LoRA (the reference is the "
+                                f"base model with the adapter switched off); drop it or the model's lora")
             if stage_cls.takes_rewards and not stage.rewards:
                 problems.append(f"{rw}: trainer '{stage.trainer_type}' needs at least one reward block")
             if not stage_cls.takes_rewards and stage.rewards:
@@ -501,8 +523,9 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
         if rew is None:
             problems.append("eval.reward: missing (the reward that scores greedy completions)")
         else:
-            block = rew if isinstance(rew, dict) else {"name": rew}
-            if "name" not in block:
+            block = _check_keys(rew, {"name": (str, ""), "params": (dict, "")}, "eval.reward", problems) \
+                if isinstance(rew, dict) else {"name": rew}
+            if not block.get("name"):
                 problems.append("eval.reward: expected a name or {name, params}")
             else:
                 problems.extend(_reward_problems(registry, block["name"], block.get("params") or {},
@@ -511,22 +534,44 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
 
 
 def _reward_problems(registry, name, params, where, cols) -> list[str]:
+    if not isinstance(params, dict):
+        return [f"{where}.params: expected a mapping"]
     try:
         registry.get("rewards", name)
-        found = registry.reward_problems(name, params)
+        found = registry.reward_problems(name, params) or _reward_param_types(registry, name, params, where)
         if found:
-            return [f"{where}: {p}" for p in found]
+            return [p if p.startswith(where) else f"{where}: {p}" for p in found]
         needed = registry.reward_columns(name, params)
     except PluginError as exc:
         return [f"{where}.name: {exc}"]
-    if not isinstance(params, dict):
-        return [f"{where}.params: expected a mapping"]
     if cols is not None:
-        missing = [c for c in needed if c not in cols]
+        missing = [str(c) for c in needed if c not in cols]
         if missing:
             return [f"{where}: reward '{name}' needs column(s) {', '.join(missing)}; dataset columns are "
                     f"{', '.join(cols)}"]
     return []
+
+
+def _reward_param_types(registry, name, params, where) -> list[str]:
+    """Each param against the type its factory's signature declares (unannotated params pass), then the
+    factory's own ``check_params(**params)`` when it has one (the checks its constructor would make at run
+    time, after the model has loaded)."""
+    factory = registry.load("rewards", name)
+    types = values.signature_types(factory)
+    found = []
+    for key, value in params.items():
+        bad = values.problem(value, types[key]) if key in types else None
+        if bad:
+            found.append(f"{where}.params.{key}: {bad}")
+    check = getattr(factory, "check_params", None)
+    if not found and callable(check):
+        try:
+            found = [f"{where}.params: {p}" for p in check(**params) or []]
+        except Exception as exc:  # noqa: BLE001 - a broken checker is reported, not raised
+            comp = registry.get("rewards", name)
+            found = [f"{where}.params: reward '{name}' from {comp.provider}: check_params raised "
+                     f"{type(exc).__name__}: {exc}"]
+    return found
 
 
 def load_recipe(path: str, overrides: list[str] | None = None, registry: Registry | None = None) -> Recipe:

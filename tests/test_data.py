@@ -100,3 +100,27 @@ def test_policy_preferences_name_a_missing_policy(tmp_path):
         load_data(recipe_at(tmp_path), {"name": "reverse_policy_preferences",
                                          "params": {"policy": str(tmp_path / "sft" / "model")}},
                   get_registry(), "rm.data")
+
+
+def test_arithmetic_validation_split_is_disjoint_and_n_val_0_keeps_the_old_splits():
+    old = arithmetic(n_train=500, n_test=30)
+    assert "validation" not in old
+    new = arithmetic(n_train=500, n_test=30, n_val=40)
+    assert new["test"]["prompt"] == old["test"]["prompt"]
+    val, test, train = (set(new[s]["prompt"]) for s in ("validation", "test", "train"))
+    assert len(val) == 40 and not val & test and not val & train and not test & train
+
+
+def test_reversed_format_pads_operands_and_writes_the_low_digit_first():
+    dd = arithmetic(n_train=200, n_test=20, format="reversed")
+    for row in dd["train"]:
+        a, b = row["prompt"][:-1].split("+")
+        assert len(a) == len(b) == 2 and row["prompt"].endswith("=")
+        assert len(row["answer"]) == 3 and int(row["answer"][::-1]) == int(a) + int(b)
+        assert row["completion"] == row["answer"]
+    prefs = arithmetic_preferences(n_train=50, n_test=20, format="reversed")
+    assert prefs["test"]["prompt"] == dd["test"]["prompt"]
+    for row in prefs["train"]:
+        assert len(row["rejected"]) == 3 and row["rejected"] != row["chosen"]
+    with pytest.raises(ValueError, match="format: 'backwards' is not one of plain, reversed"):
+        arithmetic(format="backwards")

@@ -3,7 +3,7 @@
 import os
 import re
 
-from rewardkit import hookspecs, recipe
+from rewardkit import hookspecs, recipe, stopping
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,8 @@ def test_ci_runs_the_readme_test_command():
 def test_every_recipe_key_is_documented():
     doc = read("docs", "recipes.md")
     for schema in (recipe.TOP_KEYS, recipe.MODEL_KEYS, recipe.QUANT_KEYS, recipe.DATA_KEYS, recipe.STAGE_KEYS,
-                   recipe.REWARD_KEYS, recipe.EVAL_KEYS, recipe.FAULT_KEYS, recipe.MONITOR_KEYS):
+                   recipe.REWARD_KEYS, recipe.EVAL_KEYS, recipe.FAULT_KEYS, recipe.MONITOR_KEYS,
+                   stopping.EARLY_STOP_KEYS):
         for key in schema:
             assert f"`{key}`" in doc, f"docs/recipes.md does not document '{key}'"
 

@@ -150,13 +150,13 @@ def _params(trainer):
 
 @pytest.mark.slow
 def test_mu_k_without_reshuffle_or_early_stop_matches_trl_num_iterations(setup, tmp_path):
-    """Same seed, same prompts, same samples: μ = 2 with reshuffle off and no target_kl trains like TRL's
+    """Same seed, same prompts, same samples: μ = 2 with reshuffle off and no early_stop_kl trains like TRL's
     num_iterations = 2 (2 rollouts × 2 epochs × 2 minibatches = 8 optimizer steps)."""
     kw = dict(max_steps=8, steps_per_generation=2)
     trl = make(setup, tmp_path, ours=False, num_iterations=2, **kw)
     start = _params(trl)
     trl.train()
-    ours = make(setup, tmp_path, ours=True, rollout_epochs=2, reshuffle=False, target_kl=None, **kw)
+    ours = make(setup, tmp_path, ours=True, rollout_epochs=2, reshuffle=False, early_stop_kl=None, **kw)
     ours.train()
     assert ours.rollouts == 2 and [r["epochs_used"] for r in ours.rollout_history] == [2.0, 2.0]
     losses = lambda t: [r["loss"] for r in t.state.log_history if "loss" in r]  # noqa: E731
@@ -169,18 +169,18 @@ def test_mu_k_without_reshuffle_or_early_stop_matches_trl_num_iterations(setup, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target_kl", [1e-12, 1e12], ids=["tiny", "huge"])
-def test_early_stop_accounting(setup, tmp_path, target_kl):
+@pytest.mark.parametrize("early_stop_kl", [1e-12, 1e12], ids=["tiny", "huge"])
+def test_early_stop_accounting(setup, tmp_path, early_stop_kl):
     """μ = 2, one optimizer step per epoch: a tiny target retires every rollout at its first reuse (one epoch
     each); a huge one never does (two epochs each). Optimizer steps and the LR schedule are the same."""
     steps = 4
-    t = make(setup, tmp_path, rollout_epochs=2, target_kl=target_kl, max_steps=steps)
+    t = make(setup, tmp_path, rollout_epochs=2, early_stop_kl=early_stop_kl, max_steps=steps)
     t.train()
     assert t.state.global_step == steps
     lrs = [r["learning_rate"] for r in t.state.log_history if "learning_rate" in r]
     assert lrs == pytest.approx([3e-3 * (1 - s / steps) for s in range(steps)])
     finished = t.rollout_history
-    if target_kl < 1:
+    if early_stop_kl < 1:
         assert t.rollouts == steps  # one optimizer step per rollout
         assert all(r["early_stop"] and r["epochs_used"] == 1.0 for r in finished) and len(finished) == steps - 1
     else:
@@ -191,11 +191,11 @@ def test_early_stop_accounting(setup, tmp_path, target_kl):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target_kl", [None, 1e-12], ids=["no_stop", "always_stop"])
-def test_resume_continues_the_same_rollout(setup, tmp_path, target_kl):
+@pytest.mark.parametrize("early_stop_kl", [None, 1e-12], ids=["no_stop", "always_stop"])
+def test_resume_continues_the_same_rollout(setup, tmp_path, early_stop_kl):
     """A run checkpointed mid-rollout (step 3 of 2 epochs × 2 steps) and resumed ends where the uninterrupted run
     does: same steps, rollouts, per-rollout epochs and (reshuffled) weights."""
-    kw = dict(rollout_epochs=2, steps_per_generation=2, max_steps=4, target_kl=target_kl, save_strategy="steps",
+    kw = dict(rollout_epochs=2, steps_per_generation=2, max_steps=4, early_stop_kl=early_stop_kl, save_strategy="steps",
               save_steps=3)
     full = make(setup, tmp_path / "full", **kw)
     full.train()
@@ -222,9 +222,9 @@ def test_config_explains_batch_arithmetic_and_rejects_replay_flags(tmp_path):
     with pytest.raises(ValueError, match="kl_estimator 'k9'.*k3"):
         GRPOISConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
                      kl_estimator="k9", bf16=False)
-    with pytest.raises(ValueError, match="needs beta > 0"):
+    with pytest.raises(ValueError, match="a starting beta > 0"):
         GRPOISConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, beta=0.0,
-                     kl_target=0.1, bf16=False)
+                     beta_target=0.1, bf16=False)
 
 
 def test_registered_and_recipes_validate():

@@ -50,6 +50,19 @@ def test_low_var_kl_clamps():
     assert kl.low_var_kl(torch.tensor([[0.0]]), torch.tensor([[20.0]])).item() == 10.0
 
 
+def test_low_var_kl_is_finite_where_exp_would_overflow():
+    # r = ref - logp = 99: exp(99) overflows float32. The log-ratio is clamped first, so the value is the clamp (10)
+    # and the gradient is finite (0: the clamp is active), not NaN (clamp after exp gave 0 * inf).
+    logp = torch.tensor([[-100.0, -1.0]], requires_grad=True)
+    out = kl.low_var_kl(logp, torch.tensor([[-1.0, -1.5]]))
+    assert out[0, 0].item() == 10.0 and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 0].item() == 0.0
+    # inside the clamps it is k3, with k3's gradient 1 - exp(r), r = -0.5
+    assert logp.grad[0, 1].item() == pytest.approx(1 - torch.exp(torch.tensor(-0.5)).item())
+
+
 def _grad_of_mean(name, theta, x):
     """Mean over sampled tokens x of d estimator / d theta, samples held fixed (as in a KL penalty loss)."""
     logp_all = torch.log_softmax(theta, dim=0)
@@ -60,7 +73,7 @@ def _grad_of_mean(name, theta, x):
 
 def test_gradients_where_expected():
     # With sampled tokens held fixed: E[grad k2] = grad KL(P||Q) (Schulman 2020), E[grad k1] = E[grad log p] = 0,
-    # E[grad k3] = grad KL(Q||P) (the reverse KL).
+    # E[grad k3] = grad KL(Q||P) (the forward KL; RLHF penalises the reverse one, KL(P||Q)).
     theta = P.log().clone().requires_grad_()
     g = torch.Generator().manual_seed(1)
     x = torch.multinomial(P, N, replacement=True, generator=g)

@@ -55,6 +55,48 @@ def test_gae_padding_is_terminal_and_ignored():
     assert torch.allclose(ret, t([[1.0, 1.0, 0.0]]))
 
 
+def test_gae_skips_interior_masked_tokens():
+    # A tool output (mask 0) inside the completion is not the end of the episode: with score 1 on the last token,
+    # gamma = lam = 1 and V = 0, every real token's advantage is the return 1, including the tokens before the tool
+    # output; the masked positions get 0 and do not pass on their (garbage) reward 5 or value 9.
+    mask = t([[1, 1, 0, 0, 1, 1]])
+    rewards = pc.token_rewards(t([1.0]), torch.zeros(1, 6), 0.0, mask)
+    rewards[0, 2] = 5.0
+    adv, ret = pc.gae(rewards, t([[0, 0, 9, 9, 0, 0]]), mask, gamma=1.0, lam=1.0)
+    assert torch.equal(adv, t([[1, 1, 0, 0, 1, 1]]))
+    assert torch.equal(ret, t([[1, 1, 0, 0, 1, 1]]))
+    # discounted: the skipped positions cost no discount step (gamma 0.5, lam 1: 1 at t5, 0.5, then 0.25, 0.125)
+    adv, _ = pc.gae(rewards * mask, torch.zeros(1, 6), mask, gamma=0.5, lam=1.0)
+    assert torch.allclose(adv, t([[0.125, 0.25, 0, 0, 0.5, 1]]))
+
+
+def test_whitening_over_processes_uses_the_global_statistics():
+    # Two "processes" holding [1, 2] and [3, 4, 5, 6] (different lengths): whitening each with the summed
+    # statistics must equal whitening the concatenation; the local whitening differs.
+    a, b = t([[1, 2, 0, 0]]), t([[3, 4, 5, 6]])
+    ma, mb = t([[1, 1, 0, 0]]), t([[1, 1, 1, 1]])
+    parts = {"a": (a, ma), "b": (b, mb)}
+    whole = pc.masked_whiten(t([[1, 2, 3, 4, 5, 6]]), t([[1, 1, 1, 1, 1, 1]]))
+
+    def reducer_for(mine):
+        """accelerator.reduce(..., "sum") as seen by one part: its tensor plus the other part's same statistic
+        (first [Σx, n], then Σ(x − mean)² with the global mean 3.5)."""
+        def reduce(tensor):
+            other_x, other_m = parts["b" if mine == "a" else "a"]
+            if tensor.ndim == 1:
+                return tensor + torch.stack([(other_x * other_m).sum(), other_m.sum()])
+            mean = 3.5
+            return tensor + ((other_x - mean) ** 2 * other_m).sum()
+        return reduce
+
+    out_a = pc.masked_whiten(a, ma, all_reduce=reducer_for("a"))
+    out_b = pc.masked_whiten(b, mb, all_reduce=reducer_for("b"))
+    assert torch.allclose(out_a[0, :2], whole[0, :2], atol=1e-6) and torch.allclose(out_b, whole[:, 2:], atol=1e-6)
+    assert not torch.allclose(pc.masked_whiten(a, ma)[0, :2], whole[0, :2], atol=1e-2)
+    assert pc.global_masked_mean(b, mb, all_reduce=lambda x: x + torch.stack([(a * ma).sum(), ma.sum()])).item() \
+        == pytest.approx(3.5)
+
+
 def test_masked_whiten_uses_only_real_tokens():
     # real entries 1, 2, 3: mean 2, unbiased var 1 -> -1, 0, 1; padding stays 0
     out = pc.masked_whiten(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]]))
@@ -103,3 +145,43 @@ def test_explained_variance():
     assert pc.explained_variance(t([[1, 2, 3, 5]]), ret, mask) == pytest.approx(1.0)
     assert pc.explained_variance(t([[2, 2, 2, 5]]), ret, mask) == pytest.approx(0.0)
     assert math.isnan(pc.explained_variance(t([[0, 0]]), t([[1, 1]]), t([[1, 1]])))
+
+
+def test_dual_clip_bounds_negative_advantages_by_hand():
+    # A = -1, ratio 5, clip 0.2: PPO-clip loss max(5, 1.2) = 5; dual clip c = 3 bounds it by -c·A = 3.
+    # A = +1, ratio 5: clipped -1.2 wins, dual clip does not apply.
+    logp = torch.log(t([[5.0, 5.0]])).requires_grad_()
+    adv, mask = t([[-1.0, 1.0]]), t([[1, 1]])
+    plain, _ = pc.policy_loss(logp, torch.zeros(1, 2), adv, mask, clip=0.2)
+    assert plain.item() == pytest.approx((5.0 - 1.2) / 2)
+    loss, stats = pc.policy_loss(logp, torch.zeros(1, 2), adv, mask, clip=0.2, dual_clip=3.0)
+    assert loss.item() == pytest.approx((3.0 - 1.2) / 2) and stats["dual_clipfrac"] == pytest.approx(0.5)
+    loss.backward()
+    assert torch.equal(logp.grad, t([[0.0, 0.0]]))  # the bound is a constant: no gradient from that token
+
+
+def test_penalty_policy_loss_by_hand():
+    # ratio 2, A = 1, coef 0.5: -2 + 0.5 * (2 - 1 - log 2); ratio 1, A = -1: 1 + 0 ; mean of the two
+    logp = torch.log(t([[2.0, 1.0]])).requires_grad_()
+    loss, stats = pc.penalty_policy_loss(logp, torch.zeros(1, 2), t([[1.0, -1.0]]), t([[1, 1]]), coef=0.5)
+    kl0 = 1 - math.log(2)
+    assert loss.item() == pytest.approx((-2 + 0.5 * kl0 + 1) / 2)
+    assert stats["approx_kl"] == pytest.approx(kl0 / 2)
+    loss.backward()
+    # d/dlogp [-A·ρ + c·(ρ - 1 - logp)] / 2 = (-A·ρ + c·(ρ - 1)) / 2: token 0: (-2 + 0.5) / 2, token 1: (1 + 0) / 2
+    assert torch.allclose(logp.grad, t([[-0.75, 0.5]]))
+
+
+def test_running_moments_by_hand():
+    m = pc.RunningMoments()
+    m.update(t([1.0, 2.0, 3.0]))
+    m.update(t([4.0, 5.0]))
+    assert m.mean == pytest.approx(3.0) and m.std == pytest.approx(2.5 ** 0.5)  # of 1..5, Bessel
+    assert torch.allclose(m.normalize(t([3.0, 3.0 + 2.5 ** 0.5])), t([0.0, 1.0]), atol=1e-6)
+    assert pc.RunningMoments().std == 1.0  # nothing seen: identity scale
+
+
+def test_ends_with_eos():
+    ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0], [0, 0, 0]])
+    mask = t([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    assert pc.ends_with(ids, mask, [2]).tolist() == [True, False, True, False]

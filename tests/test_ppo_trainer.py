@@ -6,29 +6,14 @@ import os
 import pytest
 import torch
 
-import rewardkit.builtin
-from rewardkit import models
-from rewardkit.registry import Registry
 
 pytest.importorskip("trl")
 from rewardkit.trainers.ppo import PPOConfig, PPOStage, PPOTrainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def registry():
-    reg = Registry(entry_points=False)
-    reg.add_plugin(rewardkit.builtin, "builtin", dist="rewardkit")
-    return reg
-
-
-@pytest.fixture(scope="module")
-def tiny(registry):
-    from transformers import AutoTokenizer
-
-    from rewardkit.datasets_builtin import arithmetic
-
-    path = models.resolve("tiny-llama", registry)
-    return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=64, n_test=8, max_operand=10)
+def registry(module_registry):
+    return module_registry
 
 
 def digits(prompts, completions, **kwargs):
@@ -38,7 +23,7 @@ def digits(prompts, completions, **kwargs):
 
 def config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path), max_steps=4, learning_rate=3e-3, per_device_train_batch_size=8,
-                steps_per_generation=2, num_iterations=1, max_completion_length=4, report_to="none",
+                steps_per_generation=2, rollout_epochs=1, max_completion_length=4, report_to="none",
                 logging_steps=1, bf16=False, gradient_checkpointing=False, seed=0)
     return PPOConfig(**{**base, **kw})
 
@@ -48,9 +33,17 @@ def config(tmp_path, **kw):
     ("gamma", 1.5, "gamma must be in [0, 1], got 1.5"),
     ("lam", -0.1, "lam must be in [0, 1]"),
     ("critic", "twin", "critic must be one of value_head, separate"),
-    ("kl_controller", "pid", "kl_controller must be one of"),
+    ("beta_controller", "pid", "beta_controller must be one of"),
     ("cliprange_value", 0.0, "cliprange_value must be > 0"),
-    ("num_iterations", 0, "num_iterations (PPO epochs) must be >= 1"),
+    ("rollout_epochs", 0, "rollout_epochs must be >= 1"),
+    ("num_iterations", 2, "did you mean 'rollout_epochs'?"),
+    ("policy_loss", "spo", "policy_loss must be one of clip, penalty"),
+    ("dual_clip", 0.5, "dual_clip must be > 1"),
+    ("reward_normalization", "batch", "reward_normalization must be one of none, running"),
+    ("reward_clip", -1.0, "reward_clip must be > 0"),
+    ("critic_warmup_steps", -1, "critic_warmup_steps must be >= 0"),
+    ("critic_learning_rate", 0.0, "critic_learning_rate must be > 0"),
+    ("early_stop_kl", 0.0, "early_stop_kl must be > 0"),
 ])
 def test_config_errors_name_the_field(tmp_path, field, value, message):
     with pytest.raises(ValueError) as exc:
@@ -59,15 +52,15 @@ def test_config_errors_name_the_field(tmp_path, field, value, message):
 
 
 def test_kl_target_needs_a_starting_beta(tmp_path):
-    with pytest.raises(ValueError, match="kl_target=3.0 needs"):
-        config(tmp_path, kl_target=3.0, beta=0.0)
+    with pytest.raises(ValueError, match="beta_target=3.0 adapts beta"):
+        config(tmp_path, beta_target=3.0, beta=0.0)
 
 
 def test_one_generation_per_prompt_and_batch_arithmetic(tmp_path):
-    cfg = config(tmp_path, per_device_train_batch_size=16, steps_per_generation=4, num_iterations=3)
+    cfg = config(tmp_path, per_device_train_batch_size=16, steps_per_generation=4, rollout_epochs=3)
     assert cfg.num_generations == 1 and cfg.generation_batch_size == 64
     assert ("rollout = generation_batch_size 64 episodes (64 prompts x num_generations 1) in steps_per_generation "
-            "4 minibatches of per_device_train_batch_size 16; num_iterations 3 PPO epochs -> 12 optimizer steps"
+            "4 minibatches of per_device_train_batch_size 16; rollout_epochs 3 PPO epochs -> 12 optimizer steps"
             in cfg.describe_batches())
     with pytest.raises(ValueError, match="must be even"):
         config(tmp_path, per_device_train_batch_size=3, steps_per_generation=1)
@@ -82,6 +75,13 @@ def test_stage_rejects_grpo_only_fields_and_unknown_estimators(registry):
         assert "kl_estimator: unknown kl_estimator 'k4'" in PPOStage.check_args({"kl_estimator": "k4"})[0]
         assert PPOStage.check_args({"gamma": 2.0})[0].startswith("PPOConfig rejects these values: gamma must")
         assert PPOStage.check_args({"kl_estimator": "k3", "gamma": 0.99, "vf_coef": 0.5}) == []
+        # the old names, shared with grpo_is, point to the new ones
+        problems = PPOStage.check_args({"target_kl": 0.1, "kl_target": 2.0, "kl_controller": "proportional",
+                                        "kl_horizon": 100, "num_iterations": 2})
+        for old, new in [("target_kl", "early_stop_kl"), ("kl_target", "beta_target"),
+                         ("kl_controller", "beta_controller"), ("kl_horizon", "beta_horizon"),
+                         ("num_iterations", "rollout_epochs")]:
+            assert any(p.startswith(f"{old}: renamed (did you mean '{new}'?)") for p in problems), (old, problems)
     finally:
         set_registry(previous)
 
@@ -100,7 +100,7 @@ def _logged(trainer, key):
 
 
 def test_value_head_ppo_trains_policy_and_critic(tiny, registry, tmp_path):
-    cfg = config(tmp_path, kl_target=0.5, kl_controller="halve_double")
+    cfg = config(tmp_path, beta_target=0.5, beta_controller="halve_double")
     trainer = _train(tiny, cfg, registry)
     critic = trainer.model.critic
     in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -147,3 +147,14 @@ def test_separate_critic(tiny, registry, tmp_path):
     in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in in_opt for p in critic.backbone.parameters())
     assert os.path.exists(tmp_path / "critic.pt")
+
+
+def test_validate_rejects_old_names_with_exit_code_2(capsys):
+    from rewardkit.cli import main
+
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "ppo", "reverse.yaml")
+    code = main(["validate", recipe, "stages.ppo.trainer.kl_target=2.0", "stages.ppo.trainer.num_iterations=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "stages.ppo.trainer.kl_target: renamed (did you mean 'beta_target'?)" in err
+    assert "stages.ppo.trainer.num_iterations: renamed (did you mean 'rollout_epochs'?)" in err

@@ -73,7 +73,7 @@ RECIPE = {
                "data": {"name": "arithmetic_preferences",
                         "params": {"n_train": 48, "n_test": 16, "max_operand": 10}}},
         "ppo": {"trainer": {"type": "ppo", "max_steps": 2, "per_device_train_batch_size": 8,
-                            "steps_per_generation": 1, "num_iterations": 2, "max_completion_length": 4,
+                            "steps_per_generation": 1, "rollout_epochs": 2, "max_completion_length": 4,
                             "gradient_checkpointing": False, "logging_steps": 1},
                 "rewards": [{"name": "reward_model", "params": {"path": "{output_dir}/rm/model", "batch_size": 4}},
                             {"name": "exact_match"}]},

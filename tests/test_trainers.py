@@ -66,19 +66,24 @@ def test_dpo_prefers_chosen(tmp_path, builtin_registry):
     import random
 
     rng = random.Random(0)
-    with open(tmp_path / "pairs.jsonl", "w") as f:
-        for i in range(600):
-            d = str(rng.randrange(10))
-            f.write(json.dumps({"prompt": f"{i}=", "chosen": d * 4,
-                                "rejected": "".join(rng.choice("0123456789") for _ in range(4))}) + "\n")
-    path = recipe_file(tmp_path, {"model": {"name": "tiny-llama"}, "data": {"path": "pairs.jsonl"},
+    for name, ids in (("pairs.jsonl", range(600)), ("heldout.jsonl", range(1000, 1064))):
+        with open(tmp_path / name, "w") as f:
+            for i in ids:
+                d = str(rng.randrange(10))
+                f.write(json.dumps({"prompt": f"{i}=", "chosen": d * 4,
+                                    "rejected": "".join(rng.choice("0123456789") for _ in range(4))}) + "\n")
+    path = recipe_file(tmp_path, {"model": {"name": "tiny-llama"},
+                                  "data": {"path": "pairs.jsonl", "test_path": "heldout.jsonl"},
                                   "trainer": {"type": "dpo", "max_steps": 30, "learning_rate": 1e-3,
                                               "per_device_train_batch_size": 16, "logging_steps": 5}})
-    run(load_recipe(path), builtin_registry)
+    summary = run(load_recipe(path), builtin_registry)
     rows = log_rows(tmp_path, "dpo")
     first, last = first_last(rows, "rewards/margins")
     assert last > first + 0.5, (first, last)
     assert first_last(rows, "rewards/accuracies")[1] > 0.9
+    stage = summary["stages"][0]  # the same statistic on pairs DPO never trained on
+    assert stage["heldout_pairs"] == 64 and stage["heldout_preference_accuracy"] > 0.8, stage
+    assert stage["heldout_margin"] > 0
 
 
 @pytest.mark.slow

@@ -26,6 +26,35 @@ RESERVED = {
 }
 
 
+# Counts that must be at least 1 (0 divides by zero in TRL's batch arithmetic or makes an empty batch).
+POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+            "num_generations", "steps_per_generation", "generation_batch_size", "num_iterations",
+            "max_completion_length")
+
+
+def _run_time_problems(args: dict, fields: dict) -> list[str]:
+    """Settings TRL or transformers accept in the config but reject once the trainer is built (after the
+    model has loaded), or that make a run meaningless. ``args`` are already type-checked; ``fields`` are the
+    config's dataclass fields (for defaults)."""
+    problems = [f"{k}: must be at least 1, got {args[k]}" for k in POSITIVE
+                if isinstance(args.get(k), int) and args[k] < 1]
+    strategy = args.get("eval_strategy", "no")
+    if strategy not in ("no", None):
+        problems.append(f"eval_strategy: {strategy!r} needs an eval_dataset, and rewardkit gives the TRL trainer "
+                        "none (transformers refuses to build it); held-out evaluation is the recipe's eval: "
+                        "section. Remove eval_strategy or set it to no")
+    lr = args.get("learning_rate")
+    if isinstance(lr, (int, float)) and lr < 0:
+        problems.append(f"learning_rate: must not be negative, got {lr}")
+    beta = args.get("beta", getattr(fields.get("beta"), "default", None))
+    if args.get("sync_ref_model") and beta == 0:
+        problems.append("sync_ref_model: true with beta: 0 has no reference model to sync (GRPOTrainer refuses "
+                        "it); set beta > 0 or drop sync_ref_model")
+    if args.get("sync_ref_model") and args.get("precompute_ref_log_probs"):
+        problems.append("sync_ref_model: cannot be combined with precompute_ref_log_probs (DPOTrainer refuses it)")
+    return problems
+
+
 @dataclass
 class StageContext:
     recipe: Any
@@ -62,16 +91,27 @@ class Stage:
 
     @classmethod
     def check_args(cls, args: dict) -> list[str]:
-        """Problems with a trainer section: unknown or reserved keys, then the config's own checks."""
+        """Problems with a trainer section: unknown or reserved keys, values of the wrong type (a string or NaN
+        learning rate), settings that would only fail once the model has loaded, then the config's own checks."""
+        from rewardkit import values  # noqa: PLC0415
+
         fields = cls.fields()
+        types = values.dataclass_types(cls.config_cls())
         problems = []
-        for key in args:
+        for key, value in args.items():
             if key in RESERVED:
                 problems.append(f"{key}: set by rewardkit; {RESERVED[key]}")
             elif key not in fields:
-                close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.7)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 problems.append(f"{key}: not a field of {cls.config_cls().__name__}{hint}")
+            elif key in types:
+                bad = values.problem(value, *types[key])
+                if bad:
+                    problems.append(f"{key}: {bad}")
+        if problems:
+            return problems
+        problems.extend(_run_time_problems(args, fields))
         if "kl_estimator" in fields:  # any trainer that takes its KL estimator by name from the registry
             from rewardkit.registry import get_registry  # noqa: PLC0415
 
@@ -87,8 +127,9 @@ class Stage:
             args = {k: v for k, v in args.items() if k not in ("bf16", "fp16", "tf32")}
         try:
             cls.make_config(args, tempfile.gettempdir())
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{cls.config_cls().__name__} rejects these values: {exc}")
+        except Exception as exc:  # noqa: BLE001 - whatever the config's __post_init__ raises is about these values
+            detail = str(exc) if isinstance(exc, (ValueError, TypeError)) else f"{type(exc).__name__}: {exc}"
+            problems.append(f"{cls.config_cls().__name__} rejects these values: {detail}")
         return problems
 
     @classmethod
@@ -122,6 +163,27 @@ class Stage:
 
     def build_trainer(self, ctx: StageContext):  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class HeldOutMetrics:
+    """Mixin for a TRL trainer whose result is judged on pairs it never trained on: after ``train()`` it calls
+    ``heldout_metrics()`` on ``self.heldout`` (when given) and keeps the result in ``summary_metrics``, which
+    the pipeline copies into the stage's entry of ``summary.json``."""
+
+    def __init__(self, *args, heldout=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heldout = heldout
+        self.summary_metrics: dict = {}
+
+    def heldout_metrics(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.heldout is not None and len(self.heldout):
+            self.summary_metrics = self.heldout_metrics()
+            self.log(dict(self.summary_metrics))
+        return result
 
 
 class LogHistoryCallback:

@@ -10,10 +10,10 @@ TRL 1.16 ``num_iterations``      ``grpo_is``
 replays the same minibatches in  reshuffles the rollout into new minibatches every epoch (``reshuffle``);
 the same order every pass        epoch 0 keeps TRL's order, so ``reshuffle: false`` replays TRL exactly
 always runs μ passes             stops reusing a rollout once approx. KL(old‖new) of a minibatch exceeds
-                                 ``target_kl``; the next optimizer step uses a fresh rollout, so optimizer
+                                 ``early_stop_kl``; the next optimizer step uses a fresh rollout, so optimizer
                                  steps (LR schedule, logging, checkpoints) are never skipped or repeated
 k3 KL to the reference, fixed β  any registered estimator (``kl_estimator``), optional adaptive β toward
-                                 ``kl_target`` (``rewardkit.kl.AdaptiveKLController``)
+                                 ``beta_target`` nats per sequence (``rewardkit.kl.AdaptiveKLController``)
 prompts tied to optimizer steps  prompts drawn per rollout from the same seeded ``RepeatSampler`` order, so an
                                  early stop moves on to fresh prompts; the Trainer's dataloader only keeps
                                  the step clock (its length is what TRL's would be for ``num_iterations=μ``)
@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
@@ -45,8 +45,9 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from rewardkit.kl import AdaptiveKLController, kl_controller
+from rewardkit.kl import kl_controller
 from rewardkit.trainers import grpo_is_core as core
+from rewardkit.trainers.rollout_kl import RolloutKLConfig, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
 STATE_FILE = "grpo_is_state.pt"
@@ -54,30 +55,10 @@ EPOCH_LOG = "grpo_is_epochs.jsonl"
 
 
 @dataclass
-class GRPOISConfig(GRPOConfig):
-    """``GRPOConfig`` plus multi-epoch importance sampling. TRL's ``num_iterations`` is replaced by
-    ``rollout_epochs`` and must stay 1; ``epsilon``/``epsilon_high``/``importance_sampling_level``/``delta`` keep
-    their TRL meaning."""
-
-    rollout_epochs: int = field(default=4, metadata={
-        "help": "μ: optimisation epochs over each rollout, importance-sampled against its generating policy "
-                "(PPO, Schulman et al. 2017 §5 'K epochs'; μ of GRPO, Shao et al. 2024 DeepSeekMath Alg. 1)."})
-    reshuffle: bool = field(default=True, metadata={
-        "help": "Draw new minibatches from the rollout every epoch, as PPO's minibatch SGD does (Schulman et al. "
-                "2017 Alg. 1); false replays epoch 0's minibatches in order, like TRL num_iterations."})
-    target_kl: float | None = field(default=None, metadata={
-        "help": "Stop reusing a rollout when approx KL(old‖new) on a minibatch exceeds this (target-KL early "
-                "stopping of PPO implementations, Schulman et al. 2017 / OpenAI Spinning Up); null: never."})
-    kl_estimator: str = field(default="k3", metadata={
-        "help": "Registered estimator of the per-token KL(policy‖reference) penalised by beta (Schulman 2020; "
-                "k3 is GRPO's, Shao et al. 2024 eq. 4). Built-ins: k1, k2, k3, low_var_kl, abs."})
-    kl_target: float | None = field(default=None, metadata={
-        "help": "KL budget toward which beta adapts after each rollout (adaptive KL penalty, Schulman et al. "
-                "2017 §4); null keeps beta fixed. Needs beta > 0."})
-    kl_controller: str = field(default="halve_double", metadata={
-        "help": "Adaptive-beta rule: halve_double (PPO paper §4) or proportional (Ziegler et al. 2019)."})
-    kl_horizon: int = field(default=10000, metadata={
-        "help": "Horizon of the proportional beta controller (Ziegler et al. 2019)."})
+class GRPOISConfig(RolloutKLConfig, GRPOConfig):
+    """``GRPOConfig`` plus multi-epoch importance sampling; rollout reuse and KL control are ``RolloutKLConfig``'s
+    (shared with ``trainer: ppo``). TRL's ``num_iterations`` is replaced by ``rollout_epochs`` and must stay 1;
+    ``epsilon``/``epsilon_high``/``importance_sampling_level``/``delta`` keep their TRL meaning."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,22 +67,12 @@ class GRPOISConfig(GRPOConfig):
             steps_per_generation=self.steps_per_generation,
             gradient_accumulation_steps=self.gradient_accumulation_steps, num_generations=self.num_generations,
             rollout_epochs=self.rollout_epochs)
-        if self.num_iterations != 1:
-            problems.append(f"num_iterations={self.num_iterations}: grpo_is replaces TRL's num_iterations with "
-                            f"rollout_epochs (reshuffled, early-stoppable); set rollout_epochs: "
-                            f"{self.num_iterations} and leave num_iterations at 1")
+        # batch_problems already explains rollout_epochs < 1 and steps_per_generation vs accumulation
+        problems += [p for p in self.rollout_kl_problems()
+                     if not p.startswith(("rollout_epochs must", "early_stop_kl acts"))]
         if self.loss_type not in core.SUPPORTED_LOSS_TYPES:
             problems.append(f"loss_type={self.loss_type!r}: grpo_is implements the clipped-surrogate losses "
                             f"{', '.join(core.SUPPORTED_LOSS_TYPES)}")
-        if self.target_kl is not None and self.target_kl <= 0:
-            problems.append(f"target_kl must be > 0 or null, got {self.target_kl}")
-        if self.kl_target is not None:
-            if self.kl_target <= 0:
-                problems.append(f"kl_target must be > 0 or null, got {self.kl_target}")
-            if self.beta <= 0:
-                problems.append(f"kl_target={self.kl_target} adapts beta, which needs beta > 0 (got {self.beta})")
-        if self.kl_controller not in AdaptiveKLController.MODES:
-            problems.append(f"kl_controller must be one of {AdaptiveKLController.MODES}, got {self.kl_controller!r}")
         unsupported = {
             "use_vllm": self.use_vllm, "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
             "entropy_coef": self.entropy_coef != 0.0, "use_adaptive_entropy": self.use_adaptive_entropy,
@@ -119,7 +90,7 @@ class GRPOISConfig(GRPOConfig):
 
 
 class _StaleRollout(Exception):
-    """Raised inside ``compute_loss`` before any backward: the rollout has drifted past ``target_kl``."""
+    """Raised inside ``compute_loss`` before any backward: the rollout has drifted past ``early_stop_kl``."""
 
 
 class GRPOISTrainer(GRPOTrainer):
@@ -128,7 +99,7 @@ class GRPOISTrainer(GRPOTrainer):
     Overrides: ``_prepare_inputs`` (serves minibatches from the rollout buffer, reshuffled per epoch, and draws a
     new rollout when μ epochs are done or the rollout went stale), ``_compute_loss`` (TRL's clipped surrogate with
     the registered KL estimator, adaptive β and per-epoch statistics), ``training_step`` (retries a step on a
-    fresh rollout when the first minibatch of that step shows KL(old‖new) > ``target_kl``), and checkpoint
+    fresh rollout when the first minibatch of that step shows KL(old‖new) > ``early_stop_kl``), and checkpoint
     save/load (rollout state). Everything else, generation, rewards, advantages, reference log-probs, the old
     policy's log-probs and the optimizer loop, is TRL's.
     """
@@ -150,7 +121,7 @@ class GRPOISTrainer(GRPOTrainer):
         from rewardkit.registry import get_registry  # noqa: PLC0415
 
         self.kl_fn = get_registry().kl_estimator(a.kl_estimator)
-        self.kl_ctl = kl_controller(a.beta, a.kl_target, a.kl_controller, a.kl_horizon)
+        self.kl_ctl = kl_controller(a.beta, a.beta_target, a.beta_controller, a.beta_horizon)
         self.windows_per_epoch = a.steps_per_generation // a.gradient_accumulation_steps
         # Rollout state (saved with checkpoints).
         self.rollouts = 0  # rollouts generated so far = position in the prompt stream
@@ -161,7 +132,7 @@ class GRPOISTrainer(GRPOTrainer):
         self._cursor = (0, 0)  # (epoch, minibatch) of the minibatch being trained on
         self._exhausted = True
         self._acc = self._new_acc()  # statistics of the current epoch
-        self._rollout_ref_kl = [0.0, 0.0]  # [token-weighted KL-to-ref sum, tokens] over the current rollout
+        self._rollout_ref_kl = [0.0, 0.0]  # [Σ per-token KL to the reference, sequences] over the current rollout
         self.rollout_history: list[dict] = []  # one record per finished rollout
         self.epoch_history: list[dict] = []  # one record per finished (possibly partial) epoch
         self._stream = None
@@ -231,7 +202,7 @@ class GRPOISTrainer(GRPOTrainer):
         return self._minibatches[self._cursor[1]]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > target_kl), the rollout is
+        """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > early_stop_kl), the rollout is
         retired before any backward pass and the same optimizer step is taken on a fresh rollout."""
         try:
             return super().training_step(model, inputs, num_items_in_batch)
@@ -276,10 +247,11 @@ class GRPOISTrainer(GRPOTrainer):
 
     def _finish_rollout(self, windows_done: int, early: bool) -> None:
         used = core.rollout_epochs_used(windows_done, self.windows_per_epoch)
-        kl_sum, tokens = self._reduce(self._rollout_ref_kl)
-        ref_kl = kl_sum / tokens if tokens else float("nan")
-        if self.beta != 0.0 and tokens:
-            self.beta = self.kl_ctl.update(ref_kl, n_steps=windows_done)
+        kl_sum, seqs = self._reduce(self._rollout_ref_kl)
+        ref_kl = kl_sum / seqs if seqs else float("nan")  # nats per sequence, as PPO's
+        if self.beta != 0.0 and seqs:
+            # the proportional controller's horizon is in episodes: this rollout's completions (all processes)
+            self.beta = self.kl_ctl.update(ref_kl, n_steps=self.args.generation_batch_size)
         self.rollout_history.append({"rollout": self.rollouts, "epochs_used": used, "early_stop": early,
                                      "optimizer_steps": windows_done, "ref_kl": ref_kl, "beta": self.beta,
                                      "global_step": self.state.global_step})
@@ -295,7 +267,7 @@ class GRPOISTrainer(GRPOTrainer):
         """TRL 1.16's clipped-surrogate loss for loss types grpo/bnpo/dr_grpo/dapo, token or sequence-level
         ratios, ε/ε_high, δ and entropy masking, with three differences: the KL-to-reference term uses the
         registered ``kl_estimator`` (TRL hard-codes k3) with a possibly adaptive β; a training minibatch that
-        opens a reuse step checks KL(old‖new) against ``target_kl`` first; per-epoch ratio statistics are kept."""
+        opens a reuse step checks KL(old‖new) against ``early_stop_kl`` first; per-epoch ratio statistics are kept."""
         mode = "train" if self.model.training else "eval"
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -316,10 +288,10 @@ class GRPOISTrainer(GRPOTrainer):
             epoch, mb = self._cursor
             ga = self.args.gradient_accumulation_steps
             opens_reuse_step = mb % ga == 0 and (epoch, mb) != (0, 0)
-            if opens_reuse_step and self.args.target_kl is not None:
+            if opens_reuse_step and self.args.early_stop_kl is not None:
                 (kl_now,) = self._reduce([approx_kl.item()])
                 kl_now /= self.accelerator.num_processes
-                if kl_now > self.args.target_kl:
+                if kl_now > self.args.early_stop_kl:
                     if self._acc["minibatches"]:
                         self._finish_epoch(partial=True)
                     self._finish_rollout(windows_done=epoch * self.windows_per_epoch + mb // ga, early=True)
@@ -362,7 +334,7 @@ class GRPOISTrainer(GRPOTrainer):
                 m["kl"].append(kl_tok / max(tokens, 1.0))
                 if mode == "train":
                     self._rollout_ref_kl[0] += kl_tok
-                    self._rollout_ref_kl[1] += tokens
+                    self._rollout_ref_kl[1] += float((mask.sum(-1) > 0).sum().item())
             m["entropy"].append(core.masked_mean(entropies, mask).item())
             m["clip_ratio/low_mean"].append(core.masked_mean(low.float(), mask).item())
             m["clip_ratio/high_mean"].append(core.masked_mean(high.float(), mask).item())
@@ -434,3 +406,7 @@ class GRPOISStage(GRPOStage):
 
     config_class = "rewardkit.trainers.grpo_is:GRPOISConfig"
     trainer_class = "rewardkit.trainers.grpo_is:GRPOISTrainer"
+
+    @classmethod
+    def check_args(cls, args: dict) -> list[str]:
+        return renamed_problems(args) or super().check_args(args)

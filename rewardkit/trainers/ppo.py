@@ -1,18 +1,22 @@
 """PPO with a learned critic on TRL's current machinery (TRL deleted its ``PPOTrainer`` in 1.13).
 
 ``PPOTrainer`` subclasses TRL's ``GRPOTrainer`` and keeps everything it already does well: model loading,
-PEFT/4-bit, the reference model (or, with LoRA, the base with adapters disabled), generation, calling the
-reward functions, logging. What PPO adds, and all this file writes:
+PEFT/4-bit, the reference model (or, with LoRA, the base with adapters disabled, or TRL's "ref" adapter when an
+existing adapter is trained further), generation, calling the reward functions, logging. What PPO adds, and all
+this file writes:
 
 - a critic: a value head on the policy's own backbone (default, one model) or a separate backbone;
 - per-token rewards (score on the last token, −β·KL on every token), GAE, whitening (:mod:`rewardkit.ppo_core`);
-- the clipped policy/value losses with an optional entropy bonus, several epochs over reshuffled minibatches;
-- β from a fixed or adaptive KL controller (:mod:`rewardkit.kl`), the KL estimator chosen from the registry.
+- the clipped (optionally dual-clipped) or adaptive-KL-penalty policy loss, the clipped value loss, an optional
+  entropy bonus, several epochs over reshuffled minibatches with an optional target-KL early stop;
+- β from a fixed or adaptive KL controller (:mod:`rewardkit.kl`), the KL estimator chosen from the registry;
+- score shaping: a missing-EOS penalty, running normalisation, clipping.
 
 Batch vocabulary, in TRL's field names: a *rollout* is ``generation_batch_size`` episodes (prompts ×
 ``num_generations``), split into ``steps_per_generation`` minibatches of ``per_device_train_batch_size``;
-``num_iterations`` is the number of PPO epochs over it. With ``gradient_accumulation_steps=1`` each minibatch is
-one optimizer step, so one rollout makes ``steps_per_generation × num_iterations`` optimizer steps.
+``rollout_epochs`` is the number of PPO epochs over it (the name ``grpo_is`` uses too; TRL's ``num_iterations``
+stays 1). With ``gradient_accumulation_steps=1`` each minibatch is one optimizer step, so one rollout makes
+``steps_per_generation × rollout_epochs`` optimizer steps.
 """
 
 from __future__ import annotations
@@ -26,35 +30,29 @@ from torch import nn
 from trl import GRPOConfig, GRPOTrainer
 
 from rewardkit import ppo_core
-from rewardkit.kl import AdaptiveKLController, kl_controller
+from rewardkit.kl import AdaptiveKLController, k3, kl_controller
+from rewardkit.trainers.rollout_kl import RolloutKLConfig, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
+STATE_FILE = "ppo_state.pt"  # controller state saved with every checkpoint
 CRITICS = ("value_head", "separate")
+POLICY_LOSSES = ("clip", "penalty")
+REWARD_NORMALIZATION = ("none", "running")
 # GRPO fields that mean nothing to PPO's loss: setting one is almost certainly a mistake.
 GRPO_ONLY = ("loss_type", "scale_rewards", "multi_objective_aggregation", "importance_sampling_level",
              "top_entropy_quantile", "delta", "off_policy_mask_threshold")
 
 
 @dataclass
-class PPOConfig(GRPOConfig):
-    """GRPOConfig plus PPO's fields. ``epsilon`` (and ``epsilon_high``) is the policy clip range."""
+class PPOConfig(RolloutKLConfig, GRPOConfig):
+    """GRPOConfig plus PPO's fields; rollout reuse and KL control are ``RolloutKLConfig``'s (shared with
+    ``grpo_is``). ``epsilon`` (and ``epsilon_high``) is the policy clip range."""
 
     num_generations: int | None = field(default=1, metadata={
         "help": "Completions per prompt, each its own episode; 1 suffices since the critic is the baseline."})
-    num_iterations: int = field(default=4, metadata={
-        "help": "PPO epochs over each rollout, minibatches reshuffled each epoch (Schulman et al. 2017, K)."})
     beta: float = field(default=0.05, metadata={
         "help": "Initial KL coefficient β of the per-token reward penalty −β·KL(π‖π_ref) (Ziegler et al. 2019); "
-                "0 without kl_target: no reference model is used."})
-    kl_estimator: str = field(default="k1", metadata={
-        "help": "Registered per-token KL estimator (`rewardkit plugins`); k1 is the log-ratio of Ziegler et al."})
-    kl_target: float | None = field(default=None, metadata={
-        "help": "Adapt β toward this per-sequence KL (nats) (Schulman et al. 2017 §4, Ziegler et al. 2019); "
-                "None keeps β fixed."})
-    kl_controller: str = field(default="proportional", metadata={
-        "help": "With kl_target: 'proportional' (Ziegler et al. 2019) or 'halve_double' (Schulman et al. 2017)."})
-    kl_horizon: int = field(default=10000, metadata={
-        "help": "Horizon (in episodes) of the proportional KL controller (Ziegler et al. 2019 use 10000)."})
+                "0 without beta_target: no reference model is used."})
     gamma: float = field(default=1.0, metadata={
         "help": "Discount γ of GAE (Schulman et al. 2016); 1.0 is usual for LM episodes."})
     lam: float = field(default=0.95, metadata={
@@ -64,18 +62,47 @@ class PPOConfig(GRPOConfig):
     cliprange_value: float | None = field(default=0.2, metadata={
         "help": "Clip of the value update around the rollout's values (OpenAI baselines PPO2); None: no clip."})
     whiten_advantages: bool = field(default=True, metadata={
-        "help": "Normalize advantages to mean 0, std 1 over each rollout's tokens (OpenAI baselines PPO2)."})
+        "help": "Normalize advantages to mean 0, std 1 over each rollout's tokens, all processes together "
+                "(OpenAI baselines PPO2)."})
     entropy_coef: float = field(default=0.0, metadata={
         "help": "Weight of the entropy bonus (Schulman et al. 2017, c2); 0 disables it."})
+    policy_loss: str = field(default="clip", metadata={
+        "help": "'clip': PPO's clipped surrogate (Schulman et al. 2017 §3); 'penalty': the adaptive KL(old‖new) "
+                "penalty −A·ρ + β_pen·KL as the loss, β_pen halved/doubled toward ppo_penalty_target (§4)."})
+    ppo_penalty_target: float = field(default=0.01, metadata={
+        "help": "With policy_loss: penalty, d_targ: the KL(old‖new) per token the penalty coefficient aims at "
+                "(Schulman et al. 2017 §4 try 0.003, 0.01, 0.03)."})
+    ppo_penalty_coef: float = field(default=1.0, metadata={
+        "help": "With policy_loss: penalty, the initial β_pen (Schulman et al. 2017 §4 start at 1)."})
+    dual_clip: float | None = field(default=None, metadata={
+        "help": "Dual-clip c > 1: the loss of a token with A < 0 is at most −c·A (Ye et al. 2020, 'Mastering "
+                "Complex Control in MOBA Games with Deep RL'); null: off."})
+    critic_learning_rate: float | None = field(default=None, metadata={
+        "help": "Learning rate of the critic's parameters (value head, and a separate backbone), same schedule "
+                "as the policy's; null: learning_rate (OpenRLHF's critic_learning_rate)."})
+    critic_warmup_steps: int = field(default=0, metadata={
+        "help": "Optimizer steps at the start that train only the critic (the policy loss is off; a value "
+                "head then sees detached hidden states, so the shared backbone stays put) (verl's critic_warmup)."})
+    missing_eos_penalty: float | None = field(default=None, metadata={
+        "help": "Subtracted from the score of a completion that ended without EOS (truncated) (TRL's former "
+                "PPOTrainer; Ouyang et al. 2022 style length control); null: off."})
+    reward_normalization: str = field(default="none", metadata={
+        "help": "'running': scores become (s − mean)/std with running statistics over all episodes so far "
+                "(Engstrom et al. 2020 'Implementation Matters', reward scaling); 'none'."})
+    reward_clip: float | None = field(default=None, metadata={
+        "help": "Clip scores (after normalisation) to [−c, c] (Mnih et al. 2015; Engstrom et al. 2020); null: off."})
     critic: str = field(default="value_head", metadata={
         "help": "'value_head': a linear head on the policy's backbone (one model); 'separate': its own backbone."})
     critic_model: str | None = field(default=None, metadata={
-        "help": "With critic='separate', the model its backbone is loaded from (default: the policy's)."})
+        "help": "With critic='separate', the model its backbone is loaded from (default: the policy's). A reward "
+                "model saved by trainer: reward_model (…ForSequenceClassification, one label) also initialises "
+                "the value head from its score head (Ouyang et al. 2022 initialise the value function from the RM). "
+                "'{output_dir}' is replaced by the recipe's output_dir."})
+    critic_checkpoint: str | None = field(default=None, metadata={
+        "help": "A critic.pt saved by an earlier PPO stage (or that stage's folder) to start the critic from, "
+                "e.g. '{output_dir}/ppo/critic.pt'; the critic kind and sizes must match. null: a fresh critic."})
 
     def __post_init__(self):
-        problems = self.ppo_problems()
-        if problems:
-            raise ValueError("; ".join(problems))
         n = self.num_generations
         if n == 1:  # GRPO insists on groups of >= 2 for its group baseline; PPO's baseline is the critic.
             self.num_generations = 2
@@ -88,6 +115,9 @@ class PPOConfig(GRPOConfig):
             raise
         finally:
             self.num_generations = n
+        problems = self.ppo_problems() + self.rollout_kl_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def ppo_problems(self) -> list[str]:
         p = []
@@ -104,28 +134,71 @@ class PPOConfig(GRPOConfig):
             p.append(f"critic must be one of {', '.join(CRITICS)}, got {self.critic!r}")
         if self.critic_model is not None and self.critic != "separate":
             p.append("critic_model is only used with critic: separate")
-        if self.kl_controller not in AdaptiveKLController.MODES:
-            p.append(f"kl_controller must be one of {', '.join(AdaptiveKLController.MODES)}, "
-                     f"got {self.kl_controller!r}")
-        if self.kl_target is not None and (self.kl_target <= 0 or self.beta <= 0):
-            p.append(f"kl_target={self.kl_target} needs kl_target > 0 and a starting beta > 0 (got beta="
-                     f"{self.beta}); an adaptive β multiplies the current one")
         if self.num_generations is None or self.num_generations < 1:
             p.append(f"num_generations must be >= 1, got {self.num_generations}")
-        if self.num_iterations < 1:
-            p.append(f"num_iterations (PPO epochs) must be >= 1, got {self.num_iterations}")
+        p += self._option_problems()
+        return p
+
+    def _option_problems(self) -> list[str]:
+        p = []
+        if self.policy_loss not in POLICY_LOSSES:
+            p.append(f"policy_loss must be one of {', '.join(POLICY_LOSSES)}, got {self.policy_loss!r}")
+        if self.ppo_penalty_target <= 0 or self.ppo_penalty_coef <= 0:
+            p.append(f"ppo_penalty_target and ppo_penalty_coef must be > 0, got {self.ppo_penalty_target}, "
+                     f"{self.ppo_penalty_coef}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            p.append(f"dual_clip must be > 1 (a bound of c·|A| above the clipped loss) or null, got {self.dual_clip}")
+        if self.dual_clip is not None and self.policy_loss != "clip":
+            p.append("dual_clip bounds the clipped loss; it needs policy_loss: clip")
+        if self.critic_learning_rate is not None and self.critic_learning_rate <= 0:
+            p.append(f"critic_learning_rate must be > 0 or null, got {self.critic_learning_rate}")
+        if self.critic_warmup_steps < 0:
+            p.append(f"critic_warmup_steps must be >= 0, got {self.critic_warmup_steps}")
+        if self.reward_normalization not in REWARD_NORMALIZATION:
+            p.append(f"reward_normalization must be one of {', '.join(REWARD_NORMALIZATION)}, "
+                     f"got {self.reward_normalization!r}")
+        if self.reward_clip is not None and self.reward_clip <= 0:
+            p.append(f"reward_clip must be > 0 or null, got {self.reward_clip}")
         return p
 
     def describe_batches(self) -> str:
         """The batch arithmetic in the user's numbers."""
-        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        steps = self.generation_batch_size * self.num_iterations // max(per_step, 1)
+        steps = self.steps_per_generation * self.rollout_epochs // self.gradient_accumulation_steps
         return (f"rollout = generation_batch_size {self.generation_batch_size} episodes "
                 f"({self.generation_batch_size // self.num_generations} prompts x num_generations "
                 f"{self.num_generations}) in steps_per_generation {self.steps_per_generation} minibatches of "
-                f"per_device_train_batch_size {self.per_device_train_batch_size}; num_iterations "
-                f"{self.num_iterations} PPO epochs -> {steps} optimizer steps per rollout (gradient_accumulation_"
+                f"per_device_train_batch_size {self.per_device_train_batch_size}; rollout_epochs "
+                f"{self.rollout_epochs} PPO epochs -> {steps} optimizer steps per rollout (gradient_accumulation_"
                 f"steps {self.gradient_accumulation_steps})")
+
+
+def load_critic_backbone(path: str):
+    """(backbone, head weight or None) for a separate critic: a reward model (…ForSequenceClassification with one
+    label) gives its backbone and its score head; any other checkpoint its backbone only."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification  # noqa: PLC0415
+
+    archs = AutoConfig.from_pretrained(path).architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        return AutoModel.from_pretrained(path, dtype=torch.float32), None
+    rm = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    score = getattr(rm, "score", None)
+    if rm.config.num_labels != 1 or not isinstance(score, nn.Linear):
+        raise ValueError(f"critic_model {path}: a reward model needs one label and a linear 'score' head "
+                         f"(got num_labels={rm.config.num_labels})")
+    return rm.base_model, score.weight.detach().clone()  # (1, H)
+
+
+def load_critic_checkpoint(critic: nn.Module, path: str) -> None:
+    """Load a ``critic.pt`` (a file, or a stage folder holding one) into ``critic``; mismatches name the field."""
+    file = os.path.join(path, "critic.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ValueError(f"critic_checkpoint: no critic.pt at {path}")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        critic.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"critic_checkpoint {file} does not fit this critic (critic kind or model sizes differ): "
+                         f"{str(exc).splitlines()[0]}") from None
 
 
 class Critic(nn.Module):
@@ -148,8 +221,18 @@ class Critic(nn.Module):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
 
+class _StaleRollout(Exception):
+    """Raised in ``_compute_loss`` before any backward: the rollout drifted past ``early_stop_kl``."""
+
+
 class PPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with PPO's critic, advantages and losses (see the module docstring)."""
+    """TRL's GRPOTrainer with PPO's critic, advantages and losses (see the module docstring).
+
+    Overrides: ``_prepare_inputs`` (the rollout buffer, epochs, early stop), ``_generate_and_score_completions``
+    (TRL's generation and rewards, then PPO's per-token rewards, values and advantages), ``_compute_loss``,
+    ``training_step`` (retries a step on a fresh rollout after an early stop), ``create_optimizer`` (the
+    critic's learning rate) and saving (the critic next to a plain causal LM).
+    """
 
     _tag_names = ["trl", "ppo", "rewardkit"]
     _name = "PPO"
@@ -162,26 +245,35 @@ class PPOTrainer(GRPOTrainer):
 
             kl_estimator_fn = get_registry().kl_estimator(cfg.kl_estimator)
         self.kl_fn = kl_estimator_fn
-        self.kl_ctl = kl_controller(cfg.beta, cfg.kl_target, cfg.kl_controller, cfg.kl_horizon)
+        self.kl_ctl = kl_controller(cfg.beta, cfg.beta_target, cfg.beta_controller, cfg.beta_horizon)
+        self.penalty_ctl = AdaptiveKLController(cfg.ppo_penalty_coef, cfg.ppo_penalty_target, "halve_double")
         self.use_ref = cfg.beta > 0
         # TRL's beta only decided whether to build a reference model; PPO puts the KL into the reward with β from
         # self.kl_ctl, so GRPO's own KL term (and its reference pass) stay off.
         self.beta = 0.0
+        # TRL's step clock: its sampler repeats each generation batch steps_per_generation × num_iterations times.
+        self.num_iterations = cfg.rollout_epochs
+        self.score_moments = ppo_core.RunningMoments()
         policy = self._policy()
         self._hidden = None
         backbone = policy.base_model  # the transformer under the LM head; also under LoRA layers
         backbone.register_forward_hook(self._keep_hidden)
         hidden_size = policy.config.get_text_config().hidden_size
-        critic_backbone = None
+        critic_backbone, head = None, None
         if cfg.critic == "separate":
-            from transformers import AutoModel  # noqa: PLC0415
-
-            path = cfg.critic_model or policy.config._name_or_path
-            critic_backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+            critic_backbone, head = load_critic_backbone(cfg.critic_model or policy.config._name_or_path)
             hidden_size = critic_backbone.config.get_text_config().hidden_size
+        critic = Critic(hidden_size, critic_backbone)
+        if head is not None:
+            with torch.no_grad():
+                critic.head.weight.copy_(head)
+        if cfg.critic_checkpoint:
+            load_critic_checkpoint(critic, cfg.critic_checkpoint)
         # A submodule of the trained model, so the Trainer's optimizer, device placement and checkpoints see it.
-        self.model.critic = Critic(hidden_size, critic_backbone).to(self.accelerator.device)
+        self.model.critic = critic.to(self.accelerator.device)
         self._rollout = None
+        self._minibatches = None
+        self._epoch, self._mb, self._cursor, self._retired, self._adapted = 0, 0, (0, 0), False, False
         self._rewards_per_func = None
 
     # ------------------------------------------------------------------ plumbing
@@ -194,6 +286,15 @@ class PPOTrainer(GRPOTrainer):
     def _keep_hidden(self, module, args, output):
         self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
+    def _all_reduce(self):
+        """A sum over processes for ``ppo_core``'s global statistics (None with one process)."""
+        if self.accelerator.num_processes == 1:
+            return None
+        return lambda t: self.accelerator.reduce(t, reduction="sum")
+
+    def _in_warmup(self) -> bool:
+        return self.model.training and self.state.global_step < self.args.critic_warmup_steps
+
     def _forward(self, model, ids, attn, k: int, values: bool = True, entropy: bool = False):
         """One pass: log-probs (B, k) of the completion tokens, their entropies, and the critic's values."""
         self._hidden = None
@@ -201,14 +302,32 @@ class PPOTrainer(GRPOTrainer):
         v = None
         if values:
             critic = self.accelerator.unwrap_model(model).critic
-            v = critic(self._hidden, ids, attn, k)
+            hidden = self._hidden.detach() if self._in_warmup() and self._hidden is not None else self._hidden
+            v = critic(hidden, ids, attn, k)
         self._hidden = None
         return logps, ent, v
 
     def _ref_context(self):
+        """The reference: TRL's frozen copy; with PEFT, TRL's "ref" adapter when it made one (an existing adapter
+        trained further: the reference is its starting copy), otherwise the base with adapters disabled."""
         if self.ref_model is not None:
             return self.ref_model, contextlib.nullcontext()
-        return self.model, self.accelerator.unwrap_model(self.model).disable_adapter()
+        from trl.trainer.utils import use_adapter  # noqa: PLC0415
+
+        model = self.accelerator.unwrap_model(self.model)
+        return self.model, use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+
+    @contextlib.contextmanager
+    def _without_trl_old_logps(self):
+        """TRL computes old log-probs at generation whenever a rollout spans several optimizer steps; PPO computes
+        them itself, in the pass that also gives the critic's values, so TRL's pass would be a wasted forward.
+        TRL's test is ``gradient_accumulation_steps % (steps_per_generation × num_iterations) != 0``; 0 passes it."""
+        ga = self.args.gradient_accumulation_steps
+        self.args.gradient_accumulation_steps = 0
+        try:
+            yield
+        finally:
+            self.args.gradient_accumulation_steps = ga
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -216,90 +335,218 @@ class PPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ rollout
     def _prepare_inputs(self, generation_batch):
-        """A new rollout every ``steps_per_generation × num_iterations`` minibatches; reshuffled each epoch."""
+        """Train: the next minibatch of the current rollout; a new rollout after ``rollout_epochs`` epochs (or an
+        early stop); minibatches reshuffled each epoch. Eval: TRL's (one generation per batch)."""
         if not self.model.training:
             return super()._prepare_inputs(generation_batch)
+        spg = self.args.steps_per_generation
+        if self._rollout is None or self._retired:
+            self._start_rollout(generation_batch)
+        elif self._mb == spg:
+            self._epoch, self._mb = self._epoch + 1, 0
+            if self._epoch == self.args.rollout_epochs:
+                self._start_rollout(generation_batch)
+            else:
+                self._split_epoch()
+        self._cursor = (self._epoch, self._mb)
+        self._mb += 1
+        return self._minibatches[self._cursor[1]]
+
+    def _start_rollout(self, generation_batch) -> None:
+        if self._rollout is not None and not self._retired:  # the previous rollout ran all its epochs
+            self._metrics["train"]["ppo/early_stop"].append(0.0)
+            self._metrics["train"]["ppo/rollout_epochs_used"].append(float(self.args.rollout_epochs))
+        self._adapt_penalty_once()
+        self._rollout = self._generate_and_score_completions(generation_batch)
+        self._epoch, self._mb, self._retired, self._adapted = 0, 0, False, False
+        self._split_epoch()
+
+    def _split_epoch(self) -> None:
         from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict  # noqa: PLC0415
 
-        spg = self.args.steps_per_generation
-        if self._step % (spg * self.num_iterations) == 0 or self._rollout is None:
-            self._rollout = self._generate_and_score_completions(generation_batch)
-        if self._step % spg == 0 or self._buffered_inputs is None:
-            self._buffered_inputs = split_tensor_dict(shuffle_sequence_dict(self._rollout), spg)
-        return self._buffered_inputs[self._step % spg]
+        if self._epoch == 0 or self.args.reshuffle:
+            self._minibatches = split_tensor_dict(shuffle_sequence_dict(self._rollout), self.args.steps_per_generation)
+
+    def _rollout_done(self) -> bool:
+        """Whether the current rollout has had all its updates (or was retired by the early stop)."""
+        last = self._epoch == self.args.rollout_epochs - 1 and self._mb == self.args.steps_per_generation
+        return self._rollout is not None and (self._retired or last)
+
+    def _adapt_penalty_once(self) -> None:
+        """β_pen's update for the current rollout, once: when the next rollout starts, or earlier at a checkpoint
+        taken right after the rollout's last update (so a resumed run has it)."""
+        if self.args.policy_loss == "penalty" and self._rollout is not None and not self._adapted:
+            self._adapt_penalty()
+            self._adapted = True
+
+    def _adapt_penalty(self) -> None:
+        """PPO-penalty (Schulman et al. 2017 §4): after the policy update on a rollout, d = KL(old‖new) on its
+        tokens (k3, all processes) with the updated policy; β_pen ← β_pen/2 if d < d_targ/1.5, ×2 if d > 1.5·d_targ.
+        One extra no-grad pass over the finished rollout, as the paper's rule needs the KL after the update."""
+        r = self._rollout
+        ids = torch.cat([r["prompt_ids"], r["completion_ids"]], dim=1)
+        attn = torch.cat([r["prompt_mask"], r["completion_mask"]], dim=1)
+        k, bs = r["completion_ids"].size(1), self.args.per_device_train_batch_size
+        with torch.no_grad():
+            new = torch.cat([self._forward(self.model, ids[i:i + bs], attn[i:i + bs], k, values=False)[0]
+                             for i in range(0, ids.size(0), bs)])
+            d = ppo_core.global_masked_mean(k3(r["old_per_token_logps"], new), r["loss_mask"], self._all_reduce())
+        self.penalty_ctl.update(d.item())
+        self._metrics["train"]["ppo/policy/penalty_kl"].append(d.item())
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > early_stop_kl), the rollout
+        is retired before any backward pass and the same optimizer step is taken on a fresh rollout."""
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except _StaleRollout:
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)  # TRL generates and calls the reward functions
-        if not self.model.training:
-            return out
-        cfg, metrics = self.args, self._metrics["train"]
-        metrics.pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless here
+        with self._without_trl_old_logps():
+            out = super()._generate_and_score_completions(inputs)  # TRL generates and calls the reward functions
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode].pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless here
+        score, scorable = self._episode_scores(out, update=mode == "train")
+        mask = out["completion_mask"] * scorable[:, None].to(out["completion_mask"].dtype)  # (B, T) loss mask
+        if "tool_mask" in out:  # tool outputs: attended to, but not the policy's actions
+            mask = mask * out["tool_mask"]
+        old_logp, values, kl = self._old_values_and_kl(out, mask)
+        beta = self.kl_ctl.beta
+        rewards = ppo_core.token_rewards(score, kl, beta, mask)  # (B, T)
+        advantages, returns = ppo_core.gae(rewards, values, mask, self.args.gamma, self.args.lam)
+        raw_adv = advantages
+        if self.args.whiten_advantages:
+            advantages = ppo_core.masked_whiten(advantages, mask, all_reduce=self._all_reduce())
+        self._log_rollout(mode, score, scorable, kl, beta, raw_adv, returns, values, mask)
+        # completion_mask stays the attention mask TRL built (old log-probs and values used it); loss_mask is PPO's.
+        out.update(loss_mask=mask, advantages=advantages, returns=returns, old_values=values,
+                   old_per_token_logps=old_logp)
+        return out
+
+    def _episode_scores(self, out, update: bool):
+        """(score (B,), scorable (B,)): weighted reward sum, minus the missing-EOS penalty, normalised, clipped."""
+        cfg = self.args
         n_local = out["completion_ids"].size(0)
         rank = self.accelerator.process_index
         per_func = self._rewards_per_func[rank * n_local:(rank + 1) * n_local]  # (B, n_funcs)
         scorable = ~torch.isnan(per_func).all(dim=1)  # every reward said "cannot judge": no episode
         score = (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)  # (B,)
-        mask = out["completion_mask"] * scorable[:, None].to(out["completion_mask"].dtype)  # (B, T)
-        if "tool_mask" in out:
-            mask = mask * out["tool_mask"]
+        if cfg.missing_eos_penalty is not None:
+            score = score - cfg.missing_eos_penalty * (~ppo_core.ends_with(out["completion_ids"],
+                                                                          out["completion_mask"],
+                                                                          self.eos_token_ids)).to(score.dtype)
+        if cfg.reward_normalization == "running":
+            if update:
+                self.score_moments.update(score[scorable], all_reduce=self._all_reduce())
+            score = self.score_moments.normalize(score).to(score.dtype)
+        if cfg.reward_clip is not None:
+            score = score.clamp(-cfg.reward_clip, cfg.reward_clip)
+        return score, scorable
+
+    def _old_values_and_kl(self, out, mask):
+        """Old log-probs and values in one pass per minibatch (attention: TRL's masks), and the per-token KL."""
         ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)  # (B, P+T)
         attn = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
         k = out["completion_ids"].size(1)
-        bs = cfg.per_device_train_batch_size
+        bs = self.args.per_device_train_batch_size
         chunks = [slice(i, i + bs) for i in range(0, ids.size(0), bs)]
         with torch.no_grad():
             old = [self._forward(self.model, ids[c], attn[c], k) for c in chunks]
             old_logp = torch.cat([o[0] for o in old])  # (B, T)
             values = torch.cat([o[2] for o in old]).float() * mask  # (B, T)
-            if self.use_ref:
-                ref_model, ctx = self._ref_context()
-                with ctx:
-                    ref_logp = torch.cat([self._forward(ref_model, ids[c], attn[c], k, values=False)[0]
-                                          for c in chunks])
-                kl = self.kl_fn(old_logp, ref_logp) * mask  # (B, T)
-            else:
-                kl = torch.zeros_like(old_logp)
-        beta = self.kl_ctl.beta
-        rewards = ppo_core.token_rewards(score, kl, beta, mask)  # (B, T)
-        advantages, returns = ppo_core.gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        raw_adv = advantages
-        if cfg.whiten_advantages:
-            advantages = ppo_core.masked_whiten(advantages, mask)
-        seq_kl = self.accelerator.gather(kl.sum(1)[scorable]).mean().item() if scorable.any() else 0.0
-        self.kl_ctl.update(seq_kl, n_steps=int(self.accelerator.gather(scorable.sum()).sum().item()))
-        stats = {"score": self.accelerator.gather(score[scorable]).mean().item() if scorable.any() else 0.0,
-                 "kl": seq_kl, "beta": beta, "non_score_reward": -beta * seq_kl,
-                 "advantages/mean": ppo_core.masked_mean(raw_adv, mask).item(),
-                 "advantages/std": ppo_core.masked_var(raw_adv, mask).sqrt().item(),
-                 "returns/mean": ppo_core.masked_mean(returns, mask).item(),
-                 "values/mean": ppo_core.masked_mean(values, mask).item(),
-                 "explained_variance": ppo_core.explained_variance(values, returns, mask),
-                 "unscorable": (~scorable).float().mean().item()}
+            if not self.use_ref:
+                return old_logp, values, torch.zeros_like(old_logp)
+            ref_model, ctx = self._ref_context()
+            with ctx:
+                ref_logp = torch.cat([self._forward(ref_model, ids[c], attn[c], k, values=False)[0] for c in chunks])
+        return old_logp, values, self.kl_fn(old_logp, ref_logp) * mask  # (B, T)
+
+    def _log_rollout(self, mode, score, scorable, kl, beta, raw_adv, returns, values, mask) -> None:
+        """Rollout statistics over all processes; in training, β's controller steps on them (n = episodes)."""
+        red = self._all_reduce()
+        seq = scorable.to(kl.dtype)
+        seq_kl = ppo_core.global_masked_mean(kl.sum(1), seq, red).item()
+        n_episodes = float(seq.sum() if red is None else red(seq.sum()))
+        if mode == "train":
+            self.kl_ctl.update(seq_kl, n_steps=int(n_episodes))
+        adv_mean = ppo_core.global_masked_mean(raw_adv, mask, red)
+        stats = {"score": ppo_core.global_masked_mean(score, seq, red).item(), "kl": seq_kl, "beta": beta,
+                 "non_score_reward": -beta * seq_kl, "advantages/mean": adv_mean.item(),
+                 "advantages/std": ppo_core.global_masked_mean((raw_adv - adv_mean) ** 2, mask, red).sqrt().item(),
+                 "returns/mean": ppo_core.global_masked_mean(returns, mask, red).item(),
+                 "values/mean": ppo_core.global_masked_mean(values, mask, red).item(),
+                 "explained_variance": ppo_core.explained_variance(values, returns, mask, red),
+                 "unscorable": 1.0 - ppo_core.global_masked_mean(seq, torch.ones_like(seq), red).item()}
         for key, val in stats.items():
-            metrics[f"ppo/{key}"].append(val)
-        out.update(completion_mask=mask, advantages=advantages, returns=returns, old_values=values,
-                   old_per_token_logps=old_logp)
-        return out
+            self._metrics[mode][f"ppo/{key}"].append(val)
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        cfg, metrics = self.args, self._metrics["train"]
+        cfg = self.args
+        mode = "train" if self.model.training else "eval"
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        mask = inputs["completion_mask"]
+        mask = inputs["loss_mask"]
         k = inputs["completion_ids"].size(1)
         logp, entropy, values = self._forward(model, ids, attn, k, entropy=True)
-        pg_loss, pg = ppo_core.policy_loss(logp, inputs["old_per_token_logps"], inputs["advantages"], mask,
-                                           cfg.epsilon, cfg.epsilon_high)
+        old = inputs["old_per_token_logps"]
+        if mode == "train":
+            self._check_stale(logp, old, mask)
+        if cfg.policy_loss == "penalty":
+            pg_loss, pg = ppo_core.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta)
+        else:
+            pg_loss, pg = ppo_core.policy_loss(logp, old, inputs["advantages"], mask, cfg.epsilon, cfg.epsilon_high,
+                                               cfg.dual_clip)
         vf_loss, vf = ppo_core.value_loss(values.float(), inputs["old_values"], inputs["returns"], mask,
                                           cfg.cliprange_value)
         mean_entropy = ppo_core.masked_mean(entropy, mask)
-        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
-        for key, val in {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
-                         "policy/clipfrac": pg["clipfrac"], "policy/approx_kl": pg["approx_kl"],
-                         "value/clipfrac": vf["clipfrac"], "entropy": mean_entropy.item()}.items():
-            metrics[f"ppo/{key}"].append(val)
-        return loss / self.current_gradient_accumulation_steps
+        if self._in_warmup():
+            loss = cfg.vf_coef * vf_loss  # critic warm-up: the policy is not updated
+        else:
+            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
+        stats = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/clipfrac": pg["clipfrac"],
+                 "policy/approx_kl": pg["approx_kl"], "value/clipfrac": vf["clipfrac"], "entropy": mean_entropy.item()}
+        if cfg.dual_clip is not None:
+            stats["policy/dual_clipfrac"] = pg["dual_clipfrac"]
+        if cfg.policy_loss == "penalty":
+            stats["policy/penalty_coef"] = self.penalty_ctl.beta
+        for key, val in stats.items():
+            self._metrics[mode][f"ppo/{key}"].append(val)
+        return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1)
+
+    def _check_stale(self, logp, old, mask) -> None:
+        """Target-KL early stop: on the minibatch that opens an optimizer step reusing the rollout, the global
+        KL(old‖new) (k3) is compared with ``early_stop_kl`` before any backward."""
+        epoch, mb = self._cursor
+        if self.args.early_stop_kl is None or (epoch, mb) == (0, 0) or mb % self.args.gradient_accumulation_steps:
+            return
+        with torch.no_grad():
+            kl_now = ppo_core.global_masked_mean(k3(old, logp), mask, self._all_reduce()).item()
+        if kl_now > self.args.early_stop_kl:
+            used = epoch + mb / self.args.steps_per_generation
+            self._metrics["train"]["ppo/early_stop"].append(1.0)
+            self._metrics["train"]["ppo/rollout_epochs_used"].append(used)
+            self._retired = True
+            raise _StaleRollout
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the critic's parameters in their own groups at ``critic_learning_rate``
+        (the same LR schedule scales both)."""
+        optimizer = super().create_optimizer(model)
+        lr = self.args.critic_learning_rate
+        if lr is None:
+            return optimizer
+        critic_ids = {id(p) for p in self.accelerator.unwrap_model(self.model).critic.parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            mine = [p for p in group["params"] if id(p) in critic_ids]
+            group["params"] = [p for p in group["params"] if id(p) not in critic_ids]
+            if mine:
+                groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": lr})
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     # ------------------------------------------------------------------ saving
     def _save(self, output_dir=None, state_dict=None):
@@ -321,6 +568,32 @@ class PPOTrainer(GRPOTrainer):
         torch.save(self.accelerator.unwrap_model(self.model).critic.state_dict(), path)
         return path
 
+    def _controller_state(self) -> dict:
+        m = self.score_moments
+        return {"beta": self.kl_ctl.beta, "penalty_coef": self.penalty_ctl.beta,
+                "score_moments": [m.count, m.mean, m.m2]}
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint plus what PPO adapts as it trains (β, β_pen, the running score statistics), so a
+        resumed run continues with them instead of the initial values. They are the same on every process."""
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: PLC0415
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self._rollout_done():
+            self._adapt_penalty_once()  # every process: it reduces over them
+        if self.args.should_save and os.path.isdir(folder):
+            torch.save(self._controller_state(), os.path.join(folder, STATE_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, STATE_FILE) if checkpoint else None
+        if path and os.path.exists(path):
+            s = torch.load(path, weights_only=True)
+            self.kl_ctl.beta, self.penalty_ctl.beta = s["beta"], s["penalty_coef"]
+            m = self.score_moments
+            m.count, m.mean, m.m2 = s["score_moments"]
+
     def train(self, *args, **kwargs):
         if self.accelerator.is_main_process:
             print(f"[rewardkit] PPO: {self.args.describe_batches()}", flush=True)
@@ -337,9 +610,19 @@ class PPOStage(GRPOStage):
 
     @classmethod
     def check_args(cls, args: dict) -> list[str]:
-        problems = [f"{k}: a GRPO option; PPO's loss does not use it" for k in args if k in GRPO_ONLY]
+        problems = renamed_problems(args)
+        problems += [f"{k}: a GRPO option; PPO's loss does not use it" for k in args if k in GRPO_ONLY]
         return problems or super().check_args(args)
 
+    def config(self, ctx, **extra):
+        """The stage's PPOConfig, with '{output_dir}' in the critic paths replaced by the recipe's output_dir."""
+        cfg = super().config(ctx, **extra)
+        for name in ("critic_model", "critic_checkpoint"):
+            value = getattr(cfg, name)
+            if isinstance(value, str):
+                setattr(cfg, name, value.replace("{output_dir}", ctx.recipe.output_dir))
+        return cfg
+
     def trainer_kwargs(self, ctx):
-        name = ctx.spec.trainer_args.get("kl_estimator", "k1")
+        name = ctx.spec.trainer_args.get("kl_estimator", PPOConfig.kl_estimator)
         return {**super().trainer_kwargs(ctx), "kl_estimator_fn": ctx.registry.kl_estimator(name)}

@@ -11,6 +11,7 @@ from trl import RewardTrainer
 
 from rewardkit import models
 from rewardkit.reward_model import pair_texts, score_texts
+from rewardkit.trainers.base import HeldOutMetrics
 from rewardkit.trainers.trl_stages import _TRLStage
 
 
@@ -41,22 +42,12 @@ def preference_accuracy(model, tokenizer, dataset, batch_size: int = 64, max_len
     return {"heldout_accuracy": sum(wins) / len(wins), "heldout_margin": margin, "heldout_pairs": len(wins)}
 
 
-class HeldOutRewardTrainer(RewardTrainer):
+class HeldOutRewardTrainer(HeldOutMetrics, RewardTrainer):
     """RewardTrainer that measures preference accuracy on a held-out split after training (and logs it)."""
 
-    def __init__(self, *args, heldout=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.heldout = heldout
-        self.summary_metrics: dict = {}
-
-    def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
-        if self.heldout is not None and len(self.heldout):
-            max_length = self.args.max_length or 512
-            self.summary_metrics = preference_accuracy(self.model, self.processing_class, self.heldout,
-                                                       self.args.per_device_eval_batch_size, max_length)
-            self.log(dict(self.summary_metrics))
-        return result
+    def heldout_metrics(self) -> dict:
+        return preference_accuracy(self.model, self.processing_class, self.heldout,
+                                   self.args.per_device_eval_batch_size, self.args.max_length or 512)
 
 
 class RewardModelStage(_TRLStage):

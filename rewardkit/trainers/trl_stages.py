@@ -65,8 +65,15 @@ class GRPOStage(_TRLStage):
 
 
 class DPOStage(_TRLStage):
-    """Direct Preference Optimization (TRL ``DPOTrainer``) on prompt/chosen/rejected pairs."""
+    """Direct Preference Optimization (TRL ``DPOTrainer``) on prompt/chosen/rejected pairs; the preference
+    accuracy on the ``test`` split's pairs is measured after training (rewardkit.trainers.dpo)."""
 
     config_class = "trl:DPOConfig"
-    trainer_class = "trl:DPOTrainer"
+    trainer_class = "rewardkit.trainers.dpo:HeldOutDPOTrainer"
     column_layouts = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
+
+    def trainer_kwargs(self, ctx):
+        test = ctx.dataset["test"] if "test" in ctx.dataset else None
+        keep = test is not None and {"chosen", "rejected"} <= set(test.column_names)
+        return {"heldout": test.select_columns([c for c in ("prompt", "chosen", "rejected")
+                                                if c in test.column_names]) if keep else None}

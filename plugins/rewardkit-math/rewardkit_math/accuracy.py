@@ -21,11 +21,13 @@ import os
 import re
 import threading
 from collections import Counter, OrderedDict, deque
-from decimal import Decimal
+from fractions import Fraction
 
 from rewardkit.rewards import completion_text
+from rewardkit_math.checks import ChecksParams
 from rewardkit_math.extract import DEFAULT_MODES, MAX_ANSWER_CHARS, REJECTED, check_modes, extract_answer, \
     normalize_gold
+from rewardkit_math.numeric import Tolerance, close, tolerance
 from rewardkit_math.pool import get_pool
 
 log = logging.getLogger("rewardkit_math")
@@ -37,39 +39,42 @@ WINDOW = 2000  # samples over which the unchecked rate is watched
 MIN_WINDOW = 200
 
 
-def plain_verdict(gold_latex: str, answer: str):
-    """The verdict for two plain decimal numbers when it is certain without math-verify, else None.
+def plain_verdict(gold_latex: str, answer: str, tol: Tolerance = Tolerance()):
+    """The verdict for two plain decimal numbers, decided here without math-verify, else None (any LaTeX).
 
-    Equal as decimals (``18`` / ``18.0``) -> correct; two different integers -> wrong. Everything else
-    (decimals that differ, so rounding to ``precision`` matters; any LaTeX) goes to the workers. GSM8K-style
-    answers are mostly integers, so most verdicts cost microseconds and no IPC.
+    The decimals are compared as the exact fractions they denote (``18`` = ``18.0``; ``0.333333`` is not
+    ``0.3333333``), with the reward's tolerance (none by default). GSM8K-style answers are mostly plain
+    numbers, so most verdicts cost microseconds and no IPC.
     """
     gold = gold_latex[len("\\boxed{"):-1]
     if not (PLAIN_NUMBER.match(gold) and PLAIN_NUMBER.match(answer)):
         return None
-    if Decimal(gold) == Decimal(answer):
+    if close(Fraction(gold), Fraction(answer), tol):
         return ("correct", 1.0, gold, answer)
-    if "." not in gold and "." not in answer:
-        return ("wrong", 0.0, gold, answer)
-    return None
+    return ("wrong", 0.0, gold, answer)
 
 
 def accuracy_columns(params: dict) -> list[str]:
     return [params.get("gold_column", "answer")]
 
 
-class MathAccuracy:
+class MathAccuracy(ChecksParams):
     """Reward factory for ``math.accuracy``; every param is checked here, errors name the param."""
 
     def __init__(self, gold_column: str = "answer", extract=DEFAULT_MODES, multiple: str = "last",
-                 precision: int = 6, partial_credit: bool = False, timeout: float = 5.0,
+                 rel_tol: float = 0.0, precision: int | None = None, partial_credit: bool = False,
+                 timeout: float = 5.0,
                  timeout_verdict: float | None = None, workers: int | None = None,
                  warn_unchecked: float = 0.1, metric_prefix: str = "math"):
         if not isinstance(gold_column, str) or not gold_column:
             raise ValueError(f"gold_column: must be a column name, got {gold_column!r}")
         self.modes = check_modes(extract, multiple)
-        if isinstance(precision, bool) or not isinstance(precision, int) or not 0 <= precision <= 15:
-            raise ValueError(f"precision: decimal places to round floats to, an int in 0..15, got {precision!r}")
+        if isinstance(rel_tol, bool) or not isinstance(rel_tol, (int, float)) or not 0 <= rel_tol < 1:
+            raise ValueError(f"rel_tol: relative tolerance for numbers, in [0, 1) (0: exact), got {rel_tol!r}")
+        if precision is not None and (isinstance(precision, bool) or not isinstance(precision, int)
+                                      or not 0 <= precision <= 15):
+            raise ValueError(f"precision: decimal places that must agree (absolute tolerance of half a unit "
+                             f"there), an int in 0..15 or null, got {precision!r}")
         if not isinstance(partial_credit, bool):
             raise ValueError(f"partial_credit: must be true or false, got {partial_credit!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
@@ -82,6 +87,8 @@ class MathAccuracy:
         if not isinstance(warn_unchecked, (int, float)) or not 0 < warn_unchecked <= 1:
             raise ValueError(f"warn_unchecked: a rate in (0, 1], got {warn_unchecked!r}")
         self.gold_column, self.multiple, self.precision = gold_column, multiple, precision
+        self.rel_tol = float(rel_tol)
+        self.tolerance = tolerance(self.rel_tol, precision)
         self.partial_credit, self.timeout, self.timeout_verdict = partial_credit, float(timeout), timeout_verdict
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.warn_unchecked, self.metric_prefix = float(warn_unchecked), metric_prefix
@@ -116,7 +123,7 @@ class MathAccuracy:
                 out.append((status, 0.0, "" if answer is REJECTED else answer or "", "", ""))
                 continue
             key = (self._gold_latex(gold), answer)
-            plain = plain_verdict(*key)
+            plain = plain_verdict(*key, self.tolerance)
             if plain is not None:
                 keys.append(None)
                 out.append((plain[0], plain[1], answer, plain[2], plain[3]))
@@ -126,7 +133,8 @@ class MathAccuracy:
         todo = list(dict.fromkeys(k for k in keys if k is not None and k not in self._results))
         fresh = {}
         if todo:
-            results = get_pool(self.workers).run(todo, self.timeout, (self.precision, self.partial_credit))
+            opts = (self.rel_tol, self.precision, self.partial_credit)
+            results = get_pool(self.workers).run(todo, self.timeout, opts)
             fresh = {key: result for key, (result, _) in zip(todo, results)}
             with self._lock:  # timeouts and crashes may be load or luck: checked again next time
                 for key, result in fresh.items():

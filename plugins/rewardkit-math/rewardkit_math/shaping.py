@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from rewardkit.rewards import completion_text
+from rewardkit_math.checks import ChecksParams
 
 
 def _prompt_text(prompt) -> str:
@@ -13,7 +14,7 @@ def _prompt_text(prompt) -> str:
     return str(prompt or "")
 
 
-class MathFormat:
+class MathFormat(ChecksParams):
     """1.0 when the completion is ``<think>...</think>`` then ``<answer>...</answer>``, else 0.0.
 
     Leading whitespace is ignored. A chat template that pre-fills the opening ``<think>`` (the prompt ends
@@ -62,7 +63,7 @@ class MathFormat:
         return [self._score(p, c) for p, c in zip(prompts, completions, strict=True)]
 
 
-class LengthPenalty:
+class LengthPenalty(ChecksParams):
     """DAPO's soft over-length punishment: 0 up to ``max_length - cache_length``, then a linear ramp down to
     -1 at ``max_length``, and -1 beyond.
 

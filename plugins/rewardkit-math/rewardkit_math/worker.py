@@ -4,7 +4,8 @@ Started by :mod:`rewardkit_math.pool` as ``python -m rewardkit_math.worker FD`` 
 socketpair wrapped in a ``multiprocessing.connection.Connection``. Protocol:
 
 - worker -> parent ``("ready", pid)`` once math-verify is imported (or ``("fatal", traceback)``);
-- parent -> worker ``(job_id, timeout_s, opts, items)`` with ``items = [(gold_latex, answer), ...]``;
+- parent -> worker ``(job_id, timeout_s, opts, items)`` with ``items = [(gold_latex, answer), ...]`` and
+  ``opts = (rel_tol, precision, partial_credit)``;
 - worker -> parent ``(job_id, k, result)`` after each item, ``result = (status, score, gold_str, pred_str)``.
 
 Each item runs under a soft ``setitimer`` alarm (``SOFT_FRACTION`` of the deadline) that raises
@@ -41,12 +42,17 @@ def _short(obj) -> str:
 
 
 class Checker:
-    """parse + verify + str, with math-verify's own signal-based timeouts switched off (we own the clock)."""
+    """parse + verify + str, with math-verify's own signal-based timeouts switched off (we own the clock) and
+    its number comparison replaced by :func:`rewardkit_math.numeric.numeric_eq` (exact at every magnitude;
+    math-verify's rounds to decimal places, so all tiny numbers were equal)."""
 
     def __init__(self):
         from latex2sympy2_extended import NormalizationConfig
-        from math_verify import LatexExtractionConfig, parse, verify
+        from math_verify import LatexExtractionConfig, grader, parse, verify
 
+        from rewardkit_math.numeric import numeric_eq
+
+        grader.sympy_numeric_eq = numeric_eq  # this process only: it exists to run math-verify for us
         logging.getLogger("math_verify").setLevel(logging.CRITICAL)
         self._parse, self._verify = parse, verify
         self._config = [LatexExtractionConfig(
@@ -66,10 +72,11 @@ class Checker:
             return None
         return (parsed, _short(parsed[0])) if parsed else None
 
-    def equal(self, gold, pred, precision: int) -> bool:
-        return self._verify(gold, pred, float_rounding=precision, timeout_seconds=None, raise_on_error=True)
+    def equal(self, gold, pred, tol) -> bool:
+        # float_rounding is only passed on to sympy_numeric_eq, now numeric_eq, which takes a Tolerance there
+        return self._verify(gold, pred, float_rounding=tol, timeout_seconds=None, raise_on_error=True)
 
-    def partial(self, gold: list, pred: list, precision: int) -> float:
+    def partial(self, gold: list, pred: list, tol) -> float:
         """Share of gold elements matched one-to-one by predicted elements, over max(#gold, #pred)."""
         g_elems, p_elems = _elements(gold[0]), _elements(pred[0])
         if len(g_elems) < 2:
@@ -78,13 +85,17 @@ class Checker:
         hits = 0
         for g in g_elems:
             for j, p in enumerate(unmatched):
-                if self.equal([g], [p], precision):
+                if self.equal([g], [p], tol):
                     hits += 1
                     del unmatched[j]
                     break
         return hits / max(len(g_elems), len(p_elems))
 
-    def judge(self, gold_latex: str, answer: str, precision: int, partial: bool) -> tuple:
+    def judge(self, gold_latex: str, answer: str, rel_tol: float = 0.0, precision: int | None = None,
+              partial: bool = False) -> tuple:
+        from rewardkit_math.numeric import tolerance
+
+        tol = tolerance(rel_tol, precision)
         gold = self.gold(gold_latex)
         if gold is None:
             return ("gold_unparseable", None, "", "")
@@ -92,9 +103,9 @@ class Checker:
         pred = self.parse("\\boxed{" + answer + "}")
         if not pred:
             return ("wrong", 0.0, gold_str, "[unparseable]")
-        if self.equal(gold_parsed, pred, precision):
+        if self.equal(gold_parsed, pred, tol):
             return ("correct", 1.0, gold_str, _short(pred[0]))
-        score = self.partial(gold_parsed, pred, precision) if partial else 0.0
+        score = self.partial(gold_parsed, pred, tol) if partial else 0.0
         return ("partial" if score > 0 else "wrong", score, gold_str, _short(pred[0]))
 
 

@@ -19,7 +19,10 @@ CASES = [
     ("frac-vs-dec", r"\frac{1}{2}", r"So it is \boxed{0.5}.", 1.0, {}),
     ("dec-vs-frac", "0.5", r"\boxed{\frac{1}{2}}", 1.0, {}),
     ("third-4-places", r"\frac{1}{3}", r"\boxed{0.3333}", 0.0, {}),
-    ("third-6-places", r"\frac{1}{3}", r"\boxed{0.333333}", 1.0, {}),
+    ("third-6-places", r"\frac{1}{3}", r"\boxed{0.333333}", 0.0, {}),  # a truncated decimal is not 1/3
+    ("third-6-places-tol", r"\frac{1}{3}", r"\boxed{0.333333}", 1.0, {"rel_tol": 1e-5}),  # unless asked
+    ("two-thirds-rounded", r"\frac{2}{3}", r"\boxed{0.666667}", 0.0, {}),
+    ("eighth-terminates", r"\frac{1}{8}", r"\boxed{0.125}", 1.0, {}),
     ("slash-frac", "3/4", "The answer is 0.75.", 1.0, {}),
     ("dfrac-short", r"\dfrac{3}{4}", r"\boxed{\frac34}", 1.0, {}),
     ("unsimplified", "2", r"\boxed{\frac{4}{2}}", 1.0, {}),
@@ -99,6 +102,17 @@ CASES = [
     ("pow-2-100", "2^{100}", r"\boxed{1267650600228229401496703205376}", 1.0, {}),
     ("pow-10-10", "10^{10}", r"\boxed{10000000000}", 1.0, {}),
     ("neg-exponent", "0.0001", r"\boxed{10^{-4}}", 1.0, {}),
+    # magnitudes: numbers compare exactly (or relatively), never by decimal places
+    ("tiny-powers", r"\frac{1}{2^{99}}", r"\boxed{\frac{1}{2^{98}}}", 0.0, {}),
+    ("tiny-same", r"\frac{1}{2^{99}}", r"\boxed{2^{-99}}", 1.0, {}),
+    ("sci-tiny", r"1.5\times10^{-300}", r"\boxed{1.6 \times 10^{-300}}", 0.0, {}),
+    ("sci-tiny-same", r"1.5\times10^{-300}", r"\boxed{15 \times 10^{-301}}", 1.0, {}),
+    ("huge-off-by-one", "10^{300}", r"\boxed{10^{300}+1}", 0.0, {}),
+    ("huge-rel-tol", "10^{300}", r"\boxed{10^{300}+1}", 1.0, {"rel_tol": 1e-9}),
+    ("pi-decimal", r"\pi", r"\boxed{3.14159}", 0.0, {}),
+    ("pi-decimal-places", r"\pi", r"\boxed{3.14159}", 1.0, {"precision": 4}),
+    ("sqrt2-decimal-tol", r"\sqrt{2}", r"\boxed{1.41421356}", 1.0, {"rel_tol": 1e-8}),
+    ("tiny-set", r"\{2^{-60}, 2^{-61}\}", r"\boxed{\{2^{-60}, 2^{-62}\}}", 0.0, {}),
     # 1 MB completions
     ("1mb-then-boxed", "7", BIG + r" \boxed{7}", 1.0, {}),
     ("1mb-numbers", "7", "1 " * 500_000, 0.0, {}),
@@ -140,7 +154,7 @@ MISS = {
     "number-word": "number words are not numbers to math-verify ('two' parses as a product of symbols)",
     "space-thousands": "a LaTeX thin-space thousands separator (1\\,000) parses as 1*000 = 0",
 }
-SCORE = 98  # cases that pass; also stated in plugins/rewardkit-math/README.md
+SCORE = 111  # cases that pass; also stated in plugins/rewardkit-math/README.md
 
 
 def _results() -> dict:

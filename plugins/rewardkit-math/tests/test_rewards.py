@@ -22,7 +22,8 @@ from rewardkit_math.shaping import LengthPenalty, MathFormat
     ({"precision": "6"}, "precision"), ({"precision": 40}, "precision"), ({"timeout": 0}, "timeout"),
     ({"timeout_verdict": "zero"}, "timeout_verdict"), ({"workers": 0}, "workers"),
     ({"partial_credit": "yes"}, "partial_credit"), ({"gold_column": ""}, "gold_column"),
-    ({"warn_unchecked": 2}, "warn_unchecked"),
+    ({"warn_unchecked": 2}, "warn_unchecked"), ({"rel_tol": -1e-6}, "rel_tol"), ({"rel_tol": float("nan")}, "rel_tol"),
+    ({"rel_tol": "1e-6"}, "rel_tol"), ({"rel_tol": 1}, "rel_tol"),
 ])
 def test_bad_params_name_the_param(params, named):
     with pytest.raises(ValueError, match=named):
@@ -152,5 +153,26 @@ def test_plain_number_shortcut_agrees_with_math_verify():
         fast = plain_verdict(latex, answer)
         if fast is not None:
             decided += 1
-            assert fast[:2] == checker.judge(latex, answer, 6, False)[:2], (gold, answer)
-    assert decided == 9
+            assert fast[:2] == checker.judge(latex, answer)[:2], (gold, answer)
+    assert decided == 11  # every pair of plain decimals ("1,234" has a separator, so it goes to the workers)
+
+
+def test_bad_params_are_found_by_validate_before_any_model_loads(tmp_path):
+    """Each factory's check_params is what rewardkit validate calls; a bad param is an error there, not after
+    an earlier stage has trained."""
+    from rewardkit import RecipeError
+    from rewardkit.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: tiny-llama}\ndata: {name: math.word_problems}\n"
+                      "trainer: {type: grpo, max_steps: 1, per_device_train_batch_size: 4, num_generations: 4}\n"
+                      "rewards:\n  - {name: math.accuracy, params: {extract: [boxd], rel_tol: 0.5}}\n"
+                      "  - {name: math.length_penalty, params: {max_length: 4, cache_length: 8}}\n"
+                      "  - {name: math.format, params: {think_tag: answer}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(str(recipe))
+    message = str(info.value)
+    assert "rewards[0].params: extract: unknown extraction mode 'boxd'" in message, message
+    assert "rewards[1].params: cache_length" in message, message
+    assert "rewards[2].params: think_tag and answer_tag must differ" in message, message
+    assert MathAccuracy.check_params(rel_tol=1e-5) == []

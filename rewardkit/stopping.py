@@ -1,0 +1,118 @@
+"""Stopping a stage on a held-out criterion instead of a step count (a recipe stage's ``early_stop:``).
+
+Every ``every`` optimizer steps the stage's policy is scored by generation on a split that is not the one
+``eval:`` reports (``validation`` by default), with the recipe's eval reward. Training stops once the score
+reaches ``target`` (a warm start of known quality, whatever the seed: SFT's jump comes at a different step for
+every seed), or after ``patience`` evaluations without an improvement of at least ``min_delta`` (the usual
+early stopping, as transformers' ``EarlyStoppingCallback`` does with a loss). ``max_steps`` stays the budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+EARLY_STOP_KEYS = {
+    "every": (int, "evaluate every N optimizer steps (required)"),
+    "split": (str, "split scored for the decision (default validation; never the eval split)"),
+    "n": (int, "score the first N rows of that split (default all)"),
+    "target": ((int, float), "stop once the greedy score is >= this"),
+    "patience": (int, "stop after this many evaluations without improving by min_delta"),
+    "min_delta": ((int, float), "smallest change that counts as an improvement (default 0)"),
+}
+
+
+def check(section: dict, eval_split: str | None, where: str) -> list[str]:
+    """Meaning checks of an ``early_stop`` section whose keys and types were already checked."""
+    problems = []
+    every = section.get("every")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        problems.append(f"{where}.every: required, a positive number of steps (got {every!r})")
+    target, patience = section.get("target"), section.get("patience")
+    if target is None and patience is None:
+        problems.append(f"{where}: give target (stop at a score) or patience (stop when it stops improving)")
+    if isinstance(target, (int, float)) and not isinstance(target, bool) and not math.isfinite(target):
+        problems.append(f"{where}.target: must be a finite number, got {target!r}")
+    if isinstance(patience, int) and not isinstance(patience, bool) and patience < 1:
+        problems.append(f"{where}.patience: must be >= 1, got {patience!r}")
+    if eval_split is None:
+        problems.append(f"{where}: needs the recipe's eval: section (its reward scores the split)")
+    elif section.get("split", "validation") == eval_split:
+        problems.append(f"{where}.split: '{eval_split}' is the split eval: reports; choosing when to stop on it "
+                        f"would tune on the held-out score (use a validation split, e.g. data.params.n_val)")
+    return problems
+
+
+class StopRule:
+    """The decision alone, fed one score at a time: ``update(step, score)`` returns why to stop, or None."""
+
+    def __init__(self, target: float | None = None, patience: int | None = None, min_delta: float = 0.0):
+        self.target, self.patience, self.min_delta = target, patience, min_delta
+        self.best, self.stale, self.history = -math.inf, 0, []
+
+    def update(self, step: int, score: float) -> str | None:
+        self.history.append([step, score])
+        if self.target is not None and score >= self.target:
+            return f"held-out score {score:.1%} >= target {self.target:.1%}"
+        if score >= self.best + self.min_delta:
+            self.best, self.stale = score, 0
+        else:
+            self.stale += 1
+        if self.patience is not None and self.stale >= self.patience:
+            return f"no improvement over {self.best:.1%} in {self.patience} evaluations"
+        return None
+
+    def state(self) -> dict:
+        return {"best": self.best, "stale": self.stale, "history": self.history}
+
+    def replay(self, history: list, up_to: int) -> None:
+        """Feed back the scores of a previous attempt up to step ``up_to`` (what a resumed run continues
+        from), so patience counts exactly as in an uninterrupted run."""
+        for step, score in history:
+            if step <= up_to:
+                self.update(step, score)
+
+
+def callback(section: dict, score, log, state_path: str, resume_step: int | None = None):
+    """A ``TrainerCallback`` applying ``section`` (an ``early_stop`` block); ``score(model) -> float``.
+
+    Its scores are written to ``state_path`` (JSON) after every evaluation; with ``resume_step`` the ones up to
+    that step are replayed first, so a killed and resumed stage stops where an uninterrupted one would.
+    """
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from transformers import TrainerCallback  # noqa: PLC0415
+
+    rule = StopRule(section.get("target"), section.get("patience"), section.get("min_delta", 0.0))
+    if resume_step is not None and os.path.exists(state_path):
+        with open(state_path) as f:
+            rule.replay(json.load(f).get("history", []), resume_step)
+    every = section["every"]
+
+    class HeldOutStopping(TrainerCallback):
+        stopped: dict | None = None
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every:
+                return
+            # Every process scores the same split with the same (synchronised) weights, so all of them reach
+            # the same decision without communicating; only the main one writes.
+            value = score(model)
+            log(f"step {state.global_step}: {section.get('split', 'validation')} score {value:.1%}")
+            reason = rule.update(state.global_step, value)
+            if reason:
+                self.stopped = {"step": state.global_step, "reason": reason}
+                log(f"stopping at step {state.global_step}: {reason}")
+                control.should_training_stop = True
+                control.should_save = True  # the stopping point is a checkpoint too: a resume continues here
+            if state.is_world_process_zero:
+                tmp = f"{state_path}.tmp-{os.getpid()}"
+                with open(tmp, "w") as f:
+                    json.dump({**rule.state(), "stopped": self.stopped}, f)
+                os.replace(tmp, state_path)
+
+        def summary(self) -> dict:
+            return {"stopped_at": (self.stopped or {}).get("step"), "reason": (self.stopped or {}).get("reason"),
+                    "history": rule.history}
+
+    return HeldOutStopping()
