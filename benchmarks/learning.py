@@ -1,12 +1,15 @@
 """Does a recipe learn for every seed? Runs it once per seed and tabulates held-out accuracy per stage.
 
-Run: .venv/bin/python benchmarks/learning.py RECIPE.yaml [--seeds 0-4] [--jobs 1] [key=value ...]
+Run: .venv/bin/python benchmarks/learning.py RECIPE.yaml [--seeds 0-4] [--jobs 1] [--reuse] [key=value ...]
 
 Each seed is a full ``rewardkit run RECIPE seed=N output_dir=<out>/seed<N>`` (the recipe's own file, its own
 overrides after it). For every seed it prints greedy and sampled held-out accuracy after each evaluated stage,
 the error reduction of the last stage over the one before it (1 - error_after / error_before: 0.5 means the
 RL stage removed half of the warm start's mistakes), and the wall time; then the median and the worst seed.
 Beside each score: its binomial standard error on the held-out set (300 problems: about +-2.4 points at 70%).
+
+A stage that measures its result on held-out pairs (DPO, reward models) adds that column, e.g. the DPO stage's
+``heldout_preference_accuracy``. ``--reuse`` tabulates the runs already in the output folder without training.
 
 ``--jobs 2`` runs two seeds at once with one thread each (same results as serial on the same machine: the
 runs are deterministic; wall times are then not comparable with serial ones). Exit 0 always; it measures, it
@@ -54,13 +57,24 @@ def run_seed(recipe: str, seed: int, out: str, overrides: list[str], threads: in
            "--fresh"]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.time() - t0
     if proc.returncode != 0:
-        return {"seed": seed, "error": (proc.stderr or proc.stdout)[-2000:], "wall": wall}
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)
-    return {"seed": seed, "eval": summary["eval"], "wall": wall,
-            "stage_seconds": {s["name"]: s["seconds"] for s in summary["stages"]}}
+        return {"seed": seed, "error": (proc.stderr or proc.stdout)[-2000:], "wall": time.time() - t0}
+    return read_seed(seed, out, time.time() - t0)
+
+
+def read_seed(seed: int, out: str, wall: float | None = None) -> dict:
+    """One finished run's figures from its summary.json (wall: the summary's own time when not measured here)."""
+    try:
+        with open(os.path.join(out, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"seed": seed, "error": f"no summary in {out}: {exc}", "wall": 0.0}
+    if not summary.get("complete"):
+        return {"seed": seed, "error": f"{out}: the run did not finish", "wall": 0.0}
+    heldout = {f"{s['name']} {k.removeprefix('heldout_')}": s[k] for s in summary["stages"] for k in s
+               if k in ("heldout_preference_accuracy", "heldout_accuracy")}
+    return {"seed": seed, "eval": summary["eval"], "wall": summary["seconds"] if wall is None else wall,
+            "heldout": heldout}
 
 
 def row_metrics(result: dict) -> dict:
@@ -69,7 +83,7 @@ def row_metrics(result: dict) -> dict:
     out = {"seed": result["seed"], "wall": result["wall"], "n": ev[0]["n"],
            "greedy": {r["after"]: r["score"] for r in ev},
            "sampled": {r["after"]: r["sampled_score"] for r in ev if "sampled_score" in r},
-           "err_red": error_reduction(prev["score"], last["score"]),
+           "err_red": error_reduction(prev["score"], last["score"]), "heldout": result.get("heldout", {}),
            "gain_over_base": last["score"] - ev[0]["score"]}
     if "sampled_score" in last and "sampled_score" in prev:
         out["sampled_err_red"] = error_reduction(prev["sampled_score"], last["sampled_score"])
@@ -86,7 +100,8 @@ def print_table(rows: list[dict], recipe: str) -> None:
     head = f"{'seed':>6} " + " ".join(f"{s + ' greedy':>13}" for s in stages)
     if sampled:
         head += "  " + " ".join(f"{s + ' sampled':>13}" for s in stages)
-    head += f"  {'err. red.':>9}  {'gain/base':>9}  {'wall s':>7}"
+    extra = list(rows[0]["heldout"])
+    head += "".join(f"  {k:>26}" for k in extra) + f"  {'err. red.':>9}  {'gain/base':>9}  {'wall s':>7}"
     print(f"\n{recipe}: held-out accuracy per stage (± binomial standard error, n = {rows[0]['n']})")
     print(head)
 
@@ -94,6 +109,7 @@ def print_table(rows: list[dict], recipe: str) -> None:
         s = f"{label:>6} " + " ".join(f"{fmt_score(r['greedy'][st], r['n']):>13}" for st in stages)
         if sampled:
             s += "  " + " ".join(f"{fmt_score(r['sampled'].get(st), r['n'] * 1):>13}" for st in stages)
+        s += "".join(f"  {r['heldout'][k]:26.1%}" for k in extra)
         return s + f"  {r['err_red']:9.1%}  {r['gain_over_base'] * 100:+8.1f}  {r['wall']:7.0f}"
 
     for r in rows:
@@ -102,7 +118,8 @@ def print_table(rows: list[dict], recipe: str) -> None:
            "greedy": {st: statistics.median(r["greedy"][st] for r in rows) for st in stages},
            "sampled": {st: statistics.median(r["sampled"][st] for r in rows) for st in stages} if sampled else {},
            "err_red": statistics.median(r["err_red"] for r in rows),
-           "gain_over_base": statistics.median(r["gain_over_base"] for r in rows)}
+           "gain_over_base": statistics.median(r["gain_over_base"] for r in rows),
+           "heldout": {k: statistics.median(r["heldout"][k] for r in rows) for k in extra}}
     worst = min(rows, key=lambda r: r["err_red"])
     print(line("median", med))
     print(line("worst", worst) + f"   (seed {worst['seed']})")
@@ -112,6 +129,8 @@ def print_table(rows: list[dict], recipe: str) -> None:
     print(f"last stage's error reduction: median {med['err_red']:.1%}, worst {worst['err_red']:.1%} (seed "
           f"{worst['seed']}); base -> final: median {med['gain_over_base'] * 100:+.1f} points, worst "
           f"{min(r['gain_over_base'] for r in rows) * 100:+.1f}; wall median {med['wall']:.0f} s")
+    for k in extra:
+        print(f"{k}: median {med['heldout'][k]:.1%}, worst {min(r['heldout'][k] for r in rows):.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,15 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once (each with one thread when > 1)")
     ap.add_argument("--out", default=None, help="default: runs/learning/<recipe name>")
     ap.add_argument("--json", default=None, help="also write the per-seed rows to this file")
+    ap.add_argument("--reuse", action="store_true", help="tabulate the finished runs in --out, train nothing")
     args = ap.parse_args(argv)
     recipe = os.path.abspath(args.recipe)
     name = os.path.splitext(os.path.basename(recipe))[0]
     out = os.path.abspath(args.out or os.path.join(REPO, "runs", "learning", name))
     seeds = parse_seeds(args.seeds)
     threads = 1 if args.jobs > 1 else None
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda s: run_seed(recipe, s, os.path.join(out, f"seed{s}"), args.overrides,
-                                                   threads), seeds))
+    if args.reuse:
+        results = [read_seed(s, os.path.join(out, f"seed{s}")) for s in seeds]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda s: run_seed(recipe, s, os.path.join(out, f"seed{s}"), args.overrides,
+                                                       threads), seeds))
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"seed {r['seed']} failed:\n{r['error']}", file=sys.stderr)
