@@ -48,14 +48,15 @@ def test_quickstart_learns_on_the_ci_seed(tmp_path):
 @pytest.mark.slow
 def test_rl_from_an_annealed_converged_sft_model_keeps_its_accuracy(tmp_path):
     # The path every user takes: SFT to convergence with a decaying schedule, then RL. With TRL's default Adam
-    # epsilon GRPO at lr 1e-4 lost 13 points from such a model (README, "RL from a converged model"); with the
-    # quick start's optimizer set-up it must not lose any beyond the held-out set's noise.
+    # epsilon, GRPO at lr 1e-4 from this SFT model lost 1.6 points of sampled accuracy (and 13 points of greedy
+    # accuracy from a less robust one: README, "RL from a converged model"); with the quick start's optimizer
+    # set-up it must lose at most 1 point (measured: -0.1 sampled, 0.0 greedy).
     summary, _ = run_recipe(tmp_path / "annealed", "~stages.sft.early_stop", "stages.sft.trainer.max_steps=1500",
                             "stages.sft.trainer.lr_scheduler_type=cosine", "stages.sft.trainer.warmup_steps=50")
     ev = scores(summary)
     assert ev["sft"]["score"] >= 0.9, ev["sft"]  # converged: little left for RL to add
     assert ev["grpo"]["score"] >= ev["sft"]["score"] - 0.01, (ev["sft"]["score"], ev["grpo"]["score"])
-    assert ev["grpo"]["sampled_score"] >= ev["sft"]["sampled_score"] - 0.02
+    assert ev["grpo"]["sampled_score"] >= ev["sft"]["sampled_score"] - 0.01
 
 
 SMALL = ["data.params.n_train=2000", "stages.sft.trainer.max_steps=60", "~stages.sft.early_stop",
