@@ -294,17 +294,12 @@ def replay(records: list[dict], config: dict | None = None, weights: dict[str, f
 
 
 def read_log(path: str, up_to: int | None = None) -> list[dict]:
-    out = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and (up_to is None or row.get("step", 0) <= up_to):
-                    out.append(row)
-    return out
+    """A stage's log records (rewardkit.plot.read_log), those up to step ``up_to`` when given."""
+    from rewardkit.plot import read_log as read_records  # noqa: PLC0415
+
+    if not os.path.exists(path):
+        return []
+    return [r for r in read_records(path) if up_to is None or r["step"] <= up_to]
 
 
 # --------------------------------------------------------------------------- wiring into a TRL trainer
