@@ -9,7 +9,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def module_registry():
+def registry():
     """rewardkit's built-ins only, for a module of trainer tests (not installed as the process default)."""
     import rewardkit.builtin
     from rewardkit.registry import Registry
@@ -20,12 +20,12 @@ def module_registry():
 
 
 @pytest.fixture(scope="module")
-def tiny(module_registry):
+def tiny(registry):
     """(model path, tokenizer, a small arithmetic DatasetDict) of the embedded tiny-llama."""
     from transformers import AutoTokenizer
 
     from rewardkit import models
     from rewardkit.datasets_builtin import arithmetic
 
-    path = models.resolve("tiny-llama", module_registry)
+    path = models.resolve("tiny-llama", registry)
     return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=64, n_test=8, max_operand=10)

@@ -12,11 +12,6 @@ from trl import GRPOTrainer  # noqa: E402
 from rewardkit.trainers.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def registry(module_registry):
-    return module_registry
-
-
 def digits(prompts, completions, **kwargs):
     return [sum(ch.isdigit() for ch in c) / 4 for c in completions]
 

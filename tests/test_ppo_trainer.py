@@ -11,11 +11,6 @@ pytest.importorskip("trl")
 from rewardkit.trainers.ppo import PPOConfig, PPOStage, PPOTrainer  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def registry(module_registry):
-    return module_registry
-
-
 def digits(prompts, completions, **kwargs):
     """A reward any policy can move: the share of digit characters in the completion."""
     return [sum(ch.isdigit() for ch in c) / 4 for c in completions]
