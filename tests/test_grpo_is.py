@@ -232,8 +232,8 @@ def test_registered_and_recipes_validate():
     from rewardkit.trainers.grpo_is import GRPOISStage
 
     assert get_registry().load("trainers", "grpo_is") is GRPOISStage
-    root = os.path.join(os.path.dirname(__file__), "..", "recipes", "grpo_is")
-    for name in ("tiny_qlora.yaml", "qwen2.5-1.5b_qlora.yaml"):
+    root = os.path.join(os.path.dirname(__file__), "..", "recipes")
+    for name in ("cpu/arithmetic_grpo_is_qlora.yaml", "gpu/arithmetic_grpo_is_qwen2.5-1.5b_qlora.yaml"):
         recipe = load_recipe(os.path.join(root, name))
         stage = recipe.stages[-1]
         assert stage.trainer_type == "grpo_is"
@@ -248,7 +248,7 @@ def test_qlora_recipe_trains_on_cpu(tmp_path):
     from rewardkit.pipeline import run
     from rewardkit.recipe import load_recipe
 
-    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "grpo_is", "tiny_qlora.yaml")
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "cpu", "arithmetic_grpo_is_qlora.yaml")
     recipe = load_recipe(path, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=2",
                                 "stages.grpo_is.trainer.max_steps=4", "stages.grpo_is.trainer.logging_steps=1",
                                 "~eval"])

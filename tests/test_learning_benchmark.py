@@ -32,9 +32,9 @@ def test_reuse_tabulates_median_and_worst_seed(tmp_path, capsys):
     fake_run(tmp_path / "seed0", 0, 0.8, 0.9, pref=0.95)
     fake_run(tmp_path / "seed1", 1, 0.6, 0.9, pref=0.91)
     fake_run(tmp_path / "seed2", 2, 0.7, 0.85, sampled=(0.6, 0.55), pref=0.93)
-    assert learning.main(["recipes/dpo_tiny.yaml", "--reuse", "--out", str(tmp_path), "--seeds", "0-2"]) == 0
+    assert learning.main(["recipes/cpu/arithmetic_dpo.yaml", "--reuse", "--out", str(tmp_path), "--seeds", "0-2"]) == 0
     out = capsys.readouterr().out
     assert "last stage's error reduction: median 50.0%, worst 50.0%" in out
     assert "dpo preference_accuracy: median 93.0%, worst 91.0%" in out
     assert "sampled accuracy fell in the last stage for seeds: [2]" in out
-    assert learning.main(["recipes/dpo_tiny.yaml", "--reuse", "--out", str(tmp_path), "--seeds", "3"]) == 1
+    assert learning.main(["recipes/cpu/arithmetic_dpo.yaml", "--reuse", "--out", str(tmp_path), "--seeds", "3"]) == 1

@@ -39,7 +39,7 @@ def rlhf(tmp_path_factory):
     from rewardkit.datasets_builtin import reverse
 
     out = tmp_path_factory.mktemp("rlhf")
-    summary, acc = _run("recipes/rlhf/reverse.yaml", out)
+    summary, acc = _run("recipes/cpu/reverse_rlhf.yaml", out)
     test = reverse(n_train=10, n_test=200, seed=0)["test"]
     rm_dir = str(out / "rm" / "model")
     before = _rm_score_and_accuracy(str(out / "sft" / "model"), rm_dir, test)
@@ -63,7 +63,7 @@ def test_rlhf_ppo_raises_task_metric(rlhf):
 
 @pytest.mark.slow
 def test_ppo_reverse_exact_match_learns(tmp_path):
-    _, acc = _run("recipes/ppo/reverse.yaml", tmp_path)
+    _, acc = _run("recipes/cpu/reverse_ppo.yaml", tmp_path)
     assert acc["ppo"] - acc["sft"] >= THRESHOLD_PPO_POINTS / 100, acc
 
 
@@ -74,7 +74,7 @@ THRESHOLD_PPO_POINTS = 15  # measured +25.0
 def test_ppo_arithmetic_removes_a_quarter_of_the_warm_starts_errors(tmp_path):
     # What every seed of README's table clears with room, on the CI seed: PPO removes >= 25% of the SFT warm
     # start's held-out errors (measured over seeds 0-4 with benchmarks/learning.py: README, docs/ppo.md).
-    summary, acc = _run("recipes/ppo/arithmetic.yaml", tmp_path)
+    summary, acc = _run("recipes/cpu/arithmetic_ppo.yaml", tmp_path)
     assert (acc["ppo"] - acc["sft"]) / (1 - acc["sft"]) >= 0.25, acc
     sampled = {row["after"]: row["sampled_score"] for row in summary["eval"]}
     assert sampled["ppo"] > sampled["sft"], sampled

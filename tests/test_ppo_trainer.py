@@ -147,7 +147,7 @@ def test_separate_critic(tiny, registry, tmp_path):
 def test_validate_rejects_old_names_with_exit_code_2(capsys):
     from rewardkit.cli import main
 
-    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "ppo", "reverse.yaml")
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "cpu", "reverse_ppo.yaml")
     code = main(["validate", recipe, "stages.ppo.trainer.kl_target=2.0", "stages.ppo.trainer.num_iterations=2"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err

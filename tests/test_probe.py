@@ -161,7 +161,7 @@ def test_code_reward_of_the_bundled_recipe_is_not_flagged(fresh_registry):
 
     fresh_registry.add_plugin(builtin, "builtin", dist="rewardkit")
     fresh_registry.add_plugin(code_plugin, "code", dist="rewardkit-code")
-    recipe = load_recipe(os.path.join(REPO, "recipes", "code", "grpo_tiny.yaml"), registry=fresh_registry)
+    recipe = load_recipe(os.path.join(REPO, "recipes", "cpu", "code_grpo.yaml"), registry=fresh_registry)
     (rep,) = probe.probe_recipe(recipe, fresh_registry, rows=8)
     res = {r.probe: r for r in rep.results}
     assert rep.gold_format == "declared by the reward" and res["gold"].score == 1.0
