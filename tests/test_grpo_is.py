@@ -116,6 +116,35 @@ def test_mu1_loss_and_gradients_match_trl(pair, loss_type, level, old):
         assert ours._metrics["train"]["clip_ratio/region_mean"][-1] > 0  # the test exercises clipping
 
 
+def test_a_mixture_of_experts_keeps_trls_router_aux_loss(setup, tmp_path):
+    """The loss is TRL's own, so what TRL adds for MoE models (the load-balancing loss of the router) is in ours:
+    same loss and gradients as TRL's GRPOTrainer on a tiny Mixtral, and the aux loss is logged."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rewardkit.embedded import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = AutoConfig.for_model("mixtral", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                               num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.5,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "moe")
+    tok.save_pretrained(tmp_path / "moe")
+    moe = (str(tmp_path / "moe"), tok, setup[2])
+    ours, trl = make(moe, tmp_path, rollout_epochs=1), make(moe, tmp_path, ours=False)
+    assert ours.aux_loss_enabled and trl.aux_loss_enabled
+    batch = synthetic_batch(trl.model)
+    for t in (ours, trl):
+        t.current_gradient_accumulation_steps = 1
+    ours._cursor = (0, 0)
+    (l_ours, g_ours), (l_trl, g_trl) = loss_and_grads(ours, batch), loss_and_grads(trl, batch)
+    assert torch.allclose(l_ours, l_trl, atol=1e-6, rtol=0), (l_ours.item(), l_trl.item())
+    assert max((g_ours[k] - g_trl[k]).abs().max().item() for k in g_ours) <= 1e-6
+    assert ours._metrics["train"]["aux_loss"] and ours._metrics["train"]["aux_loss"][-1] > 0
+    assert any("gate" in k for k in g_ours)  # the router is trained by it
+
+
 def test_other_kl_estimators_change_only_the_penalty(pair):
     """k2 from the registry replaces TRL's k3: the loss moves by exactly β·r·(k2 − k3) aggregated (grpo), r the
     importance ratio TRL's default use_bias_correction_kl multiplies the KL term by."""

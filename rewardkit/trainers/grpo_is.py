@@ -97,8 +97,8 @@ class GRPOISTrainer(GRPOTrainer):
     """TRL ``GRPOTrainer`` reusing each rollout for up to μ reshuffled epochs with target-KL early stopping.
 
     Overrides: ``_prepare_inputs`` (serves minibatches from the rollout buffer, reshuffled per epoch, and draws a
-    new rollout when μ epochs are done or the rollout went stale), ``_compute_loss`` (TRL's clipped surrogate with
-    the registered KL estimator, adaptive β and per-epoch statistics), ``training_step`` (retries a step on a
+    new rollout when μ epochs are done or the rollout went stale), ``_compute_loss`` (TRL's own loss, to which the KL
+    term of the registered estimator with adaptive β is added, and per-epoch statistics), ``training_step`` (retries a step on a
     fresh rollout when the first minibatch of that step shows KL(old‖new) > ``early_stop_kl``), and checkpoint
     save/load (rollout state). Everything else, generation, rewards, advantages, reference log-probs, the old
     policy's log-probs and the optimizer loop, is TRL's.
@@ -136,6 +136,7 @@ class GRPOISTrainer(GRPOTrainer):
         self.rollout_history: list[dict] = []  # one record per finished rollout
         self.epoch_history: list[dict] = []  # one record per finished (possibly partial) epoch
         self._stream = None
+        self._stash = None  # set while _compute_loss runs TRL's loss
 
     # ------------------------------------------------------------------ prompts, one chunk per rollout
     def _prompt_sampler(self):
@@ -263,85 +264,82 @@ class GRPOISTrainer(GRPOTrainer):
         self._exhausted = True
 
     # ------------------------------------------------------------------ loss
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._stash is not None:  # inside _compute_loss: keep the policy's log-probs (with their graph)
+            self._stash["logps"] = out[0]
+        return out
+
     def _compute_loss(self, model, inputs):
-        """TRL 1.16's clipped-surrogate loss for loss types grpo/bnpo/dr_grpo/dapo, token or sequence-level
-        ratios, ε/ε_high, δ and entropy masking, with three differences: the KL-to-reference term uses the
-        registered ``kl_estimator`` (TRL hard-codes k3) with a possibly adaptive β; a training minibatch that
-        opens a reuse step checks KL(old‖new) against ``early_stop_kl`` first; per-epoch ratio statistics are kept."""
+        """TRL's loss, unchanged (clipped surrogate of every loss type, ε/ε_high, δ, entropy masking, the router
+        aux loss, its metrics), with what grpo_is changes added around it: the KL-to-reference term uses the
+        registered ``kl_estimator`` (TRL hard-codes k3) with a possibly adaptive β, so TRL runs with β = 0 and the
+        term is added with TRL's aggregation (the loss is linear in it); a minibatch that opens a reuse step is
+        dropped before any backward once KL(old‖new) exceeds ``early_stop_kl``; per-epoch statistics are kept."""
         mode = "train" if self.model.training else "eval"
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        mm_keys = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-                   "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
-            **{k: inputs.get(k) for k in mm_keys})
+        metrics = self._metrics[mode]
+        logged = {k: len(v) for k, v in metrics.items()}
+        beta, self.beta, self._stash = self.beta, 0.0, {}
+        try:
+            loss = super()._compute_loss(model, inputs)
+            logps = self._stash["logps"]
+        finally:
+            self.beta, self._stash = beta, None
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
-
         approx_kl = core.approx_kl_old_new(logps, old, mask)
-        if mode == "train":
-            epoch, mb = self._cursor
-            ga = self.args.gradient_accumulation_steps
-            opens_reuse_step = mb % ga == 0 and (epoch, mb) != (0, 0)
-            if opens_reuse_step and self.args.early_stop_kl is not None:
-                (kl_now,) = self._reduce([approx_kl.item()])
-                kl_now /= self.accelerator.num_processes
-                if kl_now > self.args.early_stop_kl:
-                    if self._acc["minibatches"]:
-                        self._finish_epoch(partial=True)
-                    self._finish_rollout(windows_done=epoch * self.windows_per_epoch + mb // ga, early=True)
-                    raise _StaleRollout
-
-        entropy_mask = (self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-                        if self.top_entropy_quantile < 1.0 else None)
-        advantages = inputs["advantages"]
-        if advantages.dim() == 1:
-            advantages = advantages.unsqueeze(1)
+        if mode == "train" and self._rollout_is_stale(approx_kl):
+            for k, v in metrics.items():  # the minibatch is not trained on: neither are its metrics kept
+                del v[logged.get(k, 0):]
+            raise _StaleRollout
         coef_1 = torch.exp(core.importance_log_weights(logps, old, mask, self.importance_sampling_level))
-        per_token_loss = core.clipped_surrogate(coef_1, advantages, self.epsilon_low, self.epsilon_high,
-                                                self.args.delta)
-        if entropy_mask is not None:
-            per_token_loss = per_token_loss * entropy_mask
-        if self.beta != 0.0:
+        if beta != 0.0:
             per_token_kl = self.kl_fn(logps, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
                 per_token_kl = per_token_kl * coef_1
-            per_token_loss = per_token_loss + self.beta * per_token_kl
+            loss = loss + beta * self._aggregate(per_token_kl, mask, inputs, mode)
+            with torch.no_grad():
+                kl_tok, tokens = (per_token_kl * mask).sum().item(), mask.sum().item()
+                total, count = self._reduce([kl_tok, tokens])
+                metrics["kl"].append(total / max(count, 1.0))  # global token mean, as TRL logs it
+                if mode == "train":
+                    self._rollout_ref_kl[0] += kl_tok
+                    self._rollout_ref_kl[1] += float((mask.sum(-1) > 0).sum().item())
+        if mode == "train":
+            advantages = inputs["advantages"]
+            advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+            low, high = core.clip_masks(coef_1.detach(), advantages, self.epsilon_low, self.epsilon_high)
+            self._accumulate(approx_kl, (low | high).float(), coef_1, mask)
+        return loss
 
-        ga_norm = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+    def _aggregate(self, per_token: torch.Tensor, mask: torch.Tensor, inputs: dict, mode: str) -> torch.Tensor:
+        """A per-token term aggregated exactly as TRL aggregates its loss for ``loss_type``."""
         if self.loss_type == "dapo":
             num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
             if mode == "train":
                 num_items = num_items * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-            loss = core.aggregate_loss(per_token_loss, mask, "dapo", num_items=num_items)
-        else:
-            loss = core.aggregate_loss(per_token_loss, mask, self.loss_type,
-                                       max_completion_length=self.max_completion_length) / ga_norm
+            return core.aggregate_loss(per_token, mask, "dapo", num_items=num_items)
+        ga_norm = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return core.aggregate_loss(per_token, mask, self.loss_type,
+                                   max_completion_length=self.max_completion_length) / ga_norm
 
-        # Metrics: TRL's names where TRL logs the same thing, is/* for ours.
-        with torch.no_grad():
-            m = self._metrics[mode]
-            low, high = core.clip_masks(coef_1, advantages, self.epsilon_low, self.epsilon_high)
-            region = (low | high).float()
-            if self.beta != 0.0:
-                tokens = mask.sum().item()
-                kl_tok = (per_token_kl * mask).sum().item()
-                m["kl"].append(kl_tok / max(tokens, 1.0))
-                if mode == "train":
-                    self._rollout_ref_kl[0] += kl_tok
-                    self._rollout_ref_kl[1] += float((mask.sum(-1) > 0).sum().item())
-            m["entropy"].append(core.masked_mean(entropies, mask).item())
-            m["clip_ratio/low_mean"].append(core.masked_mean(low.float(), mask).item())
-            m["clip_ratio/high_mean"].append(core.masked_mean(high.float(), mask).item())
-            m["clip_ratio/region_mean"].append(core.masked_mean(region, mask).item())
-            if mode == "train":
-                self._accumulate(approx_kl, region, coef_1, mask)
-        return loss
+    def _rollout_is_stale(self, approx_kl: torch.Tensor) -> bool:
+        """Whether this minibatch opens a reuse step (any optimizer step after a rollout's first) with the
+        rollout already too far from the policy (global KL(old‖new) > ``early_stop_kl``); if so the rollout is
+        retired here."""
+        epoch, mb = self._cursor
+        opens_reuse_step = mb % self.args.gradient_accumulation_steps == 0 and (epoch, mb) != (0, 0)
+        if not opens_reuse_step or self.args.early_stop_kl is None:
+            return False
+        (kl_now,) = self._reduce([approx_kl.item()])
+        if kl_now / self.accelerator.num_processes <= self.args.early_stop_kl:
+            return False
+        if self._acc["minibatches"]:
+            self._finish_epoch(partial=True)
+        self._finish_rollout(windows_done=epoch * self.windows_per_epoch + mb // self.args.gradient_accumulation_steps,
+                             early=True)
+        return True
 
     def _accumulate(self, approx_kl, region, coef, mask) -> None:
         acc = self._acc

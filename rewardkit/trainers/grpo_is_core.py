@@ -12,8 +12,8 @@ import torch
 from rewardkit.kl import k3
 from rewardkit.ppo_core import masked_mean as token_mean
 
-# The loss aggregations of TRL 1.16 that this trainer reproduces (see ``aggregate_loss``); all of them are the
-# PPO clipped surrogate, they differ only in how per-token terms are averaged.
+# TRL 1.16's loss types grpo_is runs (TRL computes the loss; ``aggregate_loss`` adds the KL term with the same
+# aggregation): all of them are the PPO clipped surrogate, they differ only in how per-token terms are averaged.
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
@@ -42,16 +42,6 @@ def importance_log_weights(logps: torch.Tensor, old_logps: torch.Tensor, mask: t
     if level == "sequence":
         return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
     raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
-
-
-def clipped_surrogate(coef: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float,
-                      delta: float | None = None) -> torch.Tensor:
-    """Per-token PPO loss ``-min(r·A, clip(r, 1-ε_low, 1+ε_high)·A)`` (DAPO's asymmetric ε; ``delta`` caps
-    the unclipped ratio as TRL's two-sided clipping does)."""
-    coef_2 = torch.clamp(coef, 1 - eps_low, 1 + eps_high)
-    if delta is not None:
-        coef = torch.clamp(coef, max=delta)
-    return -torch.min(coef * advantages, coef_2 * advantages)
 
 
 def clip_masks(coef: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
