@@ -5,6 +5,12 @@ Every ``every`` optimizer steps the stage's policy is scored by generation on a 
 reaches ``target`` (a warm start of known quality, whatever the seed: SFT's jump comes at a different step for
 every seed), or after ``patience`` evaluations without an improvement of at least ``min_delta`` (the usual
 early stopping, as transformers' ``EarlyStoppingCallback`` does with a loss). ``max_steps`` stays the budget.
+
+With ``anneal_steps`` the criterion does not stop the stage at once: from that step the learning rate decays
+linearly to 0 over ``anneal_steps`` more steps and the stage stops then (a warmup-stable-decay schedule whose
+decay starts on a held-out criterion). The result is an annealed, converged model whatever the step at which
+the seed (or the CPU's floating point) made SFT generalize, where a fixed cosine schedule decays before a late
+jump and leaves it half-learned.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ EARLY_STOP_KEYS = {
     "target": ((int, float), "stop once the greedy score is >= this"),
     "patience": (int, "stop after this many evaluations without improving by min_delta"),
     "min_delta": ((int, float), "smallest change that counts as an improvement (default 0)"),
+    "anneal_steps": (int, "on the criterion, decay the learning rate linearly to 0 over N more steps, then stop"),
 }
 
 
@@ -34,6 +41,9 @@ def check(section: dict, eval_split: str | None, where: str) -> list[str]:
         problems.append(f"{where}.target: must be a finite number, got {target!r}")
     if isinstance(patience, int) and not isinstance(patience, bool) and patience < 1:
         problems.append(f"{where}.patience: must be >= 1, got {patience!r}")
+    anneal = section.get("anneal_steps")
+    if isinstance(anneal, int) and not isinstance(anneal, bool) and anneal < 1:
+        problems.append(f"{where}.anneal_steps: must be >= 1, got {anneal!r}")
     if eval_split is None:
         problems.append(f"{where}: needs the recipe's eval: section (its reward scores the split)")
     elif section.get("split", "validation") == eval_split:
@@ -84,35 +94,75 @@ def callback(section: dict, score, log, state_path: str, resume_step: int | None
     from transformers import TrainerCallback  # noqa: PLC0415
 
     rule = StopRule(section.get("target"), section.get("patience"), section.get("min_delta", 0.0))
+    anneal_steps = section.get("anneal_steps")
+    previous = {}
     if resume_step is not None and os.path.exists(state_path):
         with open(state_path) as f:
-            rule.replay(json.load(f).get("history", []), resume_step)
+            previous = json.load(f)
+        rule.replay(previous.get("history", []), resume_step)
     every = section["every"]
 
     class HeldOutStopping(TrainerCallback):
         stopped: dict | None = None
+        # {"step": where the criterion fired, "reason": why}: the learning rate decays from there.
+        annealing: dict | None = None
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every:
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            began = previous.get("annealing")
+            if anneal_steps and began and resume_step is not None and began["step"] <= resume_step:
+                self.annealing = began
+                self._decay(lr_scheduler)  # a scheduler restored from a checkpoint has its original lambdas
+
+        def _decay(self, lr_scheduler):
+            # LambdaLR: lr = base_lr * factor(step). From the criterion's step, the factor reached there
+            # falls linearly to 0 at start + anneal_steps; optimizer and logged lr follow it.
+            lr_scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
+            if not hasattr(lr_scheduler, "lr_lambdas"):
+                raise ValueError(f"early_stop.anneal_steps needs a LambdaLR schedule (constant, linear, cosine, "
+                                 f"...), not {type(lr_scheduler).__name__}")
+            start = self.annealing["step"]
+            factors = [f(start) for f in lr_scheduler.lr_lambdas]
+            lr_scheduler.lr_lambdas = [lambda s, f0=f0: f0 * max(0.0, 1.0 - (s - start) / anneal_steps)
+                                       for f0 in factors]
+
+        def _stop(self, control, step, reason):
+            self.stopped = {"step": step, "reason": reason}
+            log(f"stopping at step {step}: {reason}")
+            control.should_training_stop = True
+            control.should_save = True  # the stopping point is a checkpoint too: a resume continues here
+
+        def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+            step = state.global_step
+            if self.annealing:
+                if step >= self.annealing["step"] + anneal_steps:
+                    self._stop(control, step, f"{self.annealing['reason']}; then annealed over {anneal_steps} "
+                                              f"steps")
+                    self._write(state)
+                return
+            if step % every:
                 return
             # Every process scores the same split with the same (synchronised) weights, so all of them reach
             # the same decision without communicating; only the main one writes.
             value = score(model)
-            log(f"step {state.global_step}: {section.get('split', 'validation')} score {value:.1%}")
-            reason = rule.update(state.global_step, value)
-            if reason:
-                self.stopped = {"step": state.global_step, "reason": reason}
-                log(f"stopping at step {state.global_step}: {reason}")
-                control.should_training_stop = True
-                control.should_save = True  # the stopping point is a checkpoint too: a resume continues here
+            log(f"step {step}: {section.get('split', 'validation')} score {value:.1%}")
+            reason = rule.update(step, value)
+            if reason and anneal_steps:
+                self.annealing = {"step": step, "reason": reason}
+                self._decay(lr_scheduler)
+                log(f"step {step}: {reason}; decaying the learning rate to 0 over {anneal_steps} steps")
+            elif reason:
+                self._stop(control, step, reason)
+            self._write(state)
+
+        def _write(self, state):
             if state.is_world_process_zero:
                 tmp = f"{state_path}.tmp-{os.getpid()}"
                 with open(tmp, "w") as f:
-                    json.dump({**rule.state(), "stopped": self.stopped}, f)
+                    json.dump({**rule.state(), "stopped": self.stopped, "annealing": self.annealing}, f)
                 os.replace(tmp, state_path)
 
         def summary(self) -> dict:
             return {"stopped_at": (self.stopped or {}).get("step"), "reason": (self.stopped or {}).get("reason"),
-                    "history": rule.history}
+                    "annealed_from": (self.annealing or {}).get("step"), "history": rule.history}
 
     return HeldOutStopping()

@@ -91,3 +91,37 @@ def test_a_stage_stops_where_the_rule_says_and_records_why(tmp_path, builtin_reg
     assert [s for s, _ in stage["early_stop"]["history"]] == [5, 10]
     saved = json.loads((tmp_path / "o" / "sft" / "early_stop.json").read_text())
     assert saved["stopped"]["step"] == 10 and len(saved["history"]) == 2
+
+
+def test_anneal_steps_decays_the_learning_rate_to_zero_then_stops(tmp_path, builtin_registry):
+    from rewardkit.pipeline import run
+
+    # target 0 fires at the first evaluation (step 5); then 10 steps of linear decay from lr 2e-3 to 0.
+    recipe = RECIPE.replace("save_strategy", "logging_steps: 1, save_strategy")
+    path = write(tmp_path, recipe.format(out=tmp_path / "o", early_stop="{every: 5, target: 0.0, anneal_steps: 10}"))
+    summary = run(load_recipe(path, registry=builtin_registry), builtin_registry)
+    stage = summary["stages"][0]
+    assert stage["steps"] == 15 and stage["early_stop"]["stopped_at"] == 15
+    assert stage["early_stop"]["annealed_from"] == 5 and "annealed over 10 steps" in stage["early_stop"]["reason"]
+    assert [s for s, _ in stage["early_stop"]["history"]] == [5]  # no evaluation while annealing
+    with open(tmp_path / "o" / "sft" / "log.jsonl") as f:
+        lr = {r["step"]: r["learning_rate"] for r in map(json.loads, f) if "learning_rate" in r}
+    # The lr logged at step s is the one step s used (the factor at s - 1): 2e-3 at step 6, then 10% less per
+    # step down to 2e-4 at step 15, the last.
+    assert lr[6] == pytest.approx(2e-3) and lr[11] == pytest.approx(1e-3) and lr[15] == pytest.approx(2e-4)
+    assert all(lr[s] > lr[s + 1] for s in range(6, 15))
+
+
+def test_a_resumed_stage_keeps_annealing_from_where_the_criterion_fired(tmp_path):
+    import torch
+
+    from rewardkit.stopping import callback
+
+    state = tmp_path / "early_stop.json"
+    state.write_text(json.dumps({"history": [[5, 0.9]], "annealing": {"step": 5, "reason": "target"}}))
+    cb = callback({"every": 5, "target": 0.5, "anneal_steps": 10}, lambda m: 1.0, lambda m: None, str(state),
+                  resume_step=8)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)  # as restored: the original lambdas
+    cb.on_train_begin(None, None, None, lr_scheduler=sched)
+    assert [f(s) for f in sched.lr_lambdas for s in (5, 10, 15, 20)] == [1.0, 0.5, 0.0, 0.0]
