@@ -47,6 +47,7 @@ from trl.trainer.utils import (
 
 from rewardkit.kl import kl_controller
 from rewardkit.trainers import grpo_is_core as core
+from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingMixin
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
@@ -55,9 +56,9 @@ EPOCH_LOG = "grpo_is_epochs.jsonl"
 
 
 @dataclass
-class GRPOISConfig(RolloutKLConfig, GRPOConfig):
+class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
     """``GRPOConfig`` plus multi-epoch importance sampling; rollout reuse and KL control are ``RolloutKLConfig``'s
-    (shared with ``trainer: ppo``). TRL's ``num_iterations`` is replaced by ``rollout_epochs`` and must stay 1;
+    (shared with ``trainer: ppo``), dynamic sampling ``DynamicSamplingConfig``'s. TRL's ``num_iterations`` is replaced by ``rollout_epochs`` and must stay 1;
     ``epsilon``/``epsilon_high``/``importance_sampling_level``/``delta`` keep their TRL meaning."""
 
     def __post_init__(self):
@@ -70,6 +71,7 @@ class GRPOISConfig(RolloutKLConfig, GRPOConfig):
         # batch_problems already explains rollout_epochs < 1 and steps_per_generation vs accumulation
         problems += [p for p in self.rollout_kl_problems()
                      if not p.startswith(("rollout_epochs must", "early_stop_kl acts"))]
+        problems += self.dynamic_sampling_problems()
         if self.loss_type not in core.SUPPORTED_LOSS_TYPES:
             problems.append(f"loss_type={self.loss_type!r}: grpo_is implements the clipped-surrogate losses "
                             f"{', '.join(core.SUPPORTED_LOSS_TYPES)}")
@@ -93,7 +95,7 @@ class _StaleRollout(Exception):
     """Raised inside ``compute_loss`` before any backward: the rollout has drifted past ``early_stop_kl``."""
 
 
-class GRPOISTrainer(GRPOTrainer):
+class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
     """TRL ``GRPOTrainer`` reusing each rollout for up to μ reshuffled epochs with target-KL early stopping.
 
     Overrides: ``_prepare_inputs`` (serves minibatches from the rollout buffer, reshuffled per epoch, and draws a
@@ -362,8 +364,8 @@ class GRPOISTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ accounting
     @property
     def completions_generated(self) -> int:
-        """Completions generated for training so far (all processes)."""
-        return self.rollouts * self.args.generation_batch_size
+        """Completions generated for training so far (all processes), dynamic sampling's refills included."""
+        return self.rollouts * self.args.generation_batch_size + self.dynamic_sampling_totals["extra_completions"]
 
     def _state_dict(self) -> dict:
         return {"rollouts": self.rollouts, "rollout": self._rollout, "epoch": self._epoch, "mb": self._mb,

@@ -41,10 +41,11 @@ class SFTStage(_TRLStage):
 
 
 class GRPOStage(_TRLStage):
-    """Group Relative Policy Optimization (TRL ``GRPOTrainer``) with rewards from the registry."""
+    """Group Relative Policy Optimization (TRL ``GRPOTrainer``) with rewards from the registry, plus an optional
+    ``dynamic_sampling`` (rewardkit.trainers.dynamic_sampling; off, the trainer is TRL's unchanged)."""
 
-    config_class = "trl:GRPOConfig"
-    trainer_class = "trl:GRPOTrainer"
+    config_class = "rewardkit.trainers.dynamic_sampling:DynamicSamplingGRPOConfig"
+    trainer_class = "rewardkit.trainers.dynamic_sampling:DynamicSamplingGRPOTrainer"
     takes_rewards = True
     column_layouts = (("prompt",),)
 
