@@ -76,6 +76,17 @@ ESTIMATORS = {
 }
 
 
+def builtin_estimator(name: str):
+    """A built-in estimator by name, for a trainer built without ``kl_estimator_fn`` (a recipe's stage always
+    passes the one its registry resolved, so plugin estimators reach the trainer that way)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"kl_estimator {name!r} is not built in ({', '.join(ESTIMATORS)}); pass the estimator "
+                         f"function as kl_estimator_fn (a recipe resolves it from the plugin registry)")
+    from rewardkit.registry import import_target  # noqa: PLC0415
+
+    return import_target(ESTIMATORS[name][0])
+
+
 class FixedKLController:
     """A constant KL coefficient β."""
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import re
-import shutil
 import time
 import warnings
 
 from rewardkit import models, plot
+from rewardkit import run_state as state
 from rewardkit.data import load_data
 from rewardkit.errors import RecipeError, RewardkitError
-from rewardkit.registry import _import_target
+from rewardkit.registry import import_target
 from rewardkit.trainers.base import LogHistoryCallback, StageContext
 
 
@@ -86,115 +83,6 @@ class _Dist:
                 dist.barrier()
 
 
-# --------------------------------------------------------------------------- run state on disk (resume)
-STAGE_FILE = "stage.json"  # {"status": "running" | "done", "fingerprint", "config", "info", "eval", ...}
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: str, data) -> None:
-    """Write atomically: a killed process leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def checkpoints(stage_dir: str) -> list[tuple[int, str, bool]]:
-    """``(step, path, complete)`` of every ``checkpoint-N`` in a stage directory, oldest first.
-
-    transformers writes ``trainer_state.json`` last, so a checkpoint without one was cut short by a kill.
-    """
-    if not os.path.isdir(stage_dir):
-        return []
-    found = []
-    for entry in os.listdir(stage_dir):
-        m = _CKPT.match(entry)
-        path = os.path.join(stage_dir, entry)
-        if m and os.path.isdir(path):
-            found.append((int(m.group(1)), path, os.path.exists(os.path.join(path, "trainer_state.json"))))
-    return sorted(found)
-
-
-def last_checkpoint(stage_dir: str) -> tuple[int, str] | None:
-    complete = [(step, path) for step, path, ok in checkpoints(stage_dir) if ok]
-    return complete[-1] if complete else None
-
-
-def _stage_config(recipe, spec, previous: str | None) -> dict:
-    """Everything that decides what a stage trains; a finished stage is reused only if this is unchanged."""
-    return {"trainer": spec.trainer_type, "trainer_args": spec.trainer_args,
-            "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
-            "reward_faults": spec.reward_faults, "seed": recipe.seed, "after": previous,
-            **({"early_stop": spec.early_stop, "eval": recipe.eval} if spec.early_stop else {})}
-
-
-def _fingerprint(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _changed(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if json.dumps(old.get(k), sort_keys=True, default=str)
-            != json.dumps(new.get(k), sort_keys=True, default=str)]
-
-
-def _eval_key(recipe, data: dict) -> str:
-    """What a held-out score depends on besides the stage's model; a stored score is reused only if it matches."""
-    return _fingerprint({"eval": recipe.eval, "data": data, "base": recipe.model, "seed": recipe.seed})
-
-
-def rewind_log(path: str, step: int) -> int:
-    """Keep the records up to ``step`` (what the checkpoint continues from) in ``log.jsonl``.
-
-    Records after it belong to steps the kill threw away and that the resumed run trains again; they move,
-    unchanged, to ``log.discarded.jsonl`` (appended), so no step is logged twice and nothing is deleted.
-    Returns how many records moved.
-    """
-    if not os.path.exists(path):
-        return 0
-    keep, drop = [], []
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ok = isinstance(row, dict) and row.get("step", step + 1) <= step
-            except json.JSONDecodeError:
-                ok = False  # a line cut short by the kill
-            (keep if ok else drop).append(line if line.endswith("\n") else line + "\n")
-    if drop:
-        with open(os.path.join(os.path.dirname(path), "log.discarded.jsonl"), "a") as f:
-            f.writelines(drop)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
-    return len(drop)
-
-
-def _clear_stage(stage_dir: str, everything: bool) -> None:
-    """Remove a previous attempt's stage outputs (all of them, or only what a fresh attempt would clash with)."""
-    if not os.path.isdir(stage_dir):
-        return
-    if everything:
-        shutil.rmtree(stage_dir)
-        return
-    for _, path, _ in checkpoints(stage_dir):
-        shutil.rmtree(path, ignore_errors=True)
-    for name in ("log.jsonl", STAGE_FILE):
-        if os.path.exists(os.path.join(stage_dir, name)):
-            os.remove(os.path.join(stage_dir, name))
-
-
 def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
     """The stage's held-out stopping callback (rewardkit.stopping), or None without ``early_stop:``."""
     if not spec.early_stop:
@@ -213,9 +101,6 @@ def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
 
 
 # --------------------------------------------------------------------------- the run
-RESUME_MODES = ("auto", "require", "never")
-
-
 def run(recipe, registry, resume: str = "auto") -> dict:
     """Train every stage; return (and write to ``output_dir/summary.json``) what happened.
 
@@ -223,198 +108,208 @@ def run(recipe, registry, resume: str = "auto") -> dict:
     interrupted stage continues from its last complete checkpoint), ``"require"`` does the same but fails
     when there is nothing to continue, ``"never"`` removes this recipe's previous stage outputs first.
     """
-    import datasets  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from transformers import AutoTokenizer, set_seed  # noqa: PLC0415
+    if resume not in state.RESUME_MODES:
+        raise ValueError(f"resume must be one of {state.RESUME_MODES}, got {resume!r}")
+    r = _Run(recipe, registry)
+    plans = r.plan(resume)
+    r.evaluate_base()
+    for p in plans:
+        if p.done and not r.trained_earlier:  # once a stage trains in this run, later stages on disk are stale
+            r.reuse(p)
+        else:
+            r.train(p)
+    return r.finish()
 
-    if resume not in RESUME_MODES:
-        raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
-    datasets.disable_progress_bars()  # keep the trainers' progress bars readable
-    # transformers 5.x deprecation notices that TRL triggers on every stage; nothing a user can act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
-    dist = _Dist()
-    log = _log if dist.main else (lambda msg: None)
-    set_seed(recipe.seed)
-    out = recipe.output_dir
-    summary_path = os.path.join(out, "summary.json")
-    if resume == "never" and dist.main:
-        for spec in recipe.stages:
-            _clear_stage(os.path.join(out, spec.name), everything=True)
-        if os.path.exists(summary_path):
-            os.remove(summary_path)
-    dist.barrier()
 
-    # What is on disk, checked against the recipe before anything loads.
-    configs, previous_fp = [], None
-    for spec in recipe.stages:
-        config = _stage_config(recipe, spec, previous_fp)
-        previous_fp = _fingerprint(config)
-        configs.append((config, previous_fp))
-    states = [_read_json(os.path.join(out, spec.name, STAGE_FILE)) or {} for spec in recipe.stages]
-    ckpts = [last_checkpoint(os.path.join(out, spec.name)) for spec in recipe.stages]
-    resuming = any(st.get("status") == "done" for st in states) or any(ckpts)
-    if resume == "require" and not resuming:
-        raise RecipeError(f"--resume: nothing to resume in {out}: no finished stage ({STAGE_FILE}) and no "
-                          f"complete checkpoint-* directory")
-    problems = []
-    for spec, st, ckpt, (config, fp) in zip(recipe.stages, states, ckpts, configs):
-        if (st.get("status") == "done" or ckpt) and st.get("fingerprint") not in (None, fp):
-            problems.append(f"stage '{spec.name}' in {os.path.join(out, spec.name)} was trained with a "
-                            f"different configuration (changed: {', '.join(_changed(st.get('config', {}), config))}"
-                            f"); run with --fresh to start over, or choose another output_dir")
-    if problems:
-        raise RecipeError(problems)
-    if dist.main:
-        os.makedirs(out, exist_ok=True)
+class _Run:
+    """One run of a recipe, as the steps ``run`` calls in order: plan, evaluate_base, then reuse or train each
+    stage, finish. ``previous`` is the policy the next stage starts from; ``summary`` is saved after each step."""
 
-    data = _DataCache(recipe, registry)
-    evaluate = _evaluator(recipe, registry)
-    previous_summary = (_read_json(summary_path) or {}) if resuming else {}
-    summary = {"recipe": recipe.path, "output_dir": out, "stages": [], "eval": [], "complete": False}
-    start = time.time()
+    def __init__(self, recipe, registry):
+        import datasets  # noqa: PLC0415
+        from transformers import set_seed  # noqa: PLC0415
 
-    def save_summary():
-        if dist.main:
-            _write_json(summary_path, summary)
+        datasets.disable_progress_bars()  # keep the trainers' progress bars readable
+        # transformers 5.x deprecation notices that TRL triggers on every stage; nothing a user can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        self.recipe, self.registry = recipe, registry
+        self.dist = _Dist()
+        self.log = _log if self.dist.main else (lambda msg: None)
+        set_seed(recipe.seed)
+        self.out = recipe.output_dir
+        self.summary_path = os.path.join(self.out, state.SUMMARY_FILE)
+        self.summary = {"recipe": recipe.path, "output_dir": self.out, "stages": [], "eval": [], "complete": False}
+        self.previous_summary: dict = {}
+        self.previous: str | None = None
+        self.trained_earlier = False
+        self.start = time.time()
+        self.data = _DataCache(recipe, registry)
+        self.evaluate = _evaluator(recipe, registry)
 
-    if dist.main:  # build an embedded model once, then let the other processes read it
-        models.resolve(recipe.model["name"], registry, recipe)
-    dist.barrier()
-    model_path = models.resolve(recipe.model["name"], registry, recipe)
-    if evaluate:
-        key = _eval_key(recipe, recipe.data)
-        old = [r for r in previous_summary.get("eval", []) if r.get("after") == "base" and r.get("key") == key]
+    def save_summary(self) -> None:
+        if self.dist.main:
+            state.write_json(self.summary_path, self.summary)
+
+    def plan(self, resume: str) -> list:
+        """What is on disk, checked against the recipe before anything loads."""
+        if resume == "never" and self.dist.main:
+            state.clear_previous(self.recipe)
+        self.dist.barrier()
+        plans, resuming = state.plan(self.recipe, resume)
+        if self.dist.main:
+            os.makedirs(self.out, exist_ok=True)
+        self.previous_summary = (state.read_json(self.summary_path) or {}) if resuming else {}
+        return plans
+
+    def evaluate_base(self) -> None:
+        """Build an embedded base model once (main process first), then score it unless a previous run did."""
+        recipe = self.recipe
+        if self.dist.main:
+            models.resolve(recipe.model["name"], self.registry, recipe)
+        self.dist.barrier()
+        model_path = models.resolve(recipe.model["name"], self.registry, recipe)
+        if not self.evaluate:
+            return
+        from transformers import AutoTokenizer  # noqa: PLC0415
+
+        key = state.eval_key(recipe, recipe.data)
+        old = [r for r in self.previous_summary.get("eval", []) if r.get("after") == "base" and r.get("key") == key]
         if old:
-            summary["eval"].append(old[0])
-            log(f"base model: held-out score {old[0]['score']:.1%} (from the previous run)")
-        elif dist.main:
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.summary["eval"].append(old[0])
+            self.log(f"base model: held-out score {old[0]['score']:.1%} (from the previous run)")
+        elif self.dist.main:
             base = models.load_for_inference(model_path, recipe.model)
-            result = evaluate(base, tokenizer, data.get(recipe.data, "data"))
+            result = self.evaluate(base, AutoTokenizer.from_pretrained(model_path), self.data.get(recipe.data, "data"))
             del base
-            summary["eval"].append({"after": "base", **result, "key": key})
-            log(f"base model: held-out score {result['score']:.1%} on {result['n']} examples")
-        dist.barrier()
-        save_summary()
+            self.summary["eval"].append({"after": "base", **result, "key": key})
+            self.log(f"base model: held-out score {result['score']:.1%} on {result['n']} examples")
+        self.dist.barrier()
+        self.save_summary()
 
-    previous = None
-    trained_earlier = False  # once a stage trains in this run, what later stages hold on disk is stale
-    for spec, st, ckpt, (config, fp) in zip(recipe.stages, states, ckpts, configs):
-        out_dir = os.path.join(out, spec.name)
-        if st.get("status") == "done" and not trained_earlier:
-            info = st["info"]
-            log(f"stage '{spec.name}': finished in a previous run ({info['steps']} steps), not trained again")
-            summary["stages"].append({**info, "previous_run": True})
-            if spec.name in previous_summary.get("health", {}):
-                summary.setdefault("health", {})[spec.name] = previous_summary["health"][spec.name]
-            policy = info.get("produces_policy", True)
-            if evaluate and spec.evaluate and policy:
-                key = _eval_key(recipe, spec.data)
-                row = st.get("eval") if (st.get("eval") or {}).get("key") == key else None
-                if row is None and dist.main:  # the eval section changed since: score the saved model
-                    model = models.load_for_inference(info["model_dir"], spec.model)
-                    tok = AutoTokenizer.from_pretrained(info["model_dir"])
-                    row = {"after": spec.name, **evaluate(model, tok, data.get(spec.data, spec.name)), "key": key}
-                    del model
-                if row is not None:
-                    summary["eval"].append(row)
-                dist.barrier()
-            previous = info["model_dir"] if policy else previous
-            save_summary()
-            continue
+    def reuse(self, p) -> None:
+        """A stage a previous run finished with this configuration: its result, health and score are taken over
+        (the score is recomputed only if the eval section changed since)."""
+        spec, info = p.spec, p.state["info"]
+        self.log(f"stage '{spec.name}': finished in a previous run ({info['steps']} steps), not trained again")
+        self.summary["stages"].append({**info, "previous_run": True})
+        if spec.name in self.previous_summary.get("health", {}):
+            self.summary.setdefault("health", {})[spec.name] = self.previous_summary["health"][spec.name]
+        policy = info.get("produces_policy", True)
+        if self.evaluate and spec.evaluate and policy:
+            key = state.eval_key(self.recipe, spec.data)
+            row = p.state.get("eval") if (p.state.get("eval") or {}).get("key") == key else None
+            if row is None and self.dist.main:
+                from transformers import AutoTokenizer  # noqa: PLC0415
 
-        stage_start = time.time()
-        if trained_earlier:
-            ckpt = None
-        if dist.main:
-            if ckpt is None:
-                _clear_stage(out_dir, everything=False)
-            else:
-                moved = rewind_log(os.path.join(out_dir, "log.jsonl"), ckpt[0])
-                for step, path, complete in checkpoints(out_dir):
-                    if not complete:  # cut short by the kill
-                        shutil.rmtree(path, ignore_errors=True)
-                log(f"stage '{spec.name}': resuming from {ckpt[1]} (step {ckpt[0]})"
-                    + (f"; {moved} log record(s) of discarded steps moved to log.discarded.jsonl" if moved else ""))
-            os.makedirs(out_dir, exist_ok=True)
-            _write_json(os.path.join(out_dir, STAGE_FILE), {"status": "running", "fingerprint": fp,
-                                                            "config": config})
-        dist.barrier()
-        stage_model = previous or models.resolve(spec.model["name"], registry, recipe)
-        log(f"stage '{spec.name}' ({spec.trainer_type}) from {stage_model}")
-        tokenizer = AutoTokenizer.from_pretrained(stage_model)
-        stage_cls = registry.load("trainers", spec.trainer_type)
-        rewards = [registry.build_reward(b.name, b.params, b.alias, spec.reward_faults) for b in spec.rewards]
-        log_cb = LogHistoryCallback(os.path.join(out_dir, "log.jsonl"))
-        dataset = data.get(spec.data, f"stages.{spec.name}.data")
-        callbacks = [log_cb.callback]
-        stopper = _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log)
-        if stopper:
-            callbacks.append(stopper)
-        ctx = StageContext(recipe, spec, registry, stage_model, tokenizer, dataset, out_dir, rewards, callbacks)
-        trainer = stage_cls().build_trainer(ctx)
-        trainer.train(resume_from_checkpoint=ckpt[1] if ckpt else None)
-        trained_earlier = True
-        _record_health(summary, spec.name, trainer, out_dir, save_summary)
-        model_dir = os.path.join(out_dir, "model")
-        if not spec.model.get("lora") or dist.main:  # save_model is collective; a LoRA merge is main's job
-            model_dir = models.save_merged(trainer, stage_model, spec.model, model_dir,
-                                           _import_target(stage_cls.model_class))
+                model = models.load_for_inference(info["model_dir"], spec.model)
+                tok = AutoTokenizer.from_pretrained(info["model_dir"])
+                row = {"after": spec.name, **self.evaluate(model, tok, self.data.get(spec.data, spec.name)),
+                       "key": key}
+                del model
+            if row is not None:
+                self.summary["eval"].append(row)
+            self.dist.barrier()
+        self.previous = info["model_dir"] if policy else self.previous
+        self.save_summary()
+
+    def train(self, p) -> None:
+        """Train one stage (from its checkpoint if it has one), save its model, score it, record it done."""
+        import torch  # noqa: PLC0415
+
+        stage_start, spec = time.time(), p.spec
+        if self.trained_earlier:
+            p.ckpt = None
+        if self.dist.main:
+            state.prepare_resume(p, self.log)
+        self.dist.barrier()
+        stage_cls, ctx, log_cb, stopper = self._context(p)
+        stage = stage_cls()
+        trainer = stage.build_trainer(ctx)
+        trainer.train(resume_from_checkpoint=p.ckpt[1] if p.ckpt else None)
+        self.trained_earlier = True
+        _record_health(self.summary, spec.name, stage.health_report(trainer), p.dir, self.save_summary)
+        model_dir = os.path.join(p.dir, "model")
+        if not spec.model.get("lora") or self.dist.main:  # save_model is collective; a LoRA merge is main's job
+            model_dir = models.save_merged(trainer, ctx.model_path, spec.model, model_dir,
+                                           import_target(stage_cls.model_class))
         info = {"name": spec.name, "trainer": spec.trainer_type, "model_dir": model_dir,
                 "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1),
-                **(getattr(trainer, "summary_metrics", None) or {})}
-        # A stage whose result is not a policy (a reward model) is neither evaluated by generation nor the
-        # starting point of the next stage.
-        info["produces_policy"] = getattr(stage_cls, "produces_policy", True)
-        if ckpt:
-            info["resumed_from_step"] = ckpt[0]
+                **stage.result_metrics(trainer), "produces_policy": stage_cls.produces_policy}
+        if p.ckpt:
+            info["resumed_from_step"] = p.ckpt[0]
         if stopper:
             info["early_stop"] = stopper.summary()
-        faults = {r.__name__: r.fault_counts() for r in rewards
-                  if hasattr(r, "fault_counts") and r.faults.policy == "skip"}
-        if faults:
-            info["reward_faults"] = faults  # this process's counts (the main process's share of the batch)
-            for name, c in faults.items():
-                log(f"reward '{name}': {c['skipped']} of {c['samples']} samples skipped (reward_faults: skip)")
+        self._record_faults(info, ctx.rewards)
         row = None
-        if dist.main:
-            png = plot.reward_curve(log_cb.path, os.path.join(out_dir, "reward_curve.png"))
-            if png:
-                info["reward_curve"] = png
-            if evaluate and spec.evaluate and info["produces_policy"]:
-                result = evaluate(trainer.model, ctx.tokenizer, ctx.dataset)
-                row = {"after": spec.name, **result, "key": _eval_key(recipe, spec.data)}
-                summary["eval"].append(row)
-                log(f"after '{spec.name}': held-out score {result['score']:.1%}")
-            _write_json(os.path.join(out_dir, STAGE_FILE), {"status": "done", "fingerprint": fp, "config": config,
-                                                            "info": info, "eval": row})
-        summary["stages"].append(info)
-        save_summary()
-        dist.barrier()
-        previous = model_dir if info["produces_policy"] else previous
+        if self.dist.main:
+            row = self._after_stage(p, info, trainer, ctx, log_cb)
+            state.mark_done(p, info, row)
+        self.summary["stages"].append(info)
+        self.save_summary()
+        self.dist.barrier()
+        self.previous = model_dir if stage_cls.produces_policy else self.previous
         del trainer
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
-    summary["seconds"] = round(time.time() - start, 1)
-    summary["complete"] = True
-    if dist.main:
-        save_summary()
-        try:
-            summary["plots"] = {k: v for k, v in plot.plot_run(out).items() if v}
-            save_summary()
-        except RewardkitError as exc:  # no matplotlib: the run itself succeeded
-            log(f"no plots: {exc}")
-        print_summary(summary, recipe)
-    dist.barrier()
-    return summary
+    def _context(self, p):
+        """The stage class and everything its trainer is built from: model, tokenizer, data, rewards, callbacks."""
+        from transformers import AutoTokenizer  # noqa: PLC0415
+
+        spec, registry = p.spec, self.registry
+        stage_model = self.previous or models.resolve(spec.model["name"], registry, self.recipe)
+        self.log(f"stage '{spec.name}' ({spec.trainer_type}) from {stage_model}")
+        tokenizer = AutoTokenizer.from_pretrained(stage_model)
+        stage_cls = registry.load("trainers", spec.trainer_type)
+        rewards = [registry.build_reward(b.name, b.params, b.alias, spec.reward_faults) for b in spec.rewards]
+        log_cb = LogHistoryCallback(os.path.join(p.dir, "log.jsonl"))
+        dataset = self.data.get(spec.data, f"stages.{spec.name}.data")
+        callbacks = [log_cb.callback]
+        stopper = _early_stop(spec, self.evaluate, tokenizer, dataset, p.dir, p.ckpt, self.log)
+        if stopper:
+            callbacks.append(stopper)
+        ctx = StageContext(self.recipe, spec, registry, stage_model, tokenizer, dataset, p.dir, rewards, callbacks)
+        return stage_cls, ctx, log_cb, stopper
+
+    def _record_faults(self, info: dict, rewards: list) -> None:
+        faults = {r.__name__: r.fault_counts() for r in rewards if r.faults.policy == "skip"}
+        if faults:
+            info["reward_faults"] = faults  # this process's counts (the main process's share of the batch)
+            for name, c in faults.items():
+                self.log(f"reward '{name}': {c['skipped']} of {c['samples']} samples skipped (reward_faults: skip)")
+
+    def _after_stage(self, p, info: dict, trainer, ctx, log_cb) -> dict | None:
+        """Main process: the reward curve, and the held-out score of a stage whose result is a policy."""
+        png = plot.reward_curve(log_cb.path, os.path.join(p.dir, "reward_curve.png"))
+        if png:
+            info["reward_curve"] = png
+        if not (self.evaluate and p.spec.evaluate and info["produces_policy"]):
+            return None
+        result = self.evaluate(trainer.model, ctx.tokenizer, ctx.dataset)
+        row = {"after": p.spec.name, **result, "key": state.eval_key(self.recipe, p.spec.data)}
+        self.summary["eval"].append(row)
+        self.log(f"after '{p.spec.name}': held-out score {result['score']:.1%}")
+        return row
+
+    def finish(self) -> dict:
+        self.summary["seconds"] = round(time.time() - self.start, 1)
+        self.summary["complete"] = True
+        if self.dist.main:
+            self.save_summary()
+            try:
+                self.summary["plots"] = {k: v for k, v in plot.plot_run(self.out).items() if v}
+                self.save_summary()
+            except RewardkitError as exc:  # no matplotlib: the run itself succeeded
+                self.log(f"no plots: {exc}")
+            print_summary(self.summary, self.recipe)
+        self.dist.barrier()
+        return self.summary
 
 
-def _record_health(summary: dict, stage: str, trainer, out_dir: str, save_summary) -> None:
+def _record_health(summary: dict, stage: str, health, out_dir: str, save_summary) -> None:
     """The health monitor's alarms into ``summary["health"]``; a stop on ``monitor.stop_on`` ends the run here,
     with the stage left resumable from the checkpoint the stop saved."""
     from rewardkit import monitor  # noqa: PLC0415
 
-    health = getattr(trainer, "health_monitor", None)
     if health is None:
         return
     summary.setdefault("health", {})[stage] = health.report()

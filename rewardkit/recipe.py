@@ -24,6 +24,7 @@ from rewardkit import values
 from rewardkit.errors import PluginError, RecipeError
 from rewardkit.recipe_file import load_yaml, not_a_file, parse_yaml
 from rewardkit.registry import Registry, get_registry
+from rewardkit.reward_checks import FaultPolicy
 
 # key -> (type(s), help). The schema of everything except trainer fields, which belong to TRL.
 TOP_KEYS = {
@@ -101,7 +102,6 @@ EVAL_KEYS = {
     "samples": (int, "also score this many sampled completions per prompt (default 0: greedy only)"),
     "temperature": ((int, float), "sampling temperature for `samples` (default 1.0, as GRPO samples)"),
 }
-ALL_SCHEMAS = {"model": MODEL_KEYS, "data": DATA_KEYS, "eval": EVAL_KEYS}
 MONITOR_KEYS = {k: (types, help_) for k, (types, help_, _) in _monitor.MONITOR_KEYS.items()}
 
 
@@ -225,12 +225,7 @@ def _check_fault_keys(section: Any, where: str, problems: list[str]) -> dict:
     if not isinstance(section, dict):
         return {}  # the type error is reported by the enclosing section's check
     section = _check_keys(section, FAULT_KEYS, where, problems)
-    policy = section.get("policy", "fail")
-    if isinstance(policy, str) and policy not in ("fail", "skip"):
-        problems.append(f"{where}.policy: must be fail or skip, got {policy!r}")
-    rate = section.get("max_rate", 0.1)
-    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and not 0 <= rate <= 1:
-        problems.append(f"{where}.max_rate: must be between 0 and 1, got {rate!r}")
+    problems.extend(f"{where}.{p}" for p in FaultPolicy.problems(section))
     return section
 
 
@@ -275,77 +270,19 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`. Sections and values of
     the wrong type are reported and left out, so :func:`validate` only meets the declared types."""
     top = _check_keys(raw, TOP_KEYS, "recipe", problems)
-    multi = "stages" in raw
-    model = top.get("model")
-    if model is None:
-        if raw.get("model") is None:
-            problems.append("model: missing (e.g. model: {name: tiny-llama})")
-        model = {}
-    else:
-        model = _check_keys(model, MODEL_KEYS, "model", problems)
-    data = top.get("data")
-    if data is None:
-        if raw.get("data") is None:
-            problems.append("data: missing (e.g. data: {name: arithmetic})")
-        data = {}
-    else:
-        data = _check_data_keys(data, "data", problems)
+    model = _required_section(top, raw, "model", "model: {name: tiny-llama}", problems)
+    model = _check_keys(model, MODEL_KEYS, "model", problems) if model else {}
+    data = _required_section(top, raw, "data", "data: {name: arithmetic}", problems)
+    data = _check_data_keys(data, "data", problems) if data else {}
     ev = top.get("eval")
     if ev is not None:
         ev = _check_keys(ev, EVAL_KEYS, "eval", problems)
-
-    stages_raw: dict = {}
-    if multi and ("trainer" in raw or "rewards" in raw):
-        problems.append("recipe: use either stages: or a top-level trainer:/rewards:, not both")
-    elif multi:
-        stages_raw = top.get("stages") or {}
-        if not stages_raw:
-            problems.append("stages: expected a non-empty mapping of stage name -> {trainer, rewards, ...}")
-    elif "trainer" in raw:
-        trainer = top.get("trainer") or {}
-        name = str(trainer.get("type", "train"))
-        stages_raw = {name: {"trainer": trainer, **({"rewards": top["rewards"]} if "rewards" in top else {})}}
-    else:
-        problems.append("recipe: no trainer; add trainer: {type: grpo, ...} or stages:")
-
-    faults_top = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
-    top_monitor = _check_monitor(top.get("monitor"), "monitor", problems)
-    stages = []
-    for sname, sraw in stages_raw.items():
-        where = f"stages.{sname}" if multi else "trainer"
-        if not isinstance(sraw, dict):
-            problems.append(f"{where}: expected a mapping with a trainer")
-            continue
-        stage = _check_keys(sraw, STAGE_KEYS, where, problems) if multi else sraw
-        tw = f"{where}.trainer" if multi else "trainer"
-        trainer = stage.get("trainer")
-        if not isinstance(trainer, dict) or "type" not in trainer:
-            problems.append(f"{tw}: missing type (e.g. type: grpo)")
-            trainer = {"type": None}
-        elif not isinstance(trainer["type"], str):
-            problems.append(f"{tw}.type: expected a trainer name, got {type(trainer['type']).__name__}")
-            trainer = {**trainer, "type": None}
-        args = {k: v for k, v in trainer.items() if k != "type"}
-        rewards = _reward_blocks(stage.get("rewards") or [], f"{where}.rewards" if multi else "rewards", problems)
-        smodel = _check_keys(stage["model"], MODEL_KEYS, f"{where}.model", problems) if stage.get("model") else {}
-        sdata = _check_data_keys(stage["data"], f"{where}.data", problems) if stage.get("data") else {}
-        faults = faults_top
-        if multi and stage.get("reward_faults"):
-            faults = _merge(faults_top, _check_fault_keys(stage["reward_faults"], f"{where}.reward_faults",
-                                                          problems))
-        early = None
-        if multi and stage.get("early_stop"):
-            from rewardkit import stopping  # noqa: PLC0415
-
-            early = _check_keys(stage["early_stop"], stopping.EARLY_STOP_KEYS, f"{where}.early_stop", problems)
-            problems.extend(stopping.check(early, ev.get("split", "test") if isinstance(ev, dict) else None,
-                                           f"{where}.early_stop"))
-        smonitor = _check_monitor(stage.get("monitor"), f"{where}.monitor", problems) if multi else {}
-        stages.append(StageSpec(str(sname), trainer.get("type"), args, rewards, _merge(model, smodel),
-                                _merge(data, sdata), bool(stage.get("eval", True)), faults,
-                                monitor=_merge(top_monitor, smonitor), early_stop=early))
-
-    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    stages_raw, multi = _stages_section(raw, top, problems)
+    faults = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
+    defaults = {"model": model, "data": data, "eval": ev, "reward_faults": faults,
+                "monitor": _check_monitor(top.get("monitor"), "monitor", problems)}
+    stages = [spec for sname, sraw in stages_raw.items()
+              if (spec := _stage_spec(str(sname), sraw, f"stages.{sname}." if multi else "", defaults, problems))]
     seed = top.get("seed", 42)
     default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
     output_dir = str(top.get("output_dir") or default_out)
@@ -355,7 +292,69 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
             block.params = _with_output_dir(block.params, output_dir)
     if isinstance(ev, dict):
         ev = _with_output_dir(ev, output_dir)
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     return Recipe(path, base_dir, output_dir, seed if isinstance(seed, int) else 42, model, data, stages, ev, raw)
+
+
+def _required_section(top: dict, raw: dict, key: str, example: str, problems: list[str]):
+    if top.get(key) is None and raw.get(key) is None:
+        problems.append(f"{key}: missing (e.g. {example})")
+    return top.get(key)
+
+
+def _stages_section(raw: dict, top: dict, problems: list[str]) -> tuple[dict, bool]:
+    """The ``stages:`` mapping and whether the recipe wrote one; the single-stage shorthand (a top-level
+    ``trainer:`` and ``rewards:``) becomes one stage named after its trainer, so there is one path from here on
+    (its problems are located at ``trainer``/``rewards`` as the user wrote them)."""
+    if "stages" in raw:
+        if "trainer" in raw or "rewards" in raw:
+            problems.append("recipe: use either stages: or a top-level trainer:/rewards:, not both")
+            return {}, True
+        stages = top.get("stages") or {}
+        if not stages:
+            problems.append("stages: expected a non-empty mapping of stage name -> {trainer, rewards, ...}")
+        return stages, True
+    if "trainer" not in raw:
+        problems.append("recipe: no trainer; add trainer: {type: grpo, ...} or stages:")
+        return {}, False
+    trainer = top.get("trainer") or {}
+    name = str(trainer.get("type", "train"))
+    return {name: {"trainer": trainer, **({"rewards": top["rewards"]} if "rewards" in top else {})}}, False
+
+
+def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[str]) -> "StageSpec | None":
+    """One stage's section, checked, with the recipe-wide sections merged under its own (``at`` prefixes the
+    locations of its problems: ``stages.<name>.``, or nothing for the shorthand)."""
+    if not isinstance(sraw, dict):
+        problems.append(f"{at.rstrip('.')}: expected a mapping with a trainer")
+        return None
+    stage = _check_keys(sraw, STAGE_KEYS, at.rstrip(".") or "recipe", problems)
+    trainer = stage.get("trainer")
+    if not isinstance(trainer, dict) or "type" not in trainer:
+        problems.append(f"{at}trainer: missing type (e.g. type: grpo)")
+        trainer = {"type": None}
+    elif not isinstance(trainer["type"], str):
+        problems.append(f"{at}trainer.type: expected a trainer name, got {type(trainer['type']).__name__}")
+        trainer = {**trainer, "type": None}
+    args = {k: v for k, v in trainer.items() if k != "type"}
+    rewards = _reward_blocks(stage.get("rewards") or [], f"{at}rewards", problems)
+    smodel = _check_keys(stage["model"], MODEL_KEYS, f"{at}model", problems) if stage.get("model") else {}
+    sdata = _check_data_keys(stage["data"], f"{at}data", problems) if stage.get("data") else {}
+    faults = defaults["reward_faults"]
+    if stage.get("reward_faults"):
+        faults = _merge(faults, _check_fault_keys(stage["reward_faults"], f"{at}reward_faults", problems))
+    early = None
+    if stage.get("early_stop"):
+        from rewardkit import stopping  # noqa: PLC0415
+
+        ev = defaults["eval"]
+        early = _check_keys(stage["early_stop"], stopping.EARLY_STOP_KEYS, f"{at}early_stop", problems)
+        problems.extend(stopping.check(early, ev.get("split", "test") if isinstance(ev, dict) else None,
+                                       f"{at}early_stop"))
+    smonitor = _check_monitor(stage.get("monitor"), f"{at}monitor", problems)
+    return StageSpec(name, trainer.get("type"), args, rewards, _merge(defaults["model"], smodel),
+                     _merge(defaults["data"], sdata), bool(stage.get("eval", True)), faults,
+                     monitor=_merge(defaults["monitor"], smonitor), early_stop=early)
 
 
 def _with_output_dir(value: Any, output_dir: str) -> Any:
@@ -497,7 +496,7 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
             except PluginError as exc:
                 problems.append(f"{tw}.type: {exc}")
         if stage_cls is not None:
-            problems.extend(f"{tw}.{p}" for p in stage_cls.check_args(stage.trainer_args))
+            problems.extend(f"{tw}.{p}" for p in stage_cls.check_args(stage.trainer_args, registry))
             if stage.trainer_args.get("sync_ref_model") is True and stage.model.get("lora"):
                 problems.append(f"{tw}.sync_ref_model: TRL does not support it with LoRA (the reference is the "
                                 f"base model with the adapter switched off); drop it or the model's lora")

@@ -23,6 +23,7 @@ import pytest
 
 from rewardkit import registry as _reg
 from rewardkit.errors import RewardError
+from rewardkit.reward_checks import check_rewards
 
 PROMPTS = ["What is 2+2?", "Name a colour.", "Say hi.", "3+5="]
 COMPLETIONS = ["4", "blue", "hello there", "8"]
@@ -69,7 +70,7 @@ def _name(fn) -> str:
 
 def _checked(values, n: int, fn, what: str) -> list:
     try:
-        return _reg.check_rewards(values, n, _name(fn).strip("'"), "the reward under test")
+        return check_rewards(values, n, _name(fn).strip("'"), "the reward under test")
     except RewardError as exc:
         raise AssertionError(f"{exc} ({what})") from None
 

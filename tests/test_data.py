@@ -76,12 +76,11 @@ def test_preference_pairs_are_right_vs_wrong():
         assert row["chosen"] == str(int(x) + int(y)) != row["rejected"]
 
 
-def test_policy_preferences_take_the_policys_own_mistakes():
+def test_policy_preferences_take_the_policys_own_mistakes(registry):
     from rewardkit import models
     from rewardkit.datasets_builtin import reverse_policy_preferences
-    from rewardkit.registry import get_registry
 
-    policy = models.resolve("tiny-llama", get_registry())  # untrained: every sample is wrong
+    policy = models.resolve("tiny-llama", registry)  # untrained: every sample is wrong
     dd = reverse_policy_preferences(policy, samples=2, n_train=40, n_test=10)
     assert len(dd["train"]) == 40 and len(dd["test"]) == 10
     near_misses = 0
@@ -93,13 +92,11 @@ def test_policy_preferences_take_the_policys_own_mistakes():
     assert again["train"]["rejected"] == dd["train"]["rejected"]  # seeded sampling
 
 
-def test_policy_preferences_name_a_missing_policy(tmp_path):
-    from rewardkit.registry import get_registry
-
+def test_policy_preferences_name_a_missing_policy(tmp_path, registry):
     with pytest.raises(RecipeError, match=r"rm\.data\.params: dataset 'reverse_policy_preferences': policy: no "):
         load_data(recipe_at(tmp_path), {"name": "reverse_policy_preferences",
                                          "params": {"policy": str(tmp_path / "sft" / "model")}},
-                  get_registry(), "rm.data")
+                  registry, "rm.data")
 
 
 def test_arithmetic_validation_split_is_disjoint_and_n_val_0_keeps_the_old_splits():

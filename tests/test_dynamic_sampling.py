@@ -8,7 +8,6 @@ import torch
 
 from rewardkit import models
 from rewardkit.datasets_builtin import arithmetic
-from rewardkit.registry import get_registry
 from rewardkit.trainers.dynamic_sampling import merge_rollouts, zero_signal_groups
 
 warnings.filterwarnings("ignore")
@@ -45,7 +44,7 @@ def test_merge_keeps_chosen_groups_and_pads_prompts_left_completions_right():
         merge_rollouts([({**a, "pixel_values": torch.zeros(4, 3)}, [0])], 2, 0)
 
 
-def test_bad_settings_are_explained_at_validation():
+def test_bad_settings_are_explained_at_validation(registry):
     from types import SimpleNamespace
 
     from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig
@@ -53,11 +52,11 @@ def test_bad_settings_are_explained_at_validation():
     from rewardkit.trainers.trl_stages import GRPOStage
 
     for stage in (GRPOStage, GRPOISStage):
-        problems = " ".join(stage.check_args({"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}))
+        problems = " ".join(stage.check_args({"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}, registry))
         assert "dynamic_sampling_max_rounds must be >= 1" in problems, (stage, problems)
-        assert "not a field" in " ".join(stage.check_args({"dynamic_sampling_rounds": 2}))
+        assert "not a field" in " ".join(stage.check_args({"dynamic_sampling_rounds": 2}, registry))
         assert not stage.check_args({"dynamic_sampling": True, "per_device_train_batch_size": 8,
-                                     "num_generations": 4})
+                                     "num_generations": 4}, registry)
     # with 2 processes of 6 rows each, a group of 4 would straddle two processes (one process cannot be
     # made to hold that at validation: the check is on the per-process rollout)
     two_procs = SimpleNamespace(dynamic_sampling=True, dynamic_sampling_max_rounds=2, per_device_train_batch_size=6,
@@ -66,10 +65,10 @@ def test_bad_settings_are_explained_at_validation():
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(registry):
     from transformers import AutoTokenizer
 
-    path = models.resolve("tiny-llama", get_registry())
+    path = models.resolve("tiny-llama", registry)
     return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=256, n_test=8)["train"]
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from rewardkit import RewardError
 from rewardkit.recipe import FAULT_KEYS, load_recipe
-from rewardkit.registry import CheckedReward, FaultPolicy
+from rewardkit.reward_checks import CheckedReward, FaultPolicy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = {"policy": "skip", "max_rate": 0.5, "fail_fast_first_step": False}
@@ -130,7 +130,7 @@ def test_recipe_reward_faults_is_validated_and_merged(tmp_path, builtin_registry
     with pytest.raises(Exception) as exc:
         load_recipe(str(path), ["reward_faults.policy=ignore", "stages.a.reward_faults.max_rat=2"])
     msg = str(exc.value)
-    assert "reward_faults.policy: must be fail or skip, got 'ignore'" in msg
+    assert "reward_faults.policy: must be one of fail, skip, got 'ignore'" in msg
     assert "stages.a.reward_faults.max_rat: unknown key (did you mean 'max_rate'?)" in msg
 
 

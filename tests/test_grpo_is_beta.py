@@ -8,7 +8,6 @@ import torch
 
 from rewardkit import models
 from rewardkit.datasets_builtin import arithmetic
-from rewardkit.registry import get_registry
 
 warnings.filterwarnings("ignore")
 
@@ -23,12 +22,12 @@ def shaped_reward(prompts, completions, **kwargs):
 
 
 @pytest.mark.parametrize("target,sign", [(1.0, 1), (1e9, -1)], ids=["kl_above_target", "kl_below_target"])
-def test_proportional_beta_uses_sequences_and_episodes(tmp_path, target, sign):
+def test_proportional_beta_uses_sequences_and_episodes(tmp_path, target, sign, registry):
     from transformers import AutoTokenizer
 
     from rewardkit.trainers.grpo_is import GRPOISConfig, GRPOISTrainer
 
-    path = models.resolve("tiny-llama", get_registry())
+    path = models.resolve("tiny-llama", registry)
     args = GRPOISConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
                         steps_per_generation=2, rollout_epochs=1, max_steps=2, max_completion_length=4,
                         learning_rate=1e-3, report_to="none", save_strategy="no", logging_steps=1, bf16=False,
@@ -48,12 +47,12 @@ def test_proportional_beta_uses_sequences_and_episodes(tmp_path, target, sign):
     assert record["beta"] == pytest.approx(0.05 * (1 + sign * 0.2))
 
 
-def test_old_names_point_to_the_shared_vocabulary():
+def test_old_names_point_to_the_shared_vocabulary(registry):
     from rewardkit.trainers.grpo_is import GRPOISStage
     from rewardkit.trainers.ppo import PPOConfig
 
     problems = GRPOISStage.check_args({"target_kl": 0.1, "kl_target": 0.2, "kl_controller": "proportional",
-                                       "kl_horizon": 10, "rollout_epochs": 2})
+                                       "kl_horizon": 10, "rollout_epochs": 2}, registry)
     assert [p.split(";")[0] for p in problems] == [
         "target_kl: renamed (did you mean 'early_stop_kl'?)", "kl_target: renamed (did you mean 'beta_target'?)",
         "kl_controller: renamed (did you mean 'beta_controller'?)",

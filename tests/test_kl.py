@@ -9,7 +9,7 @@ import torch
 import rewardkit
 import rewardkit.builtin
 from rewardkit import kl
-from rewardkit.registry import Registry, set_registry
+from rewardkit.registry import Registry
 
 P = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])  # policy
 Q = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])  # reference
@@ -116,14 +116,10 @@ def test_third_party_estimator_reaches_ppo_through_the_registry():
     reg.add_plugin(plugin, "fake_kl", dist="fake-kl-pkg")
     assert reg.kl_estimator("chi2") is fn
     assert reg.get("kl_estimators", "chi2").dist == "fake-kl-pkg"
-    previous = set_registry(reg)
-    try:
-        assert PPOStage.check_args({"kl_estimator": "chi2"}) == []
-        problems = PPOStage.check_args({"kl_estimator": "chi3"})
-        assert len(problems) == 1 and problems[0].startswith("kl_estimator: unknown kl_estimator 'chi3'")
-        assert "did you mean 'chi2'" in problems[0]
-    finally:
-        set_registry(previous)
+    assert PPOStage.check_args({"kl_estimator": "chi2"}, reg) == []
+    problems = PPOStage.check_args({"kl_estimator": "chi3"}, reg)
+    assert len(problems) == 1 and problems[0].startswith("kl_estimator: unknown kl_estimator 'chi3'")
+    assert "did you mean 'chi2'" in problems[0]
 
 
 # ---------------------------------------------------------------- controllers

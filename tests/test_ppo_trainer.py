@@ -62,23 +62,17 @@ def test_one_generation_per_prompt_and_batch_arithmetic(tmp_path):
 
 
 def test_stage_rejects_grpo_only_fields_and_unknown_estimators(registry):
-    from rewardkit.registry import set_registry
-
-    previous = set_registry(registry)
-    try:
-        assert PPOStage.check_args({"loss_type": "dapo"}) == ["loss_type: a GRPO option; PPO's loss does not use it"]
-        assert "kl_estimator: unknown kl_estimator 'k4'" in PPOStage.check_args({"kl_estimator": "k4"})[0]
-        assert PPOStage.check_args({"gamma": 2.0})[0].startswith("PPOConfig rejects these values: gamma must")
-        assert PPOStage.check_args({"kl_estimator": "k3", "gamma": 0.99, "vf_coef": 0.5}) == []
-        # the old names, shared with grpo_is, point to the new ones
-        problems = PPOStage.check_args({"target_kl": 0.1, "kl_target": 2.0, "kl_controller": "proportional",
-                                        "kl_horizon": 100, "num_iterations": 2})
-        for old, new in [("target_kl", "early_stop_kl"), ("kl_target", "beta_target"),
-                         ("kl_controller", "beta_controller"), ("kl_horizon", "beta_horizon"),
-                         ("num_iterations", "rollout_epochs")]:
-            assert any(p.startswith(f"{old}: renamed (did you mean '{new}'?)") for p in problems), (old, problems)
-    finally:
-        set_registry(previous)
+    assert PPOStage.check_args({"loss_type": "dapo"}, registry) == ["loss_type: a GRPO option; PPO's loss does not use it"]
+    assert "kl_estimator: unknown kl_estimator 'k4'" in PPOStage.check_args({"kl_estimator": "k4"}, registry)[0]
+    assert PPOStage.check_args({"gamma": 2.0}, registry)[0].startswith("PPOConfig rejects these values: gamma must")
+    assert PPOStage.check_args({"kl_estimator": "k3", "gamma": 0.99, "vf_coef": 0.5}, registry) == []
+    # the old names, shared with grpo_is, point to the new ones
+    problems = PPOStage.check_args({"target_kl": 0.1, "kl_target": 2.0, "kl_controller": "proportional",
+                                    "kl_horizon": 100, "num_iterations": 2}, registry)
+    for old, new in [("target_kl", "early_stop_kl"), ("kl_target", "beta_target"),
+                     ("kl_controller", "beta_controller"), ("kl_horizon", "beta_horizon"),
+                     ("num_iterations", "rollout_epochs")]:
+        assert any(p.startswith(f"{old}: renamed (did you mean '{new}'?)") for p in problems), (old, problems)
 
 
 # ---------------------------------------------------------------- training

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rewardkit.cli import main
-from rewardkit.pipeline import checkpoints, last_checkpoint, rewind_log
+from rewardkit.run_state import checkpoints, last_checkpoint, rewind_log
 
 # Runs the CLI with one extra reward: a slow one, so that the test can kill the run between two checkpoints.
 DRIVER = '''

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewardkit.registry import _import_target
+from rewardkit.registry import import_target
 
 # Set by rewardkit from other recipe sections; a trainer section that sets them is rejected with a pointer.
 RESERVED = {
@@ -69,7 +69,8 @@ class StageContext:
 
 
 class Stage:
-    """Base class of trainer stages; subclasses override the class attributes and ``build_trainer``."""
+    """Base class of trainer stages: the whole contract the pipeline uses. Subclasses set the class attributes
+    and implement ``build_trainer``; ``result_metrics`` and ``health_report`` report on the trained trainer."""
 
     config_class: str = ""  # "module:Class" of the TRL config dataclass
     model_class: str = "transformers:AutoModelForCausalLM"  # how a stage's result is reloaded
@@ -80,19 +81,31 @@ class Stage:
     # end), two kept, so a killed run resumes (docs/operations.md).
     defaults: dict = {"report_to": "none", "save_strategy": "steps", "save_steps": 500, "save_total_limit": 2,
                       "logging_steps": 10}
+    # False when the result is not a policy (a reward model): it is then neither evaluated by generation nor the
+    # model the next stage starts from.
+    produces_policy: bool = True
+
+    def result_metrics(self, trainer) -> dict:
+        """Metrics of the trained result for the stage's entry in ``summary.json`` (after ``train()``)."""
+        return {}
+
+    def health_report(self, trainer):
+        """The stage's training health monitor (``rewardkit.monitor.HealthMonitor``), or None."""
+        return None
 
     @classmethod
     def config_cls(cls):
-        return _import_target(cls.config_class)
+        return import_target(cls.config_class)
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(cls.config_cls()) if f.init}
 
     @classmethod
-    def check_args(cls, args: dict) -> list[str]:
+    def check_args(cls, args: dict, registry) -> list[str]:
         """Problems with a trainer section: unknown or reserved keys, values of the wrong type (a string or NaN
-        learning rate), settings that would only fail once the model has loaded, then the config's own checks."""
+        learning rate), settings that would only fail once the model has loaded, names that ``registry`` (the one
+        the recipe is validated against) does not hold, then the config's own checks."""
         from rewardkit import values  # noqa: PLC0415
 
         fields = cls.fields()
@@ -113,10 +126,7 @@ class Stage:
             return problems
         problems.extend(_run_time_problems(args, fields))
         if "kl_estimator" in fields:  # any trainer that takes its KL estimator by name from the registry
-            from rewardkit.registry import get_registry  # noqa: PLC0415
-
             name = args.get("kl_estimator", fields["kl_estimator"].default)
-            registry = get_registry()
             if name not in registry.names("kl_estimators"):
                 problems.append(f"kl_estimator: {registry.unknown_message('kl_estimators', name)}")
         if problems:
@@ -168,7 +178,7 @@ class Stage:
 class HeldOutMetrics:
     """Mixin for a TRL trainer whose result is judged on pairs it never trained on: after ``train()`` it calls
     ``heldout_metrics()`` on ``self.heldout`` (when given) and keeps the result in ``summary_metrics``, which
-    the pipeline copies into the stage's entry of ``summary.json``."""
+    its stage's ``result_metrics`` reports into ``summary.json``."""
 
     def __init__(self, *args, heldout=None, **kwargs):
         super().__init__(*args, **kwargs)

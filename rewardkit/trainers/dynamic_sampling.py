@@ -174,7 +174,7 @@ class DynamicSamplingMixin:
     def _generate_and_score_completions(self, inputs):
         if not (getattr(self.args, "dynamic_sampling", False) and self.model.training):
             return super()._generate_and_score_completions(inputs)
-        g, procs = self.num_generations, self.accelerator.num_processes
+        g = self.num_generations
         need = len(inputs) // g  # groups this process's rollout holds
         prompts, pieces, spare = inputs, [], []
         have = seen = signal_seen = rounds = generated = 0

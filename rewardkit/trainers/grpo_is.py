@@ -45,10 +45,10 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from rewardkit.kl import kl_controller
+from rewardkit.kl import builtin_estimator, kl_controller
 from rewardkit.trainers import grpo_is_core as core
 from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingMixin
-from rewardkit.trainers.rollout_kl import RolloutKLConfig, renamed_problems
+from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
 STATE_FILE = "grpo_is_state.pt"
@@ -82,11 +82,6 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
         for name, on in unsupported.items():
             if on:
                 problems.append(f"{name}: not supported by grpo_is (use trainer: grpo)")
-        from rewardkit.registry import get_registry  # noqa: PLC0415
-
-        names = get_registry().names("kl_estimators")
-        if self.kl_estimator not in names:
-            problems.append(f"kl_estimator {self.kl_estimator!r} is not registered; registered: {', '.join(names)}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -109,7 +104,7 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
     _tag_names = ["trl", "grpo", "rewardkit", "grpo_is"]
     _name = "GRPO-IS"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, kl_estimator_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
         a = self.args
         if not isinstance(a, GRPOISConfig):
@@ -120,9 +115,7 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
         # TRL reads num_iterations for the dataloader length (our step clock) and for whether to compute old
         # log-probs at generation (it does exactly when a rollout spans more than one optimizer step).
         self.num_iterations = a.rollout_epochs
-        from rewardkit.registry import get_registry  # noqa: PLC0415
-
-        self.kl_fn = get_registry().kl_estimator(a.kl_estimator)
+        self.kl_fn = kl_estimator_fn or builtin_estimator(a.kl_estimator)
         self.kl_ctl = kl_controller(a.beta, a.beta_target, a.beta_controller, a.beta_horizon)
         self.windows_per_epoch = a.steps_per_generation // a.gradient_accumulation_steps
         # Rollout state (saved with checkpoints).
@@ -408,5 +401,8 @@ class GRPOISStage(GRPOStage):
     trainer_class = "rewardkit.trainers.grpo_is:GRPOISTrainer"
 
     @classmethod
-    def check_args(cls, args: dict) -> list[str]:
-        return renamed_problems(args) or super().check_args(args)
+    def check_args(cls, args: dict, registry) -> list[str]:
+        return renamed_problems(args) or super().check_args(args, registry)
+
+    def trainer_kwargs(self, ctx):
+        return {**super().trainer_kwargs(ctx), **estimator_kwarg(ctx)}

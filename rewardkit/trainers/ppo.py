@@ -30,8 +30,8 @@ from torch import nn
 from trl import GRPOConfig, GRPOTrainer
 
 from rewardkit import ppo_core
-from rewardkit.kl import AdaptiveKLController, k3, kl_controller
-from rewardkit.trainers.rollout_kl import RolloutKLConfig, renamed_problems
+from rewardkit.kl import AdaptiveKLController, builtin_estimator, k3, kl_controller
+from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
 STATE_FILE = "ppo_state.pt"  # controller state saved with every checkpoint
@@ -240,11 +240,7 @@ class PPOTrainer(GRPOTrainer):
     def __init__(self, *args, kl_estimator_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
         cfg = self.args
-        if kl_estimator_fn is None:
-            from rewardkit.registry import get_registry  # noqa: PLC0415
-
-            kl_estimator_fn = get_registry().kl_estimator(cfg.kl_estimator)
-        self.kl_fn = kl_estimator_fn
+        self.kl_fn = kl_estimator_fn or builtin_estimator(cfg.kl_estimator)
         self.kl_ctl = kl_controller(cfg.beta, cfg.beta_target, cfg.beta_controller, cfg.beta_horizon)
         self.penalty_ctl = AdaptiveKLController(cfg.ppo_penalty_coef, cfg.ppo_penalty_target, "halve_double")
         self.use_ref = cfg.beta > 0
@@ -609,10 +605,10 @@ class PPOStage(GRPOStage):
     trainer_class = "rewardkit.trainers.ppo:PPOTrainer"
 
     @classmethod
-    def check_args(cls, args: dict) -> list[str]:
+    def check_args(cls, args: dict, registry) -> list[str]:
         problems = renamed_problems(args)
         problems += [f"{k}: a GRPO option; PPO's loss does not use it" for k in args if k in GRPO_ONLY]
-        return problems or super().check_args(args)
+        return problems or super().check_args(args, registry)
 
     def config(self, ctx, **extra):
         """The stage's PPOConfig, with '{output_dir}' in the critic paths replaced by the recipe's output_dir."""
@@ -624,5 +620,4 @@ class PPOStage(GRPOStage):
         return cfg
 
     def trainer_kwargs(self, ctx):
-        name = ctx.spec.trainer_args.get("kl_estimator", PPOConfig.kl_estimator)
-        return {**super().trainer_kwargs(ctx), "kl_estimator_fn": ctx.registry.kl_estimator(name)}
+        return {**super().trainer_kwargs(ctx), **estimator_kwarg(ctx)}

@@ -59,6 +59,9 @@ class RewardModelStage(_TRLStage):
     produces_policy = False  # the pipeline keeps the previous policy for the next stage
     column_layouts = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
 
+    def result_metrics(self, trainer) -> dict:
+        return dict(trainer.summary_metrics)
+
     def build_trainer(self, ctx):
         model_cfg = ctx.spec.model
         config = self.config(ctx, model_init_kwargs=models.init_kwargs(model_cfg))

@@ -79,6 +79,12 @@ class RolloutKLConfig:
         return p
 
 
+def estimator_kwarg(ctx) -> dict:
+    """The trainer keyword carrying the stage's KL estimator, resolved from the run's registry."""
+    name = ctx.spec.trainer_args.get("kl_estimator", RolloutKLConfig.kl_estimator)
+    return {"kl_estimator_fn": ctx.registry.kl_estimator(name)}
+
+
 def renamed_problems(args: dict) -> list[str]:
     """A recipe's trainer keys that use an old name, each with a did-you-mean for its new name."""
     return [f"{old}: renamed (did you mean '{RENAMED[old]}'?); PPO and grpo_is share one vocabulary, see "

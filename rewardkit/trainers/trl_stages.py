@@ -17,11 +17,11 @@ class _TRLStage(Stage):
         return {}
 
     def build_trainer(self, ctx: StageContext):
-        from rewardkit.registry import _import_target  # noqa: PLC0415
+        from rewardkit.registry import import_target  # noqa: PLC0415
 
         model_cfg = ctx.spec.model
         config = self.config(ctx, model_init_kwargs=models.init_kwargs(model_cfg), **self.extra_config(ctx))
-        cls = _import_target(self.trainer_class)
+        cls = import_target(self.trainer_class)
         return cls(
             model=ctx.model_path, args=config, train_dataset=ctx.dataset["train"], processing_class=ctx.tokenizer,
             quantization_config=models.quantization_config(model_cfg), peft_config=models.peft_config(model_cfg),
@@ -48,6 +48,7 @@ class GRPOStage(_TRLStage):
     trainer_class = "rewardkit.trainers.dynamic_sampling:DynamicSamplingGRPOTrainer"
     takes_rewards = True
     column_layouts = (("prompt",),)
+    _monitor = None  # set by build_trainer unless monitor.enabled is false
 
     def extra_config(self, ctx):
         return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
@@ -58,8 +59,11 @@ class GRPOStage(_TRLStage):
         from rewardkit.monitor import attach  # noqa: PLC0415
 
         trainer = super().build_trainer(ctx)
-        attach(trainer, ctx)
+        self._monitor = attach(trainer, ctx)
         return trainer
+
+    def health_report(self, trainer):
+        return self._monitor
 
     def trainer_kwargs(self, ctx):
         return {"reward_funcs": ctx.rewards}
@@ -72,6 +76,9 @@ class DPOStage(_TRLStage):
     config_class = "trl:DPOConfig"
     trainer_class = "rewardkit.trainers.dpo:HeldOutDPOTrainer"
     column_layouts = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
+
+    def result_metrics(self, trainer) -> dict:
+        return dict(trainer.summary_metrics)
 
     def trainer_kwargs(self, ctx):
         test = ctx.dataset["test"] if "test" in ctx.dataset else None
