@@ -45,7 +45,7 @@ def build_model(path: str) -> str:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rewardkit.embedded import build_tokenizer
+    from rewardkit.builtin.models import build_tokenizer
 
     tok = build_tokenizer()
     cfg = AutoConfig.for_model("qwen2", pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -65,7 +65,7 @@ def child(kind: str, path: str, a) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from rewardkit.datasets_builtin import arithmetic
+    from rewardkit.builtin.datasets import arithmetic
 
     torch.set_num_threads(1)  # on a shared 2-core machine two threads are ~8x slower than one
     tok = AutoTokenizer.from_pretrained(path)

@@ -2,6 +2,9 @@
 
 Importing this package is cheap: no torch, no transformers, no plugin loading. Plugins are discovered
 lazily the first time a :class:`~rewardkit.registry.Registry` is asked for something.
+
+What a plugin may import (the public surface; docs/architecture.md): ``hookimpl``, ``completion_text``, the
+errors below, the hook contract in :mod:`rewardkit.hookspecs` and the pytest helpers in :mod:`rewardkit.testing`.
 """
 
 import pluggy
@@ -11,6 +14,8 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("rewardkit")
 """Marker for hook implementations: ``@rewardkit.hookimpl def register_rewards(register): ...``."""
 
+from rewardkit.completions import completion_text  # noqa: E402
 from rewardkit.errors import PluginError, RecipeError, RewardError, RewardkitError  # noqa: E402
 
-__all__ = ["hookimpl", "PluginError", "RecipeError", "RewardError", "RewardkitError", "__version__"]
+__all__ = ["hookimpl", "completion_text", "PluginError", "RecipeError", "RewardError", "RewardkitError",
+           "__version__"]

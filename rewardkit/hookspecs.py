@@ -84,7 +84,7 @@ def register_kl_estimators(register) -> None:
     same shape, ``(B, T)``: log-probabilities of the *sampled* tokens under the policy being trained and
     under the reference, and returns the per-token KL estimate, same shape, differentiable with respect to
     ``logp``. ``fn`` may be a ``"module:attribute"`` string. Built-ins: ``k1``, ``k2``, ``k3``,
-    ``low_var_kl``, ``abs`` (see :mod:`rewardkit.kl`).
+    ``low_var_kl``, ``abs`` (see :mod:`rewardkit.algorithms.kl`).
     """
 
 
@@ -96,8 +96,10 @@ def register_trainers(register) -> None:
 
     ``register(name, obj, *, description=None)`` where ``obj`` (usually a ``"module:Class"`` string, so that
     listing plugins never imports torch) is a subclass of :class:`rewardkit.trainers.base.Stage`. The class
-    names the TRL config dataclass its ``trainer`` section is checked against, the kind of dataset it
-    consumes, whether it takes rewards, and implements ``train(ctx)``.
+    sets ``config_class`` (the TRL config dataclass its ``trainer`` section is checked against, field by
+    field, by ``check_args``), ``column_layouts`` (the dataset columns it consumes), ``takes_rewards``,
+    ``produces_policy`` (false for a reward model) and ``model_class``, and implements ``build_trainer(ctx)``
+    returning a TRL/transformers Trainer; ``result_metrics`` and ``health_report`` report on it after training.
     """
 
 

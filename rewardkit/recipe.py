@@ -17,133 +17,15 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 
 from rewardkit import monitor as _monitor
 from rewardkit import values
 from rewardkit.errors import PluginError, RecipeError
-from rewardkit.recipe_file import load_yaml, not_a_file, parse_yaml
+from rewardkit.recipe_file import apply_overrides, load_yaml, not_a_file
+from rewardkit.recipe_schema import (DATA_KEYS, EVAL_KEYS, FAULT_KEYS, MODEL_KEYS, MONITOR_KEYS, QUANT_KEYS,
+                                     REWARD_KEYS, STAGE_KEYS, TOP_KEYS)
 from rewardkit.registry import Registry, get_registry
 from rewardkit.reward_checks import FaultPolicy
-
-# key -> (type(s), help). The schema of everything except trainer fields, which belong to TRL.
-TOP_KEYS = {
-    "description": (str, "free text"),
-    "output_dir": (str, "where stages write checkpoints, models and the summary"),
-    "seed": (int, "seed for data order, sampling and initialisation"),
-    "model": (dict, "the model to start from"),
-    "data": (dict, "the dataset"),
-    "stages": (dict, "ordered mapping of stage name -> stage"),
-    "trainer": (dict, "single-stage shorthand: the trainer section"),
-    "rewards": (list, "single-stage shorthand: the reward blocks"),
-    "eval": (dict, "held-out evaluation before training and after each stage"),
-    "reward_faults": (dict, "what a reward that raises or returns NaN/non-numbers does: fail or skip"),
-    "monitor": (dict, "training health monitor of the RL stages (docs/monitor.md)"),
-}
-MODEL_KEYS = {
-    "name": (str, "registered model (rewardkit plugins), local directory, or hub id"),
-    "dtype": (str, "float32 | bfloat16 | float16 | auto"),
-    "revision": (str, "hub revision"),
-    "trust_remote_code": (bool, "passed to from_pretrained"),
-    "attn_implementation": (str, "eager | sdpa | flash_attention_2 ..."),
-    "lora": (dict, "peft LoraConfig fields (r, lora_alpha, lora_dropout, target_modules, ...)"),
-    "quantization": (dict, "bitsandbytes: {bits: 4|8, quant_type: nf4|fp4, double_quant, compute_dtype}"),
-}
-QUANT_KEYS = {
-    "bits": (int, "4 or 8"),
-    "quant_type": (str, "nf4 | fp4 (4-bit only)"),
-    "double_quant": (bool, "nested quantization of the 4-bit constants"),
-    "compute_dtype": (str, "dtype of 4-bit matmuls: float32 | bfloat16 | float16"),
-}
-DATA_KEYS = {
-    "name": (str, "a registered dataset (rewardkit plugins)"),
-    "params": (dict, "arguments of the registered dataset's loader"),
-    "path": (str, "local .jsonl/.json/.csv/.parquet file, relative to the recipe"),
-    "test_path": (str, "held-out file, relative to the recipe"),
-    "test_size": ((int, float), "held out from `path`/hub split when no test file/split: count or fraction"),
-    "hub": (str, "hub dataset id (needs network)"),
-    "config": (str, "hub dataset config name"),
-    "split": (str, "hub training split (default train)"),
-    "test_split": (str, "hub held-out split"),
-    "rename": (dict, "columns to rename, {old: new}"),
-    "prompt_template": (str, "builds the `prompt` column, e.g. '{question}\\n'"),
-    "completion_template": (str, "builds the `completion` column (SFT), e.g. '{answer}'"),
-    "system_prompt": (str, "with chat: true, a system message before each prompt"),
-    "chat": (bool, "turn string prompts into conversations (applies the tokenizer's chat template)"),
-    "limit": (int, "use only the first N training rows"),
-}
-STAGE_KEYS = {
-    "trainer": (dict, "the trainer: {type: <registered trainer>, <TRL config field>: value, ...}"),
-    "rewards": (list, "reward blocks {name, alias, weight, params}"),
-    "model": (dict, "model keys overriding the recipe's for this stage (e.g. lora)"),
-    "data": (dict, "data keys overriding the recipe's for this stage"),
-    "eval": (bool, "evaluate after this stage (default true when the recipe has eval)"),
-    "reward_faults": (dict, "overrides the recipe's reward_faults for this stage"),
-    "early_stop": (dict, "stop on a held-out criterion: {every, split, n, target, patience, min_delta}"),
-    "monitor": (dict, "overrides the recipe's monitor for this stage"),
-}
-FAULT_KEYS = {
-    "policy": (str, "fail (default): stop at the first fault | skip: the sample gets None, counted"),
-    "max_rate": ((int, float), "skip: stop once this share of a stage's samples was skipped (default 0.1)"),
-    "fail_fast_first_step": (bool, "skip: faults in the first reward call still fail (default true)"),
-}
-REWARD_KEYS = {
-    "name": (str, "registered reward name"),
-    "alias": (str, "this instance's name in logs (default: name); needed to use one reward twice"),
-    "weight": ((int, float), "weight in the summed reward (default 1.0)"),
-    "params": (dict, "arguments bound to the reward factory's signature"),
-}
-EVAL_KEYS = {
-    "reward": ((str, dict), "reward name or block {name, params} scoring greedy completions"),
-    "split": (str, "split to evaluate (default test)"),
-    "n": (int, "evaluate the first N rows (default all)"),
-    "max_new_tokens": (int, "generation length (default 16)"),
-    "batch_size": (int, "generation batch size (default 64)"),
-    "samples": (int, "also score this many sampled completions per prompt (default 0: greedy only)"),
-    "temperature": ((int, float), "sampling temperature for `samples` (default 1.0, as GRPO samples)"),
-}
-MONITOR_KEYS = {k: (types, help_) for k, (types, help_, _) in _monitor.MONITOR_KEYS.items()}
-
-
-# --------------------------------------------------------------------------- loading and overrides
-# parse_yaml / load_yaml live in rewardkit.recipe_file (imported above): safe, bounded reading of a file.
-
-
-def apply_overrides(raw: dict, overrides: list[str], source: str | None = None) -> dict:
-    """Apply ``a.b.c=value`` (value parsed as YAML) and ``~a.b`` (delete) to a copy of ``raw``."""
-    data = copy.deepcopy(raw)
-    problems = []
-    for item in overrides:
-        delete = item.startswith("~")
-        key, sep, value = item.lstrip("~").partition("=")
-        if not key or (not delete and not sep) or (delete and sep):
-            problems.append(f"override {item!r}: expected key.path=value or ~key.path")
-            continue
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None and not delete:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                problems.append(f"override {item!r}: '{'.'.join(parts[:i + 1])}' is not a section")
-                break
-            node = nxt
-        else:
-            if delete:
-                if parts[-1] not in node:
-                    problems.append(f"override {item!r}: '{key}' is not in the recipe")
-                else:
-                    del node[parts[-1]]
-            else:
-                try:
-                    node[parts[-1]] = parse_yaml(value) if value != "" else ""
-                except yaml.YAMLError:
-                    node[parts[-1]] = value
-    if problems:
-        raise RecipeError(problems, source=source)
-    return data
-
 
 # --------------------------------------------------------------------------- normalized recipe
 @dataclass

@@ -16,6 +16,7 @@ Recipes have no include mechanism, so there is no include cycle to guard against
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -217,4 +218,40 @@ def load_yaml(path: str) -> dict:
         raise RecipeError(f"not valid YAML: {exc}", source=path) from None
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a mapping of keys (model, data, stages, ...)", source=path)
+    return data
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str | None = None) -> dict:
+    """Apply ``a.b.c=value`` (value parsed as YAML) and ``~a.b`` (delete) to a copy of ``raw``."""
+    data = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        delete = item.startswith("~")
+        key, sep, value = item.lstrip("~").partition("=")
+        if not key or (not delete and not sep) or (delete and sep):
+            problems.append(f"override {item!r}: expected key.path=value or ~key.path")
+            continue
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None and not delete:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                problems.append(f"override {item!r}: '{'.'.join(parts[:i + 1])}' is not a section")
+                break
+            node = nxt
+        else:
+            if delete:
+                if parts[-1] not in node:
+                    problems.append(f"override {item!r}: '{key}' is not in the recipe")
+                else:
+                    del node[parts[-1]]
+            else:
+                try:
+                    node[parts[-1]] = parse_yaml(value) if value != "" else ""
+                except yaml.YAMLError:
+                    node[parts[-1]] = value
+    if problems:
+        raise RecipeError(problems, source=source)
     return data

@@ -25,7 +25,7 @@ def tiny(registry):
     from transformers import AutoTokenizer
 
     from rewardkit import models
-    from rewardkit.datasets_builtin import arithmetic
+    from rewardkit.builtin.datasets import arithmetic
 
     path = models.resolve("tiny-llama", registry)
     return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=64, n_test=8, max_operand=10)

@@ -4,7 +4,7 @@ import pytest
 
 from rewardkit import RecipeError
 from rewardkit.data import file_columns, load_data
-from rewardkit.datasets_builtin import arithmetic, arithmetic_preferences
+from rewardkit.builtin.datasets import arithmetic, arithmetic_preferences
 from rewardkit.recipe import Recipe
 
 ROWS = [{"question": f"{i}+{i}=", "answer": str(2 * i)} for i in range(10)]
@@ -78,7 +78,7 @@ def test_preference_pairs_are_right_vs_wrong():
 
 def test_policy_preferences_take_the_policys_own_mistakes(registry):
     from rewardkit import models
-    from rewardkit.datasets_builtin import reverse_policy_preferences
+    from rewardkit.builtin.datasets import reverse_policy_preferences
 
     policy = models.resolve("tiny-llama", registry)  # untrained: every sample is wrong
     dd = reverse_policy_preferences(policy, samples=2, n_train=40, n_test=10)

@@ -3,7 +3,8 @@
 import os
 import re
 
-from rewardkit import hookspecs, recipe, stopping
+from rewardkit import hookspecs, stopping
+from rewardkit import recipe_schema as rs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,20 +22,48 @@ def test_ci_runs_the_readme_test_command():
 
 def test_every_recipe_key_is_documented():
     doc = read("docs", "recipes.md")
-    for schema in (recipe.TOP_KEYS, recipe.MODEL_KEYS, recipe.QUANT_KEYS, recipe.DATA_KEYS, recipe.STAGE_KEYS,
-                   recipe.REWARD_KEYS, recipe.EVAL_KEYS, recipe.FAULT_KEYS, recipe.MONITOR_KEYS,
+    for schema in (rs.TOP_KEYS, rs.MODEL_KEYS, rs.QUANT_KEYS, rs.DATA_KEYS, rs.STAGE_KEYS,
+                   rs.REWARD_KEYS, rs.EVAL_KEYS, rs.FAULT_KEYS, rs.MONITOR_KEYS,
                    stopping.EARLY_STOP_KEYS):
         for key in schema:
             assert f"`{key}`" in doc, f"docs/recipes.md does not document '{key}'"
 
 
-def test_every_hook_is_documented_and_in_the_readme():
+def test_every_hook_documents_the_register_call_rewardkit_makes():
+    """Each hook's docstring shows the ``register(...)`` call with arguments the real callable accepts, describes
+    the registered object, and says when it is called; the trainer contract names what the pipeline uses."""
+    import inspect
+    import re
+    import types
+
+    import rewardkit
+    from rewardkit.registry import Registry
+
     hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
     assert len(hooks) >= 5
+    received = {}
+    plugin = types.SimpleNamespace(**{h: rewardkit.hookimpl(specname=h)(
+        lambda register, _h=h: received.setdefault(_h, register)) for h in hooks})
+    reg = Registry(entry_points=False)
+    info = reg.add_plugin(plugin, "spy", dist="tests")
+    reg.names("rewards")  # loads the pending plugin: its hooks run
+    assert info.error is None, info.error
+    assert set(received) == set(hooks)
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__ or ""
-        assert "Called" in doc and "register(" in doc, f"{name} lacks its contract"
+        call = re.search(r"``register\((\w+), (\w+)(?:, \*, ([^)]*))?\)``", doc)
+        assert call, f"{name}: no ``register(name, obj, ...)`` line"
+        real = inspect.signature(received[name]).parameters
+        documented = [k.split("=")[0].strip() for k in (call.group(3) or "").split(",") if k.strip()]
+        assert len([p for p in real.values() if p.kind == p.POSITIONAL_OR_KEYWORD]) == 2, name
+        assert set(documented) <= {k for k, p in real.items() if p.kind == p.KEYWORD_ONLY}, (name, documented)
+        assert f"``{call.group(2)}" in doc.replace(call.group(0), ""), f"{name} does not describe {call.group(2)}"
+        assert "Called" in doc
         assert name in read("README.md")
+    trainers = hookspecs.register_trainers.__doc__
+    for attr in ("config_class", "column_layouts", "takes_rewards", "produces_policy", "model_class",
+                 "build_trainer", "check_args", "result_metrics", "health_report"):
+        assert attr in trainers, f"register_trainers does not name Stage.{attr}"
 
 
 def test_reward_probe_attributes_are_documented_with_the_hooks():

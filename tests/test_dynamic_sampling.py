@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rewardkit import models
-from rewardkit.datasets_builtin import arithmetic
+from rewardkit.builtin.datasets import arithmetic
 from rewardkit.trainers.dynamic_sampling import merge_rollouts, zero_signal_groups
 
 warnings.filterwarnings("ignore")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rewardkit import models
-from rewardkit.datasets_builtin import arithmetic
+from rewardkit.builtin.datasets import arithmetic
 
 warnings.filterwarnings("ignore")
 
@@ -120,7 +120,7 @@ def test_a_mixture_of_experts_keeps_trls_router_aux_loss(setup, tmp_path):
     same loss and gradients as TRL's GRPOTrainer on a tiny Mixtral, and the aux loss is logged."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rewardkit.embedded import build_tokenizer
+    from rewardkit.builtin.models import build_tokenizer
 
     tok = build_tokenizer()
     cfg = AutoConfig.for_model("mixtral", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
@@ -147,7 +147,7 @@ def test_a_mixture_of_experts_keeps_trls_router_aux_loss(setup, tmp_path):
 def test_other_kl_estimators_change_only_the_penalty(pair):
     """k2 from the registry replaces TRL's k3: the loss moves by exactly β·r·(k2 − k3) aggregated (grpo), r the
     importance ratio TRL's default use_bias_correction_kl multiplies the KL term by."""
-    from rewardkit.kl import k2, k3
+    from rewardkit.algorithms.kl import k2, k3
 
     ours, _ = pair
     ours.loss_type, ours.importance_sampling_level = "grpo", "token"
@@ -239,7 +239,7 @@ def test_resume_continues_the_same_rollout(setup, tmp_path, early_stop_kl):
 
 
 def test_config_explains_batch_arithmetic_and_rejects_replay_flags(tmp_path, registry):
-    from rewardkit.kl import builtin_estimator
+    from rewardkit.algorithms.kl import builtin_estimator
     from rewardkit.trainers.grpo_is import GRPOISConfig, GRPOISStage
 
     with pytest.raises(ValueError, match=r"8 × 1 × 3 = 24 completions.*multiple of 2"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rewardkit import models
-from rewardkit.datasets_builtin import arithmetic
+from rewardkit.builtin.datasets import arithmetic
 
 warnings.filterwarnings("ignore")
 
@@ -49,7 +49,7 @@ def test_proportional_beta_uses_sequences_and_episodes(tmp_path, target, sign, r
 
 def test_old_names_point_to_the_shared_vocabulary(registry):
     from rewardkit.trainers.grpo_is import GRPOISStage
-    from rewardkit.trainers.ppo import PPOConfig
+    from rewardkit.trainers.ppo_config import PPOConfig
 
     problems = GRPOISStage.check_args({"target_kl": 0.1, "kl_target": 0.2, "kl_controller": "proportional",
                                        "kl_horizon": 10, "rollout_epochs": 2}, registry)

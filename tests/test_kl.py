@@ -8,7 +8,7 @@ import torch
 
 import rewardkit
 import rewardkit.builtin
-from rewardkit import kl
+from rewardkit.algorithms import kl
 from rewardkit.registry import Registry
 
 P = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])  # policy

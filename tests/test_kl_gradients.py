@@ -4,7 +4,7 @@
 Exact, not only sampled: on a 6-way categorical every sample of category x contributes the same gradient g(x),
 so E[ĝ] = Σ_x π(x)·g(x) is computed exactly and compared with the exact ∇KL(π‖π_ref) = ∇Σ π log(π/π_ref). A
 seeded 400k-sample estimate is also checked against its expectation within 5 standard errors, so the table in
-``rewardkit/kl.py`` and ``docs/ppo.md`` is what a training run would see on average.
+``rewardkit/algorithms/kl.py`` and ``docs/ppo.md`` is what a training run would see on average.
 
 Run ``python tests/test_kl_gradients.py`` to print the table.
 """
@@ -12,7 +12,7 @@ Run ``python tests/test_kl_gradients.py`` to print the table.
 import pytest
 import torch
 
-from rewardkit import kl
+from rewardkit.algorithms import kl
 
 THETA = torch.tensor([1.0, 0.2, -0.5, 0.3, -1.2, 0.6], dtype=torch.float64)  # policy logits
 REF = torch.softmax(torch.tensor([0.1, 0.4, 0.0, -0.6, 0.2, -0.1], dtype=torch.float64), 0)

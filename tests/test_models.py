@@ -21,7 +21,7 @@ def test_embedded_models_build_once_deterministically_and_chat(builtin_registry,
     model = AutoModelForCausalLM.from_pretrained(path)
     first = next(model.parameters()).detach().clone()
     torch.manual_seed(123)  # the build must not depend on the caller's RNG
-    from rewardkit import embedded
+    from rewardkit.builtin import models as embedded
 
     other = os.path.join(os.path.dirname(path), f"rebuild-{name}")
     embedded.build(name, other)

@@ -17,9 +17,10 @@ import torch
 from transformers import AutoTokenizer
 
 from rewardkit import models
-from rewardkit.datasets_builtin import arithmetic
+from rewardkit.builtin.datasets import arithmetic
 from rewardkit.registry import get_registry
-from rewardkit.trainers.ppo import PPOConfig, PPOTrainer
+from rewardkit.trainers.ppo import PPOTrainer
+from rewardkit.trainers.ppo_config import PPOConfig
 
 RANK = int(os.environ["RANK"])
 OUT = sys.argv[1]

@@ -9,7 +9,8 @@ import torch
 pytest.importorskip("trl")
 from trl import GRPOTrainer  # noqa: E402
 
-from rewardkit.trainers.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from rewardkit.trainers.ppo import PPOTrainer
+from rewardkit.trainers.ppo_config import PPOConfig  # noqa: E402
 
 
 def digits(prompts, completions, **kwargs):

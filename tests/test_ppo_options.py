@@ -6,18 +6,20 @@ import pytest
 import torch
 
 import rewardkit.builtin
-from rewardkit import models, ppo_core
+from rewardkit import models
+from rewardkit.algorithms.ppo import ends_with
 from rewardkit.registry import Registry
 
 pytest.importorskip("trl")
-from rewardkit.trainers.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from rewardkit.trainers.ppo import PPOTrainer
+from rewardkit.trainers.ppo_config import PPOConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny():
     from transformers import AutoTokenizer
 
-    from rewardkit.datasets_builtin import arithmetic
+    from rewardkit.builtin.datasets import arithmetic
 
     reg = Registry(entry_points=False)
     reg.add_plugin(rewardkit.builtin, "builtin", dist="rewardkit")
@@ -97,7 +99,7 @@ def test_critic_learning_rate_and_warmup(tiny, tmp_path):
 def test_missing_eos_penalty_scores_truncated_completions(tiny, tmp_path):
     t = train(tiny, tmp_path, reward=zero, max_steps=1, missing_eos_penalty=1.0)
     r = t._rollout
-    truncated = (~ppo_core.ends_with(r["completion_ids"], r["completion_mask"], t.eos_token_ids)).float()
+    truncated = (~ends_with(r["completion_ids"], r["completion_mask"], t.eos_token_ids)).float()
     assert truncated.sum() > 0  # an untrained model runs out of its 4 tokens
     assert logged(t, "ppo/score")[0] == pytest.approx(-truncated.mean().item())
 

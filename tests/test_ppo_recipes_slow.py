@@ -25,7 +25,7 @@ def _rm_score_and_accuracy(policy_dir, rm_dir, dataset):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rewardkit.evaluate import generate
-    from rewardkit.reward_model import RewardModel
+    from rewardkit.builtin.rewards import RewardModel
 
     prompts = list(dataset["prompt"])
     outs = generate(AutoModelForCausalLM.from_pretrained(policy_dir),
@@ -36,7 +36,7 @@ def _rm_score_and_accuracy(policy_dir, rm_dir, dataset):
 
 @pytest.fixture(scope="module")
 def rlhf(tmp_path_factory):
-    from rewardkit.datasets_builtin import reverse
+    from rewardkit.builtin.datasets import reverse
 
     out = tmp_path_factory.mktemp("rlhf")
     summary, acc = _run("recipes/cpu/reverse_rlhf.yaml", out)

@@ -8,7 +8,8 @@ import torch
 
 
 pytest.importorskip("trl")
-from rewardkit.trainers.ppo import PPOConfig, PPOStage, PPOTrainer  # noqa: E402
+from rewardkit.trainers.ppo import PPOStage, PPOTrainer
+from rewardkit.trainers.ppo_config import PPOConfig  # noqa: E402
 
 
 def digits(prompts, completions, **kwargs):

@@ -10,7 +10,7 @@ import pytest
 
 from rewardkit import cli, probe
 from rewardkit.recipe import load_recipe
-from rewardkit.rewards import completion_text
+from rewardkit import completion_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

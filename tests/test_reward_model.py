@@ -10,7 +10,7 @@ import yaml
 import rewardkit.builtin
 from rewardkit.recipe import _with_output_dir, load_recipe
 from rewardkit.registry import Registry
-from rewardkit.reward_model import RewardModel, pair_texts
+from rewardkit.builtin.rewards import RewardModel, pair_texts
 
 
 class Tok:
@@ -120,7 +120,7 @@ def test_pipeline_reward_model_then_ppo(tmp_path, registry):
 
 
 def test_reverse_datasets_are_disjoint_and_pairs_differ():
-    from rewardkit.datasets_builtin import reverse, reverse_preferences
+    from rewardkit.builtin.datasets import reverse, reverse_preferences
 
     d = reverse(n_train=500, n_test=50, seed=3)
     p = reverse_preferences(n_train=500, n_test=50, seed=3)

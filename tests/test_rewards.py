@@ -1,4 +1,4 @@
-from rewardkit.rewards import ExactMatch
+from rewardkit.builtin.rewards import ExactMatch
 from rewardkit.testing import check_reward
 
 

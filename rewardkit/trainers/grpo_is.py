@@ -13,7 +13,7 @@ always runs μ passes             stops reusing a rollout once approx. KL(old‖
                                  ``early_stop_kl``; the next optimizer step uses a fresh rollout, so optimizer
                                  steps (LR schedule, logging, checkpoints) are never skipped or repeated
 k3 KL to the reference, fixed β  any registered estimator (``kl_estimator``), optional adaptive β toward
-                                 ``beta_target`` nats per sequence (``rewardkit.kl.AdaptiveKLController``)
+                                 ``beta_target`` nats per sequence (``rewardkit.algorithms.kl.AdaptiveKLController``)
 prompts tied to optimizer steps  prompts drawn per rollout from the same seeded ``RepeatSampler`` order, so an
                                  early stop moves on to fresh prompts; the Trainer's dataloader only keeps
                                  the step clock (its length is what TRL's would be for ``num_iterations=μ``)
@@ -45,8 +45,9 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from rewardkit.kl import builtin_estimator, kl_controller
-from rewardkit.trainers import grpo_is_core as core
+from rewardkit.algorithms.kl import builtin_estimator, kl_controller
+from rewardkit.algorithms import grpo_is as core
+from rewardkit.algorithms.masked import kl_old_new
 from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingMixin
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
@@ -283,7 +284,7 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
-        approx_kl = core.approx_kl_old_new(logps, old, mask)
+        approx_kl = kl_old_new(logps, old, mask)
         if mode == "train" and self._rollout_is_stale(approx_kl):
             for k, v in metrics.items():  # the minibatch is not trained on: neither are its metrics kept
                 del v[logged.get(k, 0):]

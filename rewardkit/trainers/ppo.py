@@ -6,10 +6,10 @@ existing adapter is trained further), generation, calling the reward functions, 
 this file writes:
 
 - a critic: a value head on the policy's own backbone (default, one model) or a separate backbone;
-- per-token rewards (score on the last token, −β·KL on every token), GAE, whitening (:mod:`rewardkit.ppo_core`);
+- per-token rewards (score on the last token, −β·KL on every token), GAE, whitening (:mod:`rewardkit.algorithms.ppo`);
 - the clipped (optionally dual-clipped) or adaptive-KL-penalty policy loss, the clipped value loss, an optional
   entropy bonus, several epochs over reshuffled minibatches with an optional target-KL early stop;
-- β from a fixed or adaptive KL controller (:mod:`rewardkit.kl`), the KL estimator chosen from the registry;
+- β from a fixed or adaptive KL controller (:mod:`rewardkit.algorithms.kl`), the KL estimator chosen from the registry;
 - score shaping: a missing-EOS penalty, running normalisation, clipping.
 
 Batch vocabulary, in TRL's field names: a *rollout* is ``generation_batch_size`` episodes (prompts ×
@@ -23,155 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
-from rewardkit import ppo_core
-from rewardkit.kl import AdaptiveKLController, builtin_estimator, k3, kl_controller
-from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
+from rewardkit.algorithms import masked
+from rewardkit.algorithms import ppo as alg
+from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, k3, kl_controller
+from rewardkit.trainers.ppo_config import GRPO_ONLY
+from rewardkit.trainers.rollout_kl import estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
 STATE_FILE = "ppo_state.pt"  # controller state saved with every checkpoint
-CRITICS = ("value_head", "separate")
-POLICY_LOSSES = ("clip", "penalty")
-REWARD_NORMALIZATION = ("none", "running")
-# GRPO fields that mean nothing to PPO's loss: setting one is almost certainly a mistake.
-GRPO_ONLY = ("loss_type", "scale_rewards", "multi_objective_aggregation", "importance_sampling_level",
-             "top_entropy_quantile", "delta", "off_policy_mask_threshold")
-
-
-@dataclass
-class PPOConfig(RolloutKLConfig, GRPOConfig):
-    """GRPOConfig plus PPO's fields; rollout reuse and KL control are ``RolloutKLConfig``'s (shared with
-    ``grpo_is``). ``epsilon`` (and ``epsilon_high``) is the policy clip range."""
-
-    num_generations: int | None = field(default=1, metadata={
-        "help": "Completions per prompt, each its own episode; 1 suffices since the critic is the baseline."})
-    beta: float = field(default=0.05, metadata={
-        "help": "Initial KL coefficient β of the per-token reward penalty −β·KL(π‖π_ref) (Ziegler et al. 2019); "
-                "0 without beta_target: no reference model is used."})
-    gamma: float = field(default=1.0, metadata={
-        "help": "Discount γ of GAE (Schulman et al. 2016); 1.0 is usual for LM episodes."})
-    lam: float = field(default=0.95, metadata={
-        "help": "GAE λ trading bias (0: one-step TD) for variance (1: Monte Carlo) (Schulman et al. 2016)."})
-    vf_coef: float = field(default=0.1, metadata={
-        "help": "Weight of the value loss in the total loss (Schulman et al. 2017, c1)."})
-    cliprange_value: float | None = field(default=0.2, metadata={
-        "help": "Clip of the value update around the rollout's values (OpenAI baselines PPO2); None: no clip."})
-    whiten_advantages: bool = field(default=True, metadata={
-        "help": "Normalize advantages to mean 0, std 1 over each rollout's tokens, all processes together "
-                "(OpenAI baselines PPO2)."})
-    entropy_coef: float = field(default=0.0, metadata={
-        "help": "Weight of the entropy bonus (Schulman et al. 2017, c2); 0 disables it."})
-    policy_loss: str = field(default="clip", metadata={
-        "help": "'clip': PPO's clipped surrogate (Schulman et al. 2017 §3); 'penalty': the adaptive KL(old‖new) "
-                "penalty −A·ρ + β_pen·KL as the loss, β_pen halved/doubled toward ppo_penalty_target (§4)."})
-    ppo_penalty_target: float = field(default=0.01, metadata={
-        "help": "With policy_loss: penalty, d_targ: the KL(old‖new) per token the penalty coefficient aims at "
-                "(Schulman et al. 2017 §4 try 0.003, 0.01, 0.03)."})
-    ppo_penalty_coef: float = field(default=1.0, metadata={
-        "help": "With policy_loss: penalty, the initial β_pen (Schulman et al. 2017 §4 start at 1)."})
-    dual_clip: float | None = field(default=None, metadata={
-        "help": "Dual-clip c > 1: the loss of a token with A < 0 is at most −c·A (Ye et al. 2020, 'Mastering "
-                "Complex Control in MOBA Games with Deep RL'); null: off."})
-    critic_learning_rate: float | None = field(default=None, metadata={
-        "help": "Learning rate of the critic's parameters (value head, and a separate backbone), same schedule "
-                "as the policy's; null: learning_rate (OpenRLHF's critic_learning_rate)."})
-    critic_warmup_steps: int = field(default=0, metadata={
-        "help": "Optimizer steps at the start that train only the critic (the policy loss is off; a value "
-                "head then sees detached hidden states, so the shared backbone stays put) (verl's critic_warmup)."})
-    missing_eos_penalty: float | None = field(default=None, metadata={
-        "help": "Subtracted from the score of a completion that ended without EOS (truncated) (TRL's former "
-                "PPOTrainer; Ouyang et al. 2022 style length control); null: off."})
-    reward_normalization: str = field(default="none", metadata={
-        "help": "'running': scores become (s − mean)/std with running statistics over all episodes so far "
-                "(Engstrom et al. 2020 'Implementation Matters', reward scaling); 'none'."})
-    reward_clip: float | None = field(default=None, metadata={
-        "help": "Clip scores (after normalisation) to [−c, c] (Mnih et al. 2015; Engstrom et al. 2020); null: off."})
-    critic: str = field(default="value_head", metadata={
-        "help": "'value_head': a linear head on the policy's backbone (one model); 'separate': its own backbone."})
-    critic_model: str | None = field(default=None, metadata={
-        "help": "With critic='separate', the model its backbone is loaded from (default: the policy's). A reward "
-                "model saved by trainer: reward_model (…ForSequenceClassification, one label) also initialises "
-                "the value head from its score head (Ouyang et al. 2022 initialise the value function from the RM). "
-                "'{output_dir}' is replaced by the recipe's output_dir."})
-    critic_checkpoint: str | None = field(default=None, metadata={
-        "help": "A critic.pt saved by an earlier PPO stage (or that stage's folder) to start the critic from, "
-                "e.g. '{output_dir}/ppo/critic.pt'; the critic kind and sizes must match. null: a fresh critic."})
-
-    def __post_init__(self):
-        n = self.num_generations
-        if n == 1:  # GRPO insists on groups of >= 2 for its group baseline; PPO's baseline is the critic.
-            self.num_generations = 2
-        try:
-            super().__post_init__()
-        except ValueError as exc:
-            if n == 1 and "num_generations" in str(exc):
-                raise ValueError(f"with num_generations=1 the rollout (generation_batch_size="
-                                 f"{self.generation_batch_size}) must be even (TRL's sampler); {exc}") from None
-            raise
-        finally:
-            self.num_generations = n
-        problems = self.ppo_problems() + self.rollout_kl_problems()
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def ppo_problems(self) -> list[str]:
-        p = []
-        if not 0.0 <= self.gamma <= 1.0:
-            p.append(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0.0 <= self.lam <= 1.0:
-            p.append(f"lam must be in [0, 1], got {self.lam}")
-        if self.vf_coef < 0 or self.entropy_coef < 0 or self.beta < 0:
-            p.append(f"vf_coef, entropy_coef and beta must be >= 0, got {self.vf_coef}, {self.entropy_coef}, "
-                     f"{self.beta}")
-        if self.cliprange_value is not None and self.cliprange_value <= 0:
-            p.append(f"cliprange_value must be > 0 or None, got {self.cliprange_value}")
-        if self.critic not in CRITICS:
-            p.append(f"critic must be one of {', '.join(CRITICS)}, got {self.critic!r}")
-        if self.critic_model is not None and self.critic != "separate":
-            p.append("critic_model is only used with critic: separate")
-        if self.num_generations is None or self.num_generations < 1:
-            p.append(f"num_generations must be >= 1, got {self.num_generations}")
-        p += self._option_problems()
-        return p
-
-    def _option_problems(self) -> list[str]:
-        p = []
-        if self.policy_loss not in POLICY_LOSSES:
-            p.append(f"policy_loss must be one of {', '.join(POLICY_LOSSES)}, got {self.policy_loss!r}")
-        if self.ppo_penalty_target <= 0 or self.ppo_penalty_coef <= 0:
-            p.append(f"ppo_penalty_target and ppo_penalty_coef must be > 0, got {self.ppo_penalty_target}, "
-                     f"{self.ppo_penalty_coef}")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            p.append(f"dual_clip must be > 1 (a bound of c·|A| above the clipped loss) or null, got {self.dual_clip}")
-        if self.dual_clip is not None and self.policy_loss != "clip":
-            p.append("dual_clip bounds the clipped loss; it needs policy_loss: clip")
-        if self.critic_learning_rate is not None and self.critic_learning_rate <= 0:
-            p.append(f"critic_learning_rate must be > 0 or null, got {self.critic_learning_rate}")
-        if self.critic_warmup_steps < 0:
-            p.append(f"critic_warmup_steps must be >= 0, got {self.critic_warmup_steps}")
-        if self.reward_normalization not in REWARD_NORMALIZATION:
-            p.append(f"reward_normalization must be one of {', '.join(REWARD_NORMALIZATION)}, "
-                     f"got {self.reward_normalization!r}")
-        if self.reward_clip is not None and self.reward_clip <= 0:
-            p.append(f"reward_clip must be > 0 or null, got {self.reward_clip}")
-        return p
-
-    def describe_batches(self) -> str:
-        """The batch arithmetic in the user's numbers."""
-        steps = self.steps_per_generation * self.rollout_epochs // self.gradient_accumulation_steps
-        return (f"rollout = generation_batch_size {self.generation_batch_size} episodes "
-                f"({self.generation_batch_size // self.num_generations} prompts x num_generations "
-                f"{self.num_generations}) in steps_per_generation {self.steps_per_generation} minibatches of "
-                f"per_device_train_batch_size {self.per_device_train_batch_size}; rollout_epochs "
-                f"{self.rollout_epochs} PPO epochs -> {steps} optimizer steps per rollout (gradient_accumulation_"
-                f"steps {self.gradient_accumulation_steps})")
-
-
 def load_critic_backbone(path: str):
     """(backbone, head weight or None) for a separate critic: a reward model (…ForSequenceClassification with one
     label) gives its backbone and its score head; any other checkpoint its backbone only."""
@@ -249,7 +113,7 @@ class PPOTrainer(GRPOTrainer):
         self.beta = 0.0
         # TRL's step clock: its sampler repeats each generation batch steps_per_generation × num_iterations times.
         self.num_iterations = cfg.rollout_epochs
-        self.score_moments = ppo_core.RunningMoments()
+        self.score_moments = alg.RunningMoments()
         policy = self._policy()
         self._hidden = None
         backbone = policy.base_model  # the transformer under the LM head; also under LoRA layers
@@ -283,7 +147,7 @@ class PPOTrainer(GRPOTrainer):
         self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
     def _all_reduce(self):
-        """A sum over processes for ``ppo_core``'s global statistics (None with one process)."""
+        """A sum over processes for ``rewardkit.algorithms``' global statistics (None with one process)."""
         if self.accelerator.num_processes == 1:
             return None
         return lambda t: self.accelerator.reduce(t, reduction="sum")
@@ -386,7 +250,7 @@ class PPOTrainer(GRPOTrainer):
         with torch.no_grad():
             new = torch.cat([self._forward(self.model, ids[i:i + bs], attn[i:i + bs], k, values=False)[0]
                              for i in range(0, ids.size(0), bs)])
-            d = ppo_core.global_masked_mean(k3(r["old_per_token_logps"], new), r["loss_mask"], self._all_reduce())
+            d = masked.global_masked_mean(k3(r["old_per_token_logps"], new), r["loss_mask"], self._all_reduce())
         self.penalty_ctl.update(d.item())
         self._metrics["train"]["ppo/policy/penalty_kl"].append(d.item())
 
@@ -409,11 +273,11 @@ class PPOTrainer(GRPOTrainer):
             mask = mask * out["tool_mask"]
         old_logp, values, kl = self._old_values_and_kl(out, mask)
         beta = self.kl_ctl.beta
-        rewards = ppo_core.token_rewards(score, kl, beta, mask)  # (B, T)
-        advantages, returns = ppo_core.gae(rewards, values, mask, self.args.gamma, self.args.lam)
+        rewards = alg.token_rewards(score, kl, beta, mask)  # (B, T)
+        advantages, returns = alg.gae(rewards, values, mask, self.args.gamma, self.args.lam)
         raw_adv = advantages
         if self.args.whiten_advantages:
-            advantages = ppo_core.masked_whiten(advantages, mask, all_reduce=self._all_reduce())
+            advantages = masked.masked_whiten(advantages, mask, all_reduce=self._all_reduce())
         self._log_rollout(mode, score, scorable, kl, beta, raw_adv, returns, values, mask)
         # completion_mask stays the attention mask TRL built (old log-probs and values used it); loss_mask is PPO's.
         out.update(loss_mask=mask, advantages=advantages, returns=returns, old_values=values,
@@ -429,7 +293,7 @@ class PPOTrainer(GRPOTrainer):
         scorable = ~torch.isnan(per_func).all(dim=1)  # every reward said "cannot judge": no episode
         score = (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)  # (B,)
         if cfg.missing_eos_penalty is not None:
-            score = score - cfg.missing_eos_penalty * (~ppo_core.ends_with(out["completion_ids"],
+            score = score - cfg.missing_eos_penalty * (~alg.ends_with(out["completion_ids"],
                                                                           out["completion_mask"],
                                                                           self.eos_token_ids)).to(score.dtype)
         if cfg.reward_normalization == "running":
@@ -462,18 +326,18 @@ class PPOTrainer(GRPOTrainer):
         """Rollout statistics over all processes; in training, β's controller steps on them (n = episodes)."""
         red = self._all_reduce()
         seq = scorable.to(kl.dtype)
-        seq_kl = ppo_core.global_masked_mean(kl.sum(1), seq, red).item()
+        seq_kl = masked.global_masked_mean(kl.sum(1), seq, red).item()
         n_episodes = float(seq.sum() if red is None else red(seq.sum()))
         if mode == "train":
             self.kl_ctl.update(seq_kl, n_steps=int(n_episodes))
-        adv_mean = ppo_core.global_masked_mean(raw_adv, mask, red)
-        stats = {"score": ppo_core.global_masked_mean(score, seq, red).item(), "kl": seq_kl, "beta": beta,
+        adv_mean = masked.global_masked_mean(raw_adv, mask, red)
+        stats = {"score": masked.global_masked_mean(score, seq, red).item(), "kl": seq_kl, "beta": beta,
                  "non_score_reward": -beta * seq_kl, "advantages/mean": adv_mean.item(),
-                 "advantages/std": ppo_core.global_masked_mean((raw_adv - adv_mean) ** 2, mask, red).sqrt().item(),
-                 "returns/mean": ppo_core.global_masked_mean(returns, mask, red).item(),
-                 "values/mean": ppo_core.global_masked_mean(values, mask, red).item(),
-                 "explained_variance": ppo_core.explained_variance(values, returns, mask, red),
-                 "unscorable": 1.0 - ppo_core.global_masked_mean(seq, torch.ones_like(seq), red).item()}
+                 "advantages/std": masked.global_masked_mean((raw_adv - adv_mean) ** 2, mask, red).sqrt().item(),
+                 "returns/mean": masked.global_masked_mean(returns, mask, red).item(),
+                 "values/mean": masked.global_masked_mean(values, mask, red).item(),
+                 "explained_variance": alg.explained_variance(values, returns, mask, red),
+                 "unscorable": 1.0 - masked.global_masked_mean(seq, torch.ones_like(seq), red).item()}
         for key, val in stats.items():
             self._metrics[mode][f"ppo/{key}"].append(val)
 
@@ -490,13 +354,13 @@ class PPOTrainer(GRPOTrainer):
         if mode == "train":
             self._check_stale(logp, old, mask)
         if cfg.policy_loss == "penalty":
-            pg_loss, pg = ppo_core.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta)
+            pg_loss, pg = alg.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta)
         else:
-            pg_loss, pg = ppo_core.policy_loss(logp, old, inputs["advantages"], mask, cfg.epsilon, cfg.epsilon_high,
+            pg_loss, pg = alg.policy_loss(logp, old, inputs["advantages"], mask, cfg.epsilon, cfg.epsilon_high,
                                                cfg.dual_clip)
-        vf_loss, vf = ppo_core.value_loss(values.float(), inputs["old_values"], inputs["returns"], mask,
+        vf_loss, vf = alg.value_loss(values.float(), inputs["old_values"], inputs["returns"], mask,
                                           cfg.cliprange_value)
-        mean_entropy = ppo_core.masked_mean(entropy, mask)
+        mean_entropy = masked.masked_mean(entropy, mask)
         if self._in_warmup():
             loss = cfg.vf_coef * vf_loss  # critic warm-up: the policy is not updated
         else:
@@ -518,7 +382,7 @@ class PPOTrainer(GRPOTrainer):
         if self.args.early_stop_kl is None or (epoch, mb) == (0, 0) or mb % self.args.gradient_accumulation_steps:
             return
         with torch.no_grad():
-            kl_now = ppo_core.global_masked_mean(k3(old, logp), mask, self._all_reduce()).item()
+            kl_now = masked.kl_old_new(logp, old, mask, self._all_reduce()).item()
         if kl_now > self.args.early_stop_kl:
             used = epoch + mb / self.args.steps_per_generation
             self._metrics["train"]["ppo/early_stop"].append(1.0)
@@ -601,7 +465,7 @@ class PPOTrainer(GRPOTrainer):
 class PPOStage(GRPOStage):
     """PPO (``rewardkit.trainers.ppo:PPOTrainer``) on prompts, with rewards from the registry."""
 
-    config_class = "rewardkit.trainers.ppo:PPOConfig"
+    config_class = "rewardkit.trainers.ppo_config:PPOConfig"
     trainer_class = "rewardkit.trainers.ppo:PPOTrainer"
 
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rewardkit.kl import AdaptiveKLController
+from rewardkit.algorithms.kl import AdaptiveKLController
 
 # old name -> new name
 RENAMED = {"target_kl": "early_stop_kl", "kl_target": "beta_target", "kl_controller": "beta_controller",

@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from rewardkit.rewards import completion_text
+from rewardkit import completion_text
 from rewardkit_code.extract import BLOCK_CHOICES, extract_code
 from rewardkit_code.sandbox import ISOLATION_MODES, SandboxConfig, shared_pool
 from rewardkit_code.verdict import CLASSES, COMPARE_CHOICES, classify, parse_tests

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from rewardkit.rewards import completion_text
+from rewardkit import completion_text
 from rewardkit_code.extract import extract_code
 from rewardkit_code.problems import load_problems, read_problems
 from rewardkit_code.reward import CodeTests

@@ -23,7 +23,7 @@ import threading
 from collections import Counter, OrderedDict, deque
 from fractions import Fraction
 
-from rewardkit.rewards import completion_text
+from rewardkit import completion_text
 from rewardkit_math.checks import ChecksParams
 from rewardkit_math.extract import DEFAULT_MODES, MAX_ANSWER_CHARS, REJECTED, check_modes, extract_answer, \
     normalize_gold

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rewardkit.rewards import completion_text
+from rewardkit import completion_text
 from rewardkit_math.checks import ChecksParams
 
 

@@ -13,59 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from rewardkit.kl import k3
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over positions where ``mask`` is 1 (all of them, or along ``dim``)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked entries of ``x`` (Bessel-corrected by default)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
-    if unbiased and n > 1:
-        var = var * n / (n - 1)
-    return var
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
-                  all_reduce=None) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; padding comes out as 0. ``(B, T) -> (B, T)``.
-
-    ``all_reduce`` (a function summing a tensor over processes, e.g. ``accelerator.reduce(t, "sum")``) makes the
-    mean and variance those of every process's entries together, as whitening a rollout split over processes
-    must; ``None`` whitens this process's entries only.
-    """
-    mask = mask.to(x.dtype)
-    total = _summed(torch.stack([(x * mask).sum(), mask.sum()]), all_reduce)  # [Σx, n]
-    n = total[1]
-    mean = total[0] / n.clamp(min=1.0)
-    sq = _summed(((x - mean) ** 2 * mask).sum(), all_reduce)
-    var = sq / n.clamp(min=1.0)
-    if n > 1:
-        var = var * n / (n - 1)  # Bessel, as masked_var
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-def _summed(t: torch.Tensor, all_reduce) -> torch.Tensor:
-    return t if all_reduce is None else all_reduce(t)
-
-
-def global_masked_mean(x: torch.Tensor, mask: torch.Tensor, all_reduce=None) -> torch.Tensor:
-    """Mean of the masked entries of ``x`` over all processes (``all_reduce`` sums over them; ``None``: local).
-    Works for any shape; a process may hold no entries (or a different number from the others)."""
-    mask = mask.to(x.dtype)
-    total = _summed(torch.stack([(x * mask).sum(), mask.sum()]), all_reduce)
-    return total[0] / total[1].clamp(min=1.0)
+from rewardkit.algorithms.kl import k3
+from rewardkit.algorithms.masked import global_masked_mean, kl_old_new, masked_mean, summed
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -146,7 +95,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
                  "dual_clipfrac": masked_mean(dual.float(), mask).item(),
-                 "approx_kl": masked_mean(k3(old_logp, logp), mask).item(),
+                 "approx_kl": kl_old_new(logp, old_logp, mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}
     return loss, stats
 
@@ -156,7 +105,7 @@ def penalty_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     """PPO's adaptive-KL-penalty objective (Schulman et al. 2017 §4), as a loss: mean over real tokens of
     −A·ρ + coef·KL(old‖new), the KL estimated by k3 = ρ − 1 − log ρ on the old policy's tokens (unbiased in value,
     and its gradient (ρ − 1)∇log π has expectation ∇KL(old‖new)). Inputs ``(B, T)``; ``coef`` is the β the
-    caller adapts toward d_targ (``rewardkit.kl.AdaptiveKLController``, mode halve_double)."""
+    caller adapts toward d_targ (``rewardkit.algorithms.kl.AdaptiveKLController``, mode halve_double)."""
     ratio = torch.exp(logp - old_logp)
     kl = k3(old_logp, logp)  # (B, T)
     loss = masked_mean(-advantages * ratio + coef * kl, mask)
@@ -178,7 +127,7 @@ class RunningMoments:
     def update(self, x: torch.Tensor, all_reduce=None) -> None:
         """Add the entries of the 1-D tensor ``x`` (this process's share of the batch)."""
         x = x.detach().double()
-        s = _summed(torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x ** 2).sum()]), all_reduce)
+        s = summed(torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x ** 2).sum()]), all_reduce)
         n, total, sq = (float(v) for v in s)
         if n == 0:
             return

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rewardkit import ppo_core as pc
+from rewardkit.algorithms import masked as pm
+from rewardkit.algorithms import ppo as pc
 
 
 def t(x):
@@ -76,7 +77,7 @@ def test_whitening_over_processes_uses_the_global_statistics():
     a, b = t([[1, 2, 0, 0]]), t([[3, 4, 5, 6]])
     ma, mb = t([[1, 1, 0, 0]]), t([[1, 1, 1, 1]])
     parts = {"a": (a, ma), "b": (b, mb)}
-    whole = pc.masked_whiten(t([[1, 2, 3, 4, 5, 6]]), t([[1, 1, 1, 1, 1, 1]]))
+    whole = pm.masked_whiten(t([[1, 2, 3, 4, 5, 6]]), t([[1, 1, 1, 1, 1, 1]]))
 
     def reducer_for(mine):
         """accelerator.reduce(..., "sum") as seen by one part: its tensor plus the other part's same statistic
@@ -89,19 +90,19 @@ def test_whitening_over_processes_uses_the_global_statistics():
             return tensor + ((other_x - mean) ** 2 * other_m).sum()
         return reduce
 
-    out_a = pc.masked_whiten(a, ma, all_reduce=reducer_for("a"))
-    out_b = pc.masked_whiten(b, mb, all_reduce=reducer_for("b"))
+    out_a = pm.masked_whiten(a, ma, all_reduce=reducer_for("a"))
+    out_b = pm.masked_whiten(b, mb, all_reduce=reducer_for("b"))
     assert torch.allclose(out_a[0, :2], whole[0, :2], atol=1e-6) and torch.allclose(out_b, whole[:, 2:], atol=1e-6)
-    assert not torch.allclose(pc.masked_whiten(a, ma)[0, :2], whole[0, :2], atol=1e-2)
-    assert pc.global_masked_mean(b, mb, all_reduce=lambda x: x + torch.stack([(a * ma).sum(), ma.sum()])).item() \
+    assert not torch.allclose(pm.masked_whiten(a, ma)[0, :2], whole[0, :2], atol=1e-2)
+    assert pm.global_masked_mean(b, mb, all_reduce=lambda x: x + torch.stack([(a * ma).sum(), ma.sum()])).item() \
         == pytest.approx(3.5)
 
 
 def test_masked_whiten_uses_only_real_tokens():
     # real entries 1, 2, 3: mean 2, unbiased var 1 -> -1, 0, 1; padding stays 0
-    out = pc.masked_whiten(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]]))
+    out = pm.masked_whiten(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]]))
     assert torch.allclose(out, t([[-1, 0, 1, 0]]), atol=1e-6)
-    assert pc.masked_mean(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]])).item() == pytest.approx(2.0)
+    assert pm.masked_mean(t([[1, 2, 3, 100]]), t([[1, 1, 1, 0]])).item() == pytest.approx(2.0)
 
 
 def test_policy_loss_clip_by_hand_and_gradients():

@@ -5,16 +5,16 @@ named by a ``"module:attribute"`` string so that listing plugins imports no torc
 """
 
 from rewardkit import hookimpl
-from rewardkit.datasets_builtin import (ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS, REVERSE_COLUMNS,
+from rewardkit.builtin.datasets import (ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS, REVERSE_COLUMNS,
                                         REVERSE_PREFERENCE_COLUMNS)
-from rewardkit.kl import ESTIMATORS
+from rewardkit.algorithms.kl import ESTIMATORS
 
 
 @hookimpl
 def register_rewards(register):
-    register("exact_match", "rewardkit.rewards:ExactMatch", columns="rewardkit.rewards:exact_match_columns",
+    register("exact_match", "rewardkit.builtin.rewards:ExactMatch", columns="rewardkit.builtin.rewards:exact_match_columns",
              description="1.0 if the completion's first line equals a gold column (default 'answer')")
-    register("reward_model", "rewardkit.reward_model:RewardModel", columns=[],
+    register("reward_model", "rewardkit.builtin.rewards:RewardModel", columns=[],
              description="score from a trained sequence-classification reward model (params: path, ...)")
 
 
@@ -38,22 +38,22 @@ def register_trainers(register):
 
 @hookimpl
 def register_datasets(register):
-    register("arithmetic", "rewardkit.datasets_builtin:arithmetic", columns=ARITHMETIC_COLUMNS,
+    register("arithmetic", "rewardkit.builtin.datasets:arithmetic", columns=ARITHMETIC_COLUMNS,
              description="seeded a+b= problems with answer column, disjoint train/test")
-    register("arithmetic_preferences", "rewardkit.datasets_builtin:arithmetic_preferences",
+    register("arithmetic_preferences", "rewardkit.builtin.datasets:arithmetic_preferences",
              columns=PREFERENCE_COLUMNS, description="arithmetic preference pairs (prompt/chosen/rejected)")
-    register("reverse", "rewardkit.datasets_builtin:reverse", columns=REVERSE_COLUMNS,
+    register("reverse", "rewardkit.builtin.datasets:reverse", columns=REVERSE_COLUMNS,
              description="seeded abcd= -> dcba string reversal with answer column, disjoint train/test")
-    register("reverse_preferences", "rewardkit.datasets_builtin:reverse_preferences",
+    register("reverse_preferences", "rewardkit.builtin.datasets:reverse_preferences",
              columns=REVERSE_PREFERENCE_COLUMNS, description="reversal preference pairs, rejected = near miss")
-    register("reverse_policy_preferences", "rewardkit.datasets_builtin:reverse_policy_preferences",
+    register("reverse_policy_preferences", "rewardkit.builtin.datasets:reverse_policy_preferences",
              columns=REVERSE_PREFERENCE_COLUMNS,
              description="reversal preference pairs, rejected = a policy model's own wrong sample")
 
 
 @hookimpl
 def register_models(register):
-    register("tiny-llama", "rewardkit.embedded:tiny_llama",
+    register("tiny-llama", "rewardkit.builtin.models:tiny_llama",
              description="3-layer 128-wide Llama, character tokenizer with chat template (CPU quick start)")
-    register("tiny-qwen2", "rewardkit.embedded:tiny_qwen2",
+    register("tiny-qwen2", "rewardkit.builtin.models:tiny_qwen2",
              description="2-layer 128-wide Qwen2, character tokenizer with chat template")

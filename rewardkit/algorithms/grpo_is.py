@@ -9,28 +9,9 @@ from typing import Any
 
 import torch
 
-from rewardkit.kl import k3
-from rewardkit.ppo_core import masked_mean as token_mean
-
 # TRL 1.16's loss types grpo_is runs (TRL computes the loss; ``aggregate_loss`` adds the KL term with the same
 # aggregation): all of them are the PPO clipped surrogate, they differ only in how per-token terms are averaged.
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over valid tokens; a ``(B, 1)`` ``x`` (sequence level) is averaged over sequences."""
-    if x.shape[-1] == 1 and mask.shape[-1] != 1:
-        return x.mean()
-    return token_mean(x, mask)
-
-
-def approx_kl_old_new(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(old ‖ new) estimated on tokens sampled from the old policy, the PPO early-stopping statistic.
-
-    With ``log r = logp_new - logp_old`` this is Schulman's k3, ``mean(exp(log r) - 1 - log r)``: unbiased under
-    old-policy samples and never negative. Returns a 0-d tensor (no gradient).
-    """
-    return masked_mean(k3(old_logps, logps.detach()), mask)
 
 
 def importance_log_weights(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor,

@@ -68,11 +68,11 @@ def abs_kl(logp, ref_logp):
 
 
 ESTIMATORS = {
-    "k1": ("rewardkit.kl:k1", "log-ratio; unbiased, high variance, can be negative"),
-    "k2": ("rewardkit.kl:k2", "half squared log-ratio; biased, low variance, non-negative"),
-    "k3": ("rewardkit.kl:k3", "exp(r)-r-1; unbiased and non-negative (TRL GRPO default)"),
-    "low_var_kl": ("rewardkit.kl:low_var_kl", "k3 with the log-ratio clamped before exp, value to [-10, 10] (verl)"),
-    "abs": ("rewardkit.kl:abs_kl", "absolute log-ratio; biased, robust"),
+    "k1": ("rewardkit.algorithms.kl:k1", "log-ratio; unbiased, high variance, can be negative"),
+    "k2": ("rewardkit.algorithms.kl:k2", "half squared log-ratio; biased, low variance, non-negative"),
+    "k3": ("rewardkit.algorithms.kl:k3", "exp(r)-r-1; unbiased and non-negative (TRL GRPO default)"),
+    "low_var_kl": ("rewardkit.algorithms.kl:low_var_kl", "k3 with the log-ratio clamped before exp, value to [-10, 10] (verl)"),
+    "abs": ("rewardkit.algorithms.kl:abs_kl", "absolute log-ratio; biased, robust"),
 }
 
 
