@@ -354,6 +354,11 @@ def print_summary(summary: dict, recipe) -> None:
         when = " (previous run)" if st.get("previous_run") else ""
         resumed = f" (resumed at step {st['resumed_from_step']})" if st.get("resumed_from_step") else ""
         lines.append(f"  stage {st['name']}: {st['steps']} steps in {st['seconds']:.0f}s{when}{resumed}{extra}")
+        ds = st.get("dynamic_sampling")
+        if ds:
+            lines.append(f"    dynamic sampling: {ds['rounds']} generation rounds for {ds['rollouts']} rollouts, "
+                         f"{ds['dropped_groups']} zero-variance groups dropped, {ds['extra_completions']} extra "
+                         f"completions, {ds['filled_zero_var_groups']} groups filled back")
         if (st.get("early_stop") or {}).get("stopped_at"):
             lines.append(f"    stopped early at step {st['early_stop']['stopped_at']}: {st['early_stop']['reason']}")
     lines += _health_lines(summary)

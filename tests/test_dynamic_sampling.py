@@ -160,3 +160,24 @@ def test_refill_stream_position_resumes(setup, tmp_path):
     assert first._ds_drawn > 0
     assert resumed._ds_drawn == full._ds_drawn
     assert resumed.dynamic_sampling_totals["rollouts"] == full.dynamic_sampling_totals["rollouts"] == 4
+
+
+def test_a_recipe_turns_it_on_and_the_summary_reports_it(tmp_path, registry, capsys):
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    path = tmp_path / "ds.yaml"
+    path.write_text(f"""
+model: {{name: tiny-llama}}
+data: {{name: arithmetic, params: {{n_train: 64, n_test: 8, max_operand: 10}}}}
+output_dir: {tmp_path / "run"}
+trainer: {{type: grpo, max_steps: 2, per_device_train_batch_size: 8, num_generations: 4, max_completion_length: 4,
+           dynamic_sampling: true, dynamic_sampling_max_rounds: 2, save_strategy: "no", logging_steps: 1}}
+rewards: [{{name: exact_match}}]
+""")
+    summary = run(load_recipe(str(path), registry=registry), registry)
+    ds = summary["stages"][0]["dynamic_sampling"]
+    # an untrained model gets nothing right: every group has zero variance, refills cannot help, the rollout is
+    # completed with zero-variance groups and the step still runs
+    assert ds["rollouts"] == 2 and ds["rounds"] == 4 and ds["filled_zero_var_groups"] == 4
+    assert "dynamic sampling: 4 generation rounds for 2 rollouts" in capsys.readouterr().out

@@ -65,6 +65,11 @@ class GRPOStage(_TRLStage):
     def health_report(self, trainer):
         return self._monitor
 
+    def result_metrics(self, trainer) -> dict:
+        """With dynamic sampling: its totals over the stage (rounds, dropped groups, extra completions, ...)."""
+        on = getattr(trainer.args, "dynamic_sampling", False)
+        return {"dynamic_sampling": dict(trainer.dynamic_sampling_totals)} if on else {}
+
     def trainer_kwargs(self, ctx):
         return {"reward_funcs": ctx.rewards}
 
