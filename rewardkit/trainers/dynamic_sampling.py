@@ -207,8 +207,8 @@ class DynamicSamplingMixin:
                 merged["completion_mask"] * merged["tool_mask"]
             merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
         dropped_all, extra_all, filled_all = self._ds_sum([dropped, generated - len(inputs), filled])
-        stats = {"rounds": rounds, "dropped_groups": dropped_all, "extra_completions": extra_all,
-                 "filled_zero_var_groups": filled_all}
+        stats = {"rounds": rounds, "dropped_groups": int(dropped_all), "extra_completions": int(extra_all),
+                 "filled_zero_var_groups": int(filled_all)}
         for k, v in stats.items():
             self._metrics["train"][f"dynamic_sampling/{k}"].append(float(v))
             self.dynamic_sampling_totals[k] += v
