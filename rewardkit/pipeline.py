@@ -83,6 +83,24 @@ class _Dist:
                 dist.barrier()
 
 
+def _cpu_fsdp_problems(recipe) -> list[str]:
+    """FSDP asked for on a machine without CUDA. accelerate 1.15 switches a run to FSDP only for GPU-type
+    backends (``AcceleratorState.__init__``: ``MULTI_CPU`` is not among them), so ``accelerate launch --use_fsdp``
+    on CPU trains with plain DDP and says nothing, and a trainer's ``fsdp`` field makes transformers refuse the run
+    after the model has loaded. Measured 2026-12-03 with torch 2.13 (docs/operations.md)."""
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        return []
+    why = ("FSDP does not run on CPU with accelerate 1.15 (it enables FSDP for GPU backends only; a CPU run "
+           "would silently train with DDP instead). Use accelerate launch --multi_gpu (DDP over gloo) on CPU, "
+           "or run FSDP on GPUs")
+    problems = [f"stages.{spec.name}.trainer.fsdp: {why}" for spec in recipe.stages if spec.trainer_args.get("fsdp")]
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        problems.append(f"accelerate launch --use_fsdp (ACCELERATE_USE_FSDP=true): {why}")
+    return problems
+
+
 def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
     """The stage's held-out stopping callback (rewardkit.stopping), or None without ``early_stop:``."""
     if not spec.early_stop:
@@ -152,6 +170,9 @@ class _Run:
 
     def plan(self, resume: str) -> list:
         """What is on disk, checked against the recipe before anything loads."""
+        problems = _cpu_fsdp_problems(self.recipe)
+        if problems:
+            raise RecipeError(problems)
         if resume == "never" and self.dist.main:
             state.clear_previous(self.recipe)
         self.dist.barrier()

@@ -85,3 +85,46 @@ def test_quickstart_grpo_with_two_cpu_processes(tmp_path):
         assert len(calls[rank]) == 3  # one generation batch per step
         assert all(pid == pool_pid and n == 8 for pid, pool_pid, n in calls[rank])
     assert calls[0][0][0] != calls[1][0][0]  # two processes
+
+
+def test_fsdp_on_cpu_is_refused_before_anything_loads(tmp_path, registry, monkeypatch):
+    """accelerate 1.15 enables FSDP for GPU backends only; on CPU a run would silently train with DDP. The
+    trainer field and the launcher's flag are both refused with the reason, before a model loads."""
+    import torch
+
+    from rewardkit.errors import RecipeError
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    if torch.cuda.is_available():
+        pytest.skip("FSDP is available on this machine")
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(f"""
+model: {{name: tiny-llama}}
+data: {{name: arithmetic, params: {{n_train: 16, n_test: 4}}}}
+output_dir: {tmp_path / "run"}
+trainer: {{type: sft, max_steps: 1, fsdp: "full_shard auto_wrap"}}
+""")
+    recipe = load_recipe(str(path), registry=registry)  # a GPU recipe still validates on CPU
+    with pytest.raises(RecipeError, match=r"stages\.sft\.trainer\.fsdp: FSDP does not run on CPU"):
+        run(recipe, registry)
+    assert not (tmp_path / "run" / "sft").exists()
+    path.write_text(path.read_text().replace(', fsdp: "full_shard auto_wrap"', ""))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RecipeError, match=r"accelerate launch --use_fsdp .*silently train with DDP"):
+        run(load_recipe(str(path), registry=registry), registry)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_use_fsdp_on_cpu_exits_2_with_the_reason(tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    cmd = [accelerate, "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "rewardkit.cli", "run", os.path.join(REPO, "recipes", "quickstart.yaml"),
+           f"output_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exitcode: 2" in out, out[-3000:]
+    assert "FSDP does not run on CPU with accelerate" in out
+    assert not (tmp_path / "out" / "sft").exists()
