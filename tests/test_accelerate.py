@@ -128,3 +128,27 @@ def test_accelerate_launch_use_fsdp_on_cpu_exits_2_with_the_reason(tmp_path):
     assert proc.returncode != 0 and "exitcode: 2" in out, out[-3000:]
     assert "FSDP does not run on CPU with accelerate" in out
     assert not (tmp_path / "out" / "sft").exists()
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_with_two_cpu_processes_counts_globally(tmp_path):
+    """Refill rounds are collective (every process generates in every round) and the logged totals are sums
+    over both processes. A 2-step SFT model gets nothing right, so every group has zero variance: each rollout
+    runs all 4 rounds, refills 2 groups per process per round and is completed with 2 zero-variance groups per
+    process."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    out = tmp_path / "out"
+    overrides = [f"output_dir={out}", "data.params.n_train=256", "data.params.n_test=16", "~eval",
+                 "stages.sft.trainer.max_steps=2", "stages.sft.trainer.per_device_train_batch_size=16",
+                 "~stages.sft.early_stop", "stages.grpo.trainer.max_steps=4",
+                 "stages.grpo.trainer.per_device_train_batch_size=8", "stages.grpo.trainer.num_generations=4",
+                 "stages.grpo.trainer.dynamic_sampling=true", "stages.grpo.trainer.logging_steps=1"]
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "rewardkit.cli", "run", os.path.join(REPO, "recipes", "quickstart.yaml"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ds = json.loads((out / "summary.json").read_text())["stages"][-1]["dynamic_sampling"]
+    assert ds == {"rollouts": 4, "rounds": 16, "dropped_groups": 4 * 2 * (8 - 2), "extra_completions": 4 * 2 * 3 * 8,
+                  "filled_zero_var_groups": 4 * 2 * 2}
