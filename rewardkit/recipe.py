@@ -17,7 +17,6 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-
 from rewardkit import monitor as _monitor
 from rewardkit import values
 from rewardkit.errors import PluginError, RecipeError

@@ -59,8 +59,9 @@ EPOCH_LOG = "grpo_is_epochs.jsonl"
 @dataclass
 class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
     """``GRPOConfig`` plus multi-epoch importance sampling; rollout reuse and KL control are ``RolloutKLConfig``'s
-    (shared with ``trainer: ppo``), dynamic sampling ``DynamicSamplingConfig``'s. TRL's ``num_iterations`` is replaced by ``rollout_epochs`` and must stay 1;
-    ``epsilon``/``epsilon_high``/``importance_sampling_level``/``delta`` keep their TRL meaning."""
+    (shared with ``trainer: ppo``), dynamic sampling ``DynamicSamplingConfig``'s. TRL's ``num_iterations`` is
+    replaced by ``rollout_epochs`` and must stay 1; ``epsilon``/``epsilon_high``/``importance_sampling_level``/
+    ``delta`` keep their TRL meaning."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -95,11 +96,12 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
     """TRL ``GRPOTrainer`` reusing each rollout for up to μ reshuffled epochs with target-KL early stopping.
 
     Overrides: ``_prepare_inputs`` (serves minibatches from the rollout buffer, reshuffled per epoch, and draws a
-    new rollout when μ epochs are done or the rollout went stale), ``_compute_loss`` (TRL's own loss, to which the KL
-    term of the registered estimator with adaptive β is added, and per-epoch statistics), ``training_step`` (retries a step on a
-    fresh rollout when the first minibatch of that step shows KL(old‖new) > ``early_stop_kl``), and checkpoint
-    save/load (rollout state). Everything else, generation, rewards, advantages, reference log-probs, the old
-    policy's log-probs and the optimizer loop, is TRL's.
+    new rollout when μ epochs are done or the rollout went stale), ``_compute_loss`` (TRL's own loss, to which the
+    KL term of the registered estimator with adaptive β is added, and per-epoch statistics), ``training_step``
+    (retries a step on a fresh rollout when the first minibatch of that step shows KL(old‖new) > ``early_stop_kl``),
+    and checkpoint save/load (rollout state); dynamic sampling comes from ``DynamicSamplingMixin``. Everything
+    else, generation, rewards, advantages, reference log-probs, the old policy's log-probs and the optimizer loop,
+    is TRL's.
     """
 
     _tag_names = ["trl", "grpo", "rewardkit", "grpo_is"]
