@@ -175,6 +175,16 @@ class Stage:
         raise NotImplementedError
 
 
+def over_processes(accelerator, values: list[float], op: str = "sum") -> list[float]:
+    """``values`` (one float each) summed, or their min or max, over every process of ``accelerator``."""
+    if accelerator.num_processes == 1:
+        return list(values)
+    import torch  # noqa: PLC0415
+
+    g = accelerator.gather(torch.tensor(values, device=accelerator.device, dtype=torch.float64).unsqueeze(0))
+    return {"sum": g.sum(0), "min": g.min(0).values, "max": g.max(0).values}[op].tolist()
+
+
 class HeldOutMetrics:
     """Mixin for a TRL trainer whose result is judged on pairs it never trained on: after ``train()`` it calls
     ``heldout_metrics()`` on ``self.heldout`` (when given) and keeps the result in ``summary_metrics``, which

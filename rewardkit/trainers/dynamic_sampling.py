@@ -30,6 +30,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler, nanstd
 
+from rewardkit.trainers.base import over_processes
+
 STATE_FILE = "dynamic_sampling_state.json"
 LEFT_PADDED = {"prompt_ids", "prompt_mask"}
 RIGHT_PADDED = {"completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
@@ -142,13 +144,6 @@ class DynamicSamplingMixin:
                                   self.multi_objective_aggregation)
         return out, zero.cpu()
 
-    def _ds_sum(self, values: list[float], op: str = "sum") -> list[float]:
-        if self.accelerator.num_processes == 1:
-            return values
-        t = torch.tensor(values, device=self.accelerator.device, dtype=torch.float64)
-        g = self.accelerator.gather(t.unsqueeze(0))
-        return (g.max(0).values if op == "max" else g.sum(0)).tolist()
-
     def _refill_prompts(self, groups: int) -> list[dict]:
         """``groups`` groups of fresh prompts for this process (every process draws the same global chunk of
         the refill stream and takes its own part)."""
@@ -186,8 +181,8 @@ class DynamicSamplingMixin:
             pieces.append((out, take))
             spare.append((out, [i for i, z in enumerate(zero.tolist()) if z]))
             have, seen, signal_seen = have + len(take), seen + len(zero), signal_seen + len(signal)
-            (deficit,) = self._ds_sum([need - have], "max")
-            seen_all, signal_all = self._ds_sum([seen, signal_seen])
+            (deficit,) = over_processes(self.accelerator, [need - have], "max")
+            seen_all, signal_all = over_processes(self.accelerator, [seen, signal_seen])
             if deficit == 0 or rounds == self.args.dynamic_sampling_max_rounds:
                 break
             frac = max(signal_all / seen_all, 1.0 / need)
@@ -206,7 +201,7 @@ class DynamicSamplingMixin:
             mask = merged["completion_mask"] if "tool_mask" not in merged else \
                 merged["completion_mask"] * merged["tool_mask"]
             merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
-        dropped_all, extra_all, filled_all = self._ds_sum([dropped, generated - len(inputs), filled])
+        dropped_all, extra_all, filled_all = over_processes(self.accelerator, [dropped, generated - len(inputs), filled])
         stats = {"rounds": rounds, "dropped_groups": int(dropped_all), "extra_completions": int(extra_all),
                  "filled_zero_var_groups": int(filled_all)}
         for k, v in stats.items():

@@ -48,6 +48,7 @@ from trl.trainer.utils import (
 from rewardkit.algorithms.kl import builtin_estimator, kl_controller
 from rewardkit.algorithms import grpo_is as core
 from rewardkit.algorithms.masked import kl_old_new
+from rewardkit.trainers.base import over_processes
 from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingMixin
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
@@ -214,20 +215,11 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
         return {"kl_sum": 0.0, "tokens": 0.0, "clipped": 0.0, "clip_n": 0.0, "ratio_min": math.inf,
                 "ratio_max": -math.inf, "minibatches": 0}
 
-    def _reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        if self.accelerator.num_processes == 1:
-            return values
-        t = torch.tensor(values, device=self.accelerator.device, dtype=torch.float64)
-        if op == "sum":
-            return self.accelerator.reduce(t, reduction="sum").tolist()
-        g = self.accelerator.gather(t.unsqueeze(0))
-        return (g.min(0).values if op == "min" else g.max(0).values).tolist()
-
     def _finish_epoch(self, partial: bool) -> None:
         acc = self._acc
-        kl_sum, tokens, clipped, clip_n = self._reduce([acc["kl_sum"], acc["tokens"], acc["clipped"], acc["clip_n"]])
-        (rmin,) = self._reduce([acc["ratio_min"]], "min")
-        (rmax,) = self._reduce([acc["ratio_max"]], "max")
+        kl_sum, tokens, clipped, clip_n = over_processes(self.accelerator, [acc["kl_sum"], acc["tokens"], acc["clipped"], acc["clip_n"]])
+        (rmin,) = over_processes(self.accelerator, [acc["ratio_min"]], "min")
+        (rmax,) = over_processes(self.accelerator, [acc["ratio_max"]], "max")
         rec = {"rollout": self.rollouts, "epoch": self._epoch, "global_step": self.state.global_step,
                "minibatches": acc["minibatches"], "partial": partial,
                "approx_kl": kl_sum / max(tokens, 1.0), "clip_fraction": clipped / max(clip_n, 1.0),
@@ -246,7 +238,7 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
 
     def _finish_rollout(self, windows_done: int, early: bool) -> None:
         used = core.rollout_epochs_used(windows_done, self.windows_per_epoch)
-        kl_sum, seqs = self._reduce(self._rollout_ref_kl)
+        kl_sum, seqs = over_processes(self.accelerator, self._rollout_ref_kl)
         ref_kl = kl_sum / seqs if seqs else float("nan")  # nats per sequence, as PPO's
         if self.beta != 0.0 and seqs:
             # the proportional controller's horizon is in episodes: this rollout's completions (all processes)
@@ -299,7 +291,7 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
             loss = loss + beta * self._aggregate(per_token_kl, mask, inputs, mode)
             with torch.no_grad():
                 kl_tok, tokens = (per_token_kl * mask).sum().item(), mask.sum().item()
-                total, count = self._reduce([kl_tok, tokens])
+                total, count = over_processes(self.accelerator, [kl_tok, tokens])
                 metrics["kl"].append(total / max(count, 1.0))  # global token mean, as TRL logs it
                 if mode == "train":
                     self._rollout_ref_kl[0] += kl_tok
@@ -330,7 +322,7 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
         opens_reuse_step = mb % self.args.gradient_accumulation_steps == 0 and (epoch, mb) != (0, 0)
         if not opens_reuse_step or self.args.early_stop_kl is None:
             return False
-        (kl_now,) = self._reduce([approx_kl.item()])
+        (kl_now,) = over_processes(self.accelerator, [approx_kl.item()])
         if kl_now / self.accelerator.num_processes <= self.args.early_stop_kl:
             return False
         if self._acc["minibatches"]:

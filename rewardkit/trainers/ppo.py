@@ -30,7 +30,7 @@ from trl import GRPOTrainer
 
 from rewardkit.algorithms import masked
 from rewardkit.algorithms import ppo as alg
-from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, k3, kl_controller
+from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, kl_controller
 from rewardkit.trainers.ppo_config import GRPO_ONLY
 from rewardkit.trainers.rollout_kl import estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
@@ -250,7 +250,7 @@ class PPOTrainer(GRPOTrainer):
         with torch.no_grad():
             new = torch.cat([self._forward(self.model, ids[i:i + bs], attn[i:i + bs], k, values=False)[0]
                              for i in range(0, ids.size(0), bs)])
-            d = masked.global_masked_mean(k3(r["old_per_token_logps"], new), r["loss_mask"], self._all_reduce())
+            d = masked.kl_old_new(new, r["old_per_token_logps"], r["loss_mask"], self._all_reduce())
         self.penalty_ctl.update(d.item())
         self._metrics["train"]["ppo/policy/penalty_kl"].append(d.item())
 
