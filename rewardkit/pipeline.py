@@ -172,7 +172,7 @@ class _Run:
         """What is on disk, checked against the recipe before anything loads."""
         problems = _cpu_fsdp_problems(self.recipe)
         if problems:
-            raise RecipeError(problems)
+            raise RecipeError(problems, source=self.recipe.path)
         if resume == "never" and self.dist.main:
             state.clear_previous(self.recipe)
         self.dist.barrier()

@@ -172,7 +172,7 @@ def plan(recipe, resume: str) -> tuple[list[StagePlan], bool]:
                 f"or choose another output_dir"
                 for p in plans if (p.done or p.ckpt) and p.state.get("fingerprint") not in (None, p.fingerprint)]
     if problems:
-        raise RecipeError(problems)
+        raise RecipeError(problems, source=recipe.path)
     return plans, resuming
 
 
