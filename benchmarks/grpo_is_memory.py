@@ -83,6 +83,7 @@ def child(kind: str, path: str, a) -> dict:
         from peft import LoraConfig
         from transformers import BitsAndBytesConfig
 
+        from rewardkit.models import keep_4bit_trainable
         from rewardkit.trainers.grpo_is import GRPOISConfig, GRPOISTrainer
 
         cfg = GRPOISConfig(rollout_epochs=2, early_stop_kl=0.1, kl_estimator="k3", **common)
@@ -91,6 +92,7 @@ def child(kind: str, path: str, a) -> dict:
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         tr = GRPOISTrainer(model=path, args=cfg, train_dataset=ds, processing_class=tok, reward_funcs=[reward],
                            quantization_config=q, peft_config=lora)
+        keep_4bit_trainable(tr.model)
         has_ref = tr.ref_model is not None
     elif kind == "trl_full":
         from trl import GRPOConfig, GRPOTrainer

@@ -124,3 +124,22 @@ def save_merged(trainer, base_path: str, model: dict, out_dir: str, cls=None) ->
     if tok is not None:
         getattr(tok, "tokenizer", tok).save_pretrained(out_dir)
     return out_dir
+
+
+def keep_4bit_trainable(model) -> int:
+    """Stop bitsandbytes from repacking the 4-bit layers of a model that trains; returns how many layers.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a ``Linear4bit`` weight into an inference layout on the
+    layer's first forward in eval mode without gradients (as during generation) and from then on computes the layer
+    with ``gemv_4bit``, which has no autograd kernel: torch warns once and the gradients that flow back through the
+    frozen base layer are wrong, so every LoRA adapter below the top layer gets a wrong update (measured on
+    tiny-llama: a LoRA gradient off by 0.15 after one generation; tests/test_models.py). RL trainers generate
+    between updates, so each one would train on wrong gradients on such CPUs and correctly on others.
+    """
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+

@@ -246,6 +246,7 @@ class _Run:
         stage_cls, ctx, log_cb, stopper = self._context(p)
         stage = stage_cls()
         trainer = stage.build_trainer(ctx)
+        models.keep_4bit_trainable(trainer.model)
         trainer.train(resume_from_checkpoint=p.ckpt[1] if p.ckpt else None)
         self.trained_earlier = True
         _record_health(self.summary, spec.name, stage.health_report(trainer), p.dir, self.save_summary)

@@ -26,3 +26,35 @@ def test_embedded_models_build_once_deterministically_and_chat(builtin_registry,
     other = os.path.join(os.path.dirname(path), f"rebuild-{name}")
     embedded.build(name, other)
     assert torch.equal(next(AutoModelForCausalLM.from_pretrained(other).parameters()), first)
+
+
+def test_4bit_lora_gradients_stay_right_after_a_generation_forward(builtin_registry):
+    """bitsandbytes 0.50 on an AVX512-BF16 CPU repacks 4-bit weights on an eval-mode no-grad forward and then
+    backpropagates through a kernel without autograd (models.keep_4bit_trainable); trainers generate between
+    updates, so the gradient after such a forward must equal the gradient of a model that never had one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    pytest.importorskip("bitsandbytes")
+    path = models.resolve("tiny-llama", builtin_registry)
+    ids = torch.randint(8, 90, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def lora_grads(generate_first: bool):
+        model = models.load_for_inference(path, {"quantization": {"bits": 4}, "dtype": "float32"},
+                                          AutoModelForCausalLM)
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        assert models.keep_4bit_trainable(model) > 0
+        if generate_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    fresh, after = lora_grads(False), lora_grads(True)
+    assert fresh.keys() == after.keys() and len(fresh) > 0
+    for name, g in fresh.items():
+        assert torch.allclose(g, after[name], atol=1e-6), name
