@@ -29,6 +29,10 @@ def cmd_run(args) -> int:
     from rewardkit.registry import get_registry  # noqa: PLC0415
 
     recipe = load_recipe(args.recipe, args.overrides)  # validation happens before any model loads
+    if args.smoke:
+        from rewardkit.smoke import run_smoke  # noqa: PLC0415
+
+        return run_smoke(recipe, get_registry())
     from rewardkit.pipeline import run  # noqa: PLC0415
 
     run(recipe, get_registry(), resume="require" if args.resume else "never" if args.fresh else "auto")
@@ -117,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "without a flag, a run continues automatically when output_dir holds one")
             g.add_argument("--fresh", action="store_true",
                            help="delete this recipe's previous stage outputs in output_dir and start over")
+            g.add_argument("--smoke", action="store_true",
+                           help="run the recipe's code path at CPU sizes (tiny stand-in of a hub model, bundled "
+                                "data, 2 steps) into OUTPUT_DIR-smoke, and report what the rewards scored; exit 1 "
+                                "when a reward pipeline gives no signal (docs/operations.md)")
         p.set_defaults(fn=fn)
     p = sub.add_parser("probe", help="score adversarial completions with every reward of a recipe's RL stages")
     p.add_argument("recipe", help="recipe YAML file")

@@ -143,3 +143,14 @@ def keep_4bit_trainable(model) -> int:
             n += 1
     return n
 
+
+def describe(model) -> dict:
+    """What a trainer trained: the architecture class, parameter counts, 4-bit linear layers, LoRA modules."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    modules = list(model.modules())
+    return {"architecture": type(base).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "linear_4bit": sum(type(m).__module__.startswith("bitsandbytes") and type(m).__name__ == "Linear4bit"
+                               for m in modules),
+            "lora_modules": sum(hasattr(m, "lora_A") for m in modules)}

@@ -119,16 +119,18 @@ def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
 
 
 # --------------------------------------------------------------------------- the run
-def run(recipe, registry, resume: str = "auto") -> dict:
+def run(recipe, registry, resume: str = "auto", observe_rewards=None) -> dict:
     """Train every stage; return (and write to ``output_dir/summary.json``) what happened.
 
     ``resume``: ``"auto"`` continues from what ``output_dir`` holds (finished stages are reused, an
     interrupted stage continues from its last complete checkpoint), ``"require"`` does the same but fails
     when there is nothing to continue, ``"never"`` removes this recipe's previous stage outputs first.
+    ``observe_rewards(spec, rewards)``, when given, sees each stage's built reward functions before training
+    (``rewardkit run --smoke`` keeps their scores).
     """
     if resume not in state.RESUME_MODES:
         raise ValueError(f"resume must be one of {state.RESUME_MODES}, got {resume!r}")
-    r = _Run(recipe, registry)
+    r = _Run(recipe, registry, observe_rewards)
     plans = r.plan(resume)
     r.evaluate_base()
     for p in plans:
@@ -143,7 +145,7 @@ class _Run:
     """One run of a recipe, as the steps ``run`` calls in order: plan, evaluate_base, then reuse or train each
     stage, finish. ``previous`` is the policy the next stage starts from; ``summary`` is saved after each step."""
 
-    def __init__(self, recipe, registry):
+    def __init__(self, recipe, registry, observe_rewards=None):
         import datasets  # noqa: PLC0415
         from transformers import set_seed  # noqa: PLC0415
 
@@ -163,6 +165,7 @@ class _Run:
         self.start = time.time()
         self.data = _DataCache(recipe, registry)
         self.evaluate = _evaluator(recipe, registry)
+        self.observe_rewards = observe_rewards
 
     def save_summary(self) -> None:
         if self.dist.main:
@@ -256,7 +259,8 @@ class _Run:
                                            import_target(stage_cls.model_class))
         info = {"name": spec.name, "trainer": spec.trainer_type, "model_dir": model_dir,
                 "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1),
-                **stage.result_metrics(trainer), "produces_policy": stage_cls.produces_policy}
+                **stage.result_metrics(trainer), "produces_policy": stage_cls.produces_policy,
+                "policy": models.describe(trainer.model)}
         if p.ckpt:
             info["resumed_from_step"] = p.ckpt[0]
         if stopper:
@@ -283,6 +287,8 @@ class _Run:
         tokenizer = AutoTokenizer.from_pretrained(stage_model)
         stage_cls = registry.load("trainers", spec.trainer_type)
         rewards = [registry.build_reward(b.name, b.params, b.alias, spec.reward_faults) for b in spec.rewards]
+        if self.observe_rewards:
+            self.observe_rewards(spec, rewards)
         log_cb = LogHistoryCallback(os.path.join(p.dir, "log.jsonl"))
         dataset = self.data.get(spec.data, f"stages.{spec.name}.data")
         callbacks = [log_cb.callback]

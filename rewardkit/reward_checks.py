@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rewardkit.completions import completion_text
 from rewardkit.errors import RewardError
 
 
@@ -146,6 +147,8 @@ class CheckedReward:
         self.seen = 0  # samples scored
         self.skipped = 0  # samples turned into None by the skip policy
         self.reported = 0  # faults printed
+        self.kept: list | None = None  # (completion text, score) pairs, once keep() is called
+        self._keep_limit = 0
 
     # -- the call ------------------------------------------------------------------------------------------
     def __call__(self, prompts=None, completions=None, **kwargs):
@@ -154,8 +157,8 @@ class CheckedReward:
             values = self.fn(prompts=prompts, completions=completions, **kwargs)
         except Exception as exc:  # noqa: BLE001 - reported with the sample that raises
             singles = [self._run_one(prompts, completions, kwargs, n, i) for i in range(n)]
-            return self._settle(*self._merge_singles(singles, exc, n), kwargs)
-        return self._settle(*find_faults(values, n, self.__name__, self.provider), kwargs)
+            return self._kept(completions, self._settle(*self._merge_singles(singles, exc, n), kwargs))
+        return self._kept(completions, self._settle(*find_faults(values, n, self.__name__, self.provider), kwargs))
 
     def _run_one(self, prompts, completions, kwargs, n, i):
         try:
@@ -215,6 +218,17 @@ class CheckedReward:
                               f"{self.faults.max_rate:.1%}; latest: {faults[0].message}")
         return values
 
+    def keep(self, limit: int) -> None:
+        """From now on keep the first ``limit`` (completion text, score) pairs this instance settles, in
+        ``kept`` (``rewardkit run --smoke`` reports them)."""
+        self.kept, self._keep_limit = [], limit
+
+    def _kept(self, completions, values: list) -> list:
+        if self.kept is not None and len(self.kept) < self._keep_limit:
+            room = self._keep_limit - len(self.kept)
+            self.kept.extend(zip((completion_text(c) for c in completions[:room]), values[:room]))
+        return values
+
     def fault_counts(self) -> dict:
         return {"policy": self.faults.policy, "calls": self.calls, "samples": self.seen, "skipped": self.skipped}
 
@@ -229,8 +243,8 @@ class AsyncCheckedReward(CheckedReward):
             values = await self.fn(prompts=prompts, completions=completions, **kwargs)
         except Exception as exc:  # noqa: BLE001
             singles = [await self._arun_one(prompts, completions, kwargs, n, i) for i in range(n)]
-            return self._settle(*self._merge_singles(singles, exc, n), kwargs)
-        return self._settle(*find_faults(values, n, self.__name__, self.provider), kwargs)
+            return self._kept(completions, self._settle(*self._merge_singles(singles, exc, n), kwargs))
+        return self._kept(completions, self._settle(*find_faults(values, n, self.__name__, self.provider), kwargs))
 
     async def _arun_one(self, prompts, completions, kwargs, n, i):
         try:

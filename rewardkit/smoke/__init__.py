@@ -1,0 +1,275 @@
+"""``rewardkit run RECIPE --smoke``: the recipe's own code path at CPU sizes, before anyone rents a GPU.
+
+What stays: the trainer types and every trainer setting except the sizes below, the rewards with their params,
+the data format (columns, templates, chat formatting, system prompt), the model's architecture class, its
+quantization and LoRA, the eval section's reward. What changes, and only this:
+
+- a hub model becomes a stand-in of the same architecture class at tiny width (``standin.py``): a byte-level BPE
+  tokenizer trained on the task's text with a chat template in the family's style, warmed up on the training
+  rows so completions are answer-shaped (a local or registered model is used as it is);
+- a hub dataset becomes a bundled local file in its row format (``STAND_IN_DATA``); every dataset is cut to
+  ``TRAIN_ROWS`` training rows, and evaluation to ``EVAL_ROWS`` prompts;
+- each stage trains ``SMOKE_STEPS`` steps, logs every step, checkpoints at the end; generation lengths are capped
+  at ``MAX_NEW_TOKENS``; ``use_vllm`` and fp16 (GPU only) are turned off;
+- everything is written to ``<output_dir>-smoke``, started fresh.
+
+Every reward's scores on the completions it is given are kept, and the run ends with a report
+(``smoke.json``): the policy's class and quantization, per reward the scores seen, sample completions. When the
+policy is a warmed-up stand-in, an RL stage in which every reward gave one constant score fails the smoke run
+(exit 1): the stand-in writes answer-shaped text, so a constant reward means the reward pipeline does not see
+what it should (a wrong gold column, an extractor that never matches).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+from rewardkit.errors import RecipeError
+
+SMOKE_STEPS = 2
+TRAIN_ROWS, EVAL_ROWS = 32, 8
+MAX_NEW_TOKENS = 128
+KEPT_SCORES = 4096  # per reward and process
+STAND_IN_DATA = {  # hub dataset id -> local file with the same columns and layout
+    "openai/gsm8k": str(Path(__file__).with_name("gsm8k_sample.jsonl")),
+    "gsm8k": str(Path(__file__).with_name("gsm8k_sample.jsonl")),
+}
+_HUB_DATA_KEYS = ("hub", "config", "split", "test_split")
+
+
+def _log(msg: str) -> None:
+    print(f"[rewardkit] smoke: {msg}", flush=True)
+
+
+def _is_hub_model(name: str, recipe, registry) -> bool:
+    return bool(name) and name not in registry.names("models") and not os.path.isdir(recipe.resolve_path(name))
+
+
+def _stage_sections(raw: dict) -> list[tuple[str, dict]]:
+    """(location, raw stage dict) of every stage, the single-stage shorthand included."""
+    if "stages" in raw:
+        return [(f"stages.{name}", s) for name, s in (raw.get("stages") or {}).items() if isinstance(s, dict)]
+    return [("", raw)]
+
+
+def _scale_data(data: dict, where: str, notes: list[str]) -> None:
+    hub = data.get("hub")
+    if hub:
+        if hub not in STAND_IN_DATA:
+            raise RecipeError(f"{where}.hub: --smoke has no local stand-in for hub dataset '{hub}' (it has: "
+                              f"{', '.join(sorted(STAND_IN_DATA))}); give it a small local sample in the same "
+                              f"format: rewardkit run RECIPE --smoke {where}.path=sample.jsonl ~{where}.hub")
+        had_test = bool(data.get("test_split"))
+        for k in _HUB_DATA_KEYS:
+            data.pop(k, None)
+        data["path"] = STAND_IN_DATA[hub]
+        if had_test and not data.get("test_size"):
+            data["test_size"] = 2 * EVAL_ROWS
+        notes.append(f"{where}: hub dataset {hub} -> bundled rows in its format ({os.path.basename(data['path'])})")
+    data["limit"] = min(int(data.get("limit") or TRAIN_ROWS), TRAIN_ROWS)
+
+
+def _scale_trainer(trainer: dict, where: str, registry, notes: list[str]) -> None:
+    import torch  # noqa: PLC0415
+
+    try:
+        fields = registry.load("trainers", trainer.get("type")).fields()
+    except Exception:  # noqa: BLE001 - validation of the original recipe already reported it
+        fields = {}
+    steps = trainer.get("max_steps")
+    trainer["max_steps"] = steps if isinstance(steps, int) and 0 < steps < SMOKE_STEPS else SMOKE_STEPS
+    trainer["logging_steps"] = 1
+    if trainer.get("save_strategy", "steps") == "steps":
+        trainer["save_steps"] = trainer["max_steps"]
+    for key in ("max_completion_length",):
+        if key in fields:
+            default = fields[key].default
+            value = trainer.get(key, default if isinstance(default, int) else None)
+            if value is None or value > MAX_NEW_TOKENS:
+                trainer[key] = MAX_NEW_TOKENS
+    if trainer.get("use_vllm"):
+        trainer["use_vllm"] = False
+        notes.append(f"{where}.use_vllm: off (vLLM needs a GPU); completions come from transformers' generate")
+    if trainer.get("bf16") and not torch.cuda.is_available() and "use_cpu" in fields:
+        trainer["use_cpu"] = True
+        notes.append(f"{where}.use_cpu: true (transformers trains bf16 without a GPU only when told so)")
+    if trainer.get("fp16") and not torch.cuda.is_available():
+        trainer["fp16"] = False
+        notes.append(f"{where}.fp16: off (fp16 mixed precision needs a GPU)")
+
+
+def _scale_eval(ev: dict) -> None:
+    ev["n"] = min(int(ev.get("n") or EVAL_ROWS), EVAL_ROWS)
+    ev["batch_size"] = min(int(ev.get("batch_size") or EVAL_ROWS), EVAL_ROWS)
+    ev["max_new_tokens"] = min(int(ev.get("max_new_tokens") or 16), MAX_NEW_TOKENS)
+    if ev.get("samples"):
+        ev["samples"] = min(int(ev["samples"]), 2)
+
+
+def smoke_raw(recipe, registry) -> tuple[dict, list[str]]:
+    """The recipe's raw dict at smoke sizes (models not yet replaced) and a note of each non-size change."""
+    raw = copy.deepcopy(recipe.raw)
+    notes = [f"sizes: {SMOKE_STEPS} steps per stage, at most {TRAIN_ROWS} training rows and {EVAL_ROWS} eval prompts, "
+             f"generation capped at {MAX_NEW_TOKENS} tokens, written to {recipe.output_dir.rstrip('/')}-smoke"]
+    raw["output_dir"] = f"{recipe.output_dir.rstrip('/')}-smoke"
+    if isinstance(raw.get("data"), dict):
+        _scale_data(raw["data"], "data", notes)
+    if isinstance(raw.get("eval"), dict):
+        _scale_eval(raw["eval"])
+    for at, stage in _stage_sections(raw):
+        pre = f"{at}." if at else ""
+        if isinstance(stage.get("data"), dict):
+            _scale_data(stage["data"], f"{pre}data", notes)
+        if isinstance(stage.get("trainer"), dict):
+            _scale_trainer(stage["trainer"], f"{pre}trainer", registry, notes)
+        if isinstance(stage.get("early_stop"), dict):
+            stage["early_stop"] = {**stage["early_stop"], "every": 1,
+                                   "n": min(int(stage["early_stop"].get("n") or EVAL_ROWS), EVAL_ROWS)}
+    return raw, notes
+
+
+def _target_column(spec, columns: list[str]) -> str | None:
+    """What the stand-in is warmed up to write: the SFT completion, else the gold column the rewards read."""
+    candidates = ["completion"] + [b.params.get(k) for b in spec.rewards for k in ("gold_column", "column")] + \
+        ["answer", "chosen", "solution"]
+    return next((c for c in candidates if c and c in columns), None)
+
+
+def prepare(recipe, registry, log=_log):
+    """The smoke recipe (validated) and what was done to it: ``(recipe, notes, standins)``."""
+    from rewardkit.data import load_data  # noqa: PLC0415
+    from rewardkit.models import cache_dir  # noqa: PLC0415
+    from rewardkit.recipe import normalize, validate  # noqa: PLC0415
+    from rewardkit.smoke import standin  # noqa: PLC0415
+
+    raw, notes = smoke_raw(recipe, registry)
+
+    def checked(raw):
+        problems: list[str] = []
+        out = normalize(raw, recipe.path, problems)
+        validate(out, registry, problems)
+        if problems:
+            raise RecipeError([f"after the --smoke changes: {p}" for p in problems], source=recipe.path)
+        return out
+
+    small = checked(raw)
+    standins: dict[str, str] = {}
+    for spec in sorted(small.stages, key=lambda s: not s.rewards):  # warm up on an RL stage's rows if there is one
+        name = spec.model.get("name")
+        if not _is_hub_model(name, small, registry) or name in standins:
+            continue
+        standin.family_of(name, "model.name" if name == small.model.get("name") else f"stages.{spec.name}.model.name")
+        train = load_data(small, spec.data, registry, f"stages.{spec.name}.data")["train"]
+        rows = [dict(r) for r in train]
+        target = _target_column(spec, train.column_names)
+        standins[name] = standin.build(name, rows, target, cache_dir(), log)
+        how = f"warmed up on column {target!r}" if target else "not warmed up: the data has no target column"
+        notes.append(f"model {name} -> {standin.family_of(name).model_type} stand-in {standins[name]} ({how})")
+    for section in [raw.get("model")] + [s.get("model") for _, s in _stage_sections(raw) if "stages" in raw]:
+        if isinstance(section, dict) and section.get("name") in standins:
+            section["name"] = standins[section["name"]]
+    return checked(raw), notes, standins
+
+
+# --------------------------------------------------------------------------- the report
+class Recorder:
+    """Keeps every reward's scores (``CheckedReward.keep``) per stage, for the report."""
+
+    def __init__(self):
+        self.rewards: dict[str, list] = {}
+
+    def __call__(self, spec, rewards: list) -> None:
+        self.rewards[spec.name] = rewards
+        for r in rewards:
+            r.keep(KEPT_SCORES)
+
+
+def _reward_report(reward) -> dict:
+    kept = reward.kept or []
+    scores = [s for _, s in kept if s is not None]
+    rep = {"scored": len(kept), "unscored": len(kept) - len(scores), "distinct": len(set(scores))}
+    if scores:
+        rep.update(mean=round(sum(scores) / len(scores), 4), min=min(scores), max=max(scores))
+        best = max(kept, key=lambda x: -1e30 if x[1] is None else x[1])
+        worst = min(kept, key=lambda x: 1e30 if x[1] is None else x[1])
+        rep["examples"] = [{"score": s, "completion": t[:300]} for t, s in (best, worst)]
+    return rep
+
+
+def _logged_rewards(log_path: str) -> list[dict]:
+    rows = []
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            for line in f:
+                rec = json.loads(line)
+                keep = {k: v for k, v in rec.items() if k == "step" or k.startswith(("reward", "rewards/"))}
+                if len(keep) > 1:
+                    rows.append(keep)
+    return rows
+
+
+def report(summary: dict, recorder: Recorder, standins: dict, notes: list[str]) -> tuple[dict, list[str]]:
+    """``(smoke.json content, problems)``; a problem fails the smoke run."""
+    problems = []
+    stages = {}
+    warmed = bool(standins)
+    for info in summary["stages"]:
+        name = info["name"]
+        rewards = {r.__name__: _reward_report(r) for r in recorder.rewards.get(name, [])}
+        stages[name] = {"trainer": info["trainer"], "steps": info["steps"], "policy": info.get("policy"),
+                        "rewards": rewards,
+                        "logged": _logged_rewards(os.path.join(summary["output_dir"], name, "log.jsonl"))}
+        if rewards and all(r["distinct"] <= 1 for r in rewards.values()):
+            seen = "; ".join(f"{n}: {r['scored']} completions, all {r.get('min')}" for n, r in rewards.items())
+            msg = (f"stage {name}: every reward gave one constant score ({seen}), so GRPO-style advantages are all "
+                   f"zero and nothing is learned")
+            if warmed:
+                problems.append(msg + "; the stand-in writes answer-shaped completions, so check the rewards' "
+                                      "params (gold column, answer extraction) against the data")
+            else:
+                notes.append(f"warning: {msg} (the recipe's own model is used as it is, untrained models often "
+                             f"score constantly)")
+    return {"notes": notes, "standins": standins, "stages": stages, "problems": problems}, problems
+
+
+def format_report(rep: dict) -> str:
+    lines = ["", "smoke run report:"]
+    lines += [f"  changed: {n}" for n in rep["notes"]]
+    for name, st in rep["stages"].items():
+        pol = st.get("policy") or {}
+        lines.append(f"  stage {name} ({st['trainer']}): {st['steps']} steps, policy {pol.get('architecture')}"
+                     f" ({pol.get('linear_4bit', 0)} 4-bit linear layers, {pol.get('lora_modules', 0)} LoRA modules, "
+                     f"{pol.get('trainable', '?')} trainable parameters)")
+        for rname, r in st["rewards"].items():
+            if not r["scored"]:
+                lines.append(f"    reward {rname}: scored nothing on this process")
+                continue
+            lines.append(f"    reward {rname}: {r['scored']} completions scored, {r['distinct']} distinct score(s), "
+                         f"mean {r.get('mean')}, min {r.get('min')}, max {r.get('max')}"
+                         + (f", {r['unscored']} unscored" if r["unscored"] else ""))
+            for ex in r.get("examples", [])[:2]:
+                lines.append(f"      {ex['score']}: {ex['completion'][:120]!r}")
+    lines += [f"  PROBLEM: {p}" for p in rep["problems"]]
+    lines.append("smoke run: " + ("FAILED" if rep["problems"] else "OK (the recipe's code path ran end to end at "
+                                                                   "CPU sizes; it says nothing about learning)"))
+    return "\n".join(lines)
+
+
+def run_smoke(recipe, registry) -> int:
+    """Prepare, run fresh, report. Exit status: 0, or 1 when the report found a problem."""
+    from rewardkit import pipeline  # noqa: PLC0415
+    from rewardkit.run_state import write_json  # noqa: PLC0415
+
+    small, notes, standins = prepare(recipe, registry)
+    recorder = Recorder()
+    summary = pipeline.run(small, registry, resume="never", observe_rewards=recorder)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    rep, problems = report(summary, recorder, standins, notes)
+    write_json(os.path.join(small.output_dir, "smoke.json"), rep)
+    print(format_report(rep), flush=True)
+    print(f"smoke report: {os.path.join(small.output_dir, 'smoke.json')}", flush=True)
+    return 1 if problems else 0
