@@ -152,3 +152,106 @@ def test_dynamic_sampling_with_two_cpu_processes_counts_globally(tmp_path):
     ds = json.loads((out / "summary.json").read_text())["stages"][-1]["dynamic_sampling"]
     assert ds == {"rollouts": 4, "rounds": 16, "dropped_groups": 4 * 2 * (8 - 2), "extra_completions": 4 * 2 * 3 * 8,
                   "filled_zero_var_groups": 4 * 2 * 2}
+
+
+# exact_match with partial credit, recording each process's scores (one line per call) before returning them.
+SCORING_DRIVER = '''
+import json, os, sys
+from rewardkit.builtin.rewards import ExactMatch
+from rewardkit.cli import main
+from rewardkit.registry import get_registry
+
+
+class RecordedMatch(ExactMatch):
+    def __call__(self, prompts, completions, **kwargs):
+        scores = super().__call__(prompts, completions, **kwargs)
+        with open(os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ.get('RANK', '0')}.jsonl"), "a") as f:
+            f.write(json.dumps(scores) + "\\n")
+        return scores
+
+
+get_registry().add("rewards", "recorded_match", lambda: RecordedMatch(partial_credit=0.5), dist="tests")
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _sft_model(tmp_path) -> str:
+    """The quick start's SFT stage, 60 steps on 1 process: a model that writes digits, so partial credit varies."""
+    out = tmp_path / "sft"
+    cmd = [sys.executable, "-m", "rewardkit.cli", "run", os.path.join(REPO, "recipes", "quickstart.yaml"),
+           f"output_dir={out}", "~stages.grpo", "~stages.sft.early_stop", "~eval", "data.params.n_train=4000",
+           "stages.sft.trainer.max_steps=60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return str(out / "sft" / "model")
+
+
+def _grpo_run(tmp_path, name: str, processes: int, model: str) -> tuple[dict, list[dict], dict]:
+    """The quick start's GRPO stage alone from ``model``, 3 steps of 16 completions (4 prompts x 4) with top_k 1, so
+    generation is deterministic and two runs with the same global batch generate the same completions, and a LoRA
+    adapter initialised at random (seeded), so the policy differs from the reference (the base without the
+    adapter) from the first step and the logged KL is not 0. Returns (summary, logged rows by step,
+    {rank: [scores of each call]})."""
+    out, probe = tmp_path / name, tmp_path / f"{name}-probe"
+    probe.mkdir()
+    driver = tmp_path / "scoring_driver.py"
+    driver.write_text(SCORING_DRIVER)
+    t = "stages.grpo.trainer"
+    overrides = [f"output_dir={out}", f"model.name={model}", "model.lora={r: 8, lora_alpha: 2, init_lora_weights: false}",
+                 "~stages.sft", "data.params.n_train=256", "data.params.n_test=16", "eval.n=16", "eval.samples=0",
+                 f"{t}.max_steps=3", f"{t}.num_generations=4", f"{t}.logging_steps=1",
+                 f"{t}.per_device_train_batch_size={16 // processes}", f"{t}.top_k=1", f"{t}.beta=0.1",
+                 f"{t}.learning_rate=0.01", "stages.grpo.rewards=[{name: recorded_match, alias: correct}]"]
+    recipe = os.path.join(REPO, "recipes", "quickstart.yaml")
+    if processes == 1:
+        cmd = [sys.executable, str(driver), "run", recipe, *overrides]
+    else:
+        accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               str(driver), "run", recipe, *overrides]
+    env = {**os.environ, "PROBE_DIR": str(probe), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("base model: held-out score") == 1 and proc.stdout.count("after 'grpo'") == 1
+    logged = {r["step"]: r for r in map(json.loads, open(out / "grpo" / "log.jsonl")) if "reward" in r}
+    scores = {int(p.stem[4:]): [json.loads(line) for line in open(p)] for p in probe.glob("rank*.jsonl")}
+    return json.loads((out / "summary.json").read_text()), logged, scores
+
+
+@pytest.mark.slow
+def test_two_processes_log_global_means_and_match_one_process(tmp_path):
+    """Each of 2 processes scores its own 8 completions of a step; the logged reward statistics are means over
+    all 16 (not the main process's 8) and equal what 1 process logs for the same global batch; KL is logged the
+    same way; the held-out evaluation runs once, on the main process, and scores the same base model alike."""
+    model = _sft_model(tmp_path)
+    one_summary, one_log, one_scores = _grpo_run(tmp_path, "one", 1, model)
+    two_summary, two_log, two_scores = _grpo_run(tmp_path, "two", 2, model)
+    assert sorted(one_scores) == [0] and sorted(two_scores) == [0, 1]
+    assert [len(c) for c in one_scores[0]] == [16] * 3
+    assert all([len(c) for c in two_scores[r]] == [8] * 3 for r in (0, 1))
+    assert sorted(one_log) == sorted(two_log) == [1, 2, 3]
+    for step in (1, 2, 3):
+        both = two_scores[0][step - 1] + two_scores[1][step - 1]
+        mean = sum(both) / 16
+        assert two_log[step]["reward"] == pytest.approx(mean, abs=1e-6)  # the global mean ...
+        assert one_log[step]["reward"] == pytest.approx(sum(one_scores[0][step - 1]) / 16, abs=1e-6)
+    # ... which is not what the main process saw alone (the test would not tell them apart if it were)
+    assert any(abs(sum(two_scores[0][s]) / 8 - two_log[s + 1]["reward"]) > 1e-3 for s in range(3))
+    # Step 1: the same model and prompts, deterministic generation: the same 16 scores and statistics.
+    assert sorted(one_scores[0][0]) == pytest.approx(sorted(two_scores[0][0] + two_scores[1][0]), abs=1e-6)
+    for key in ("reward", "reward_std", "rewards/correct/mean", "completions/mean_length"):
+        assert two_log[1][key] == pytest.approx(one_log[1][key], abs=1e-6), key
+    assert one_log[1]["kl"] > 1e-5  # the random adapter: policy and reference differ from the start ...
+    assert two_log[1]["kl"] == pytest.approx(one_log[1]["kl"], rel=1e-3)  # ... and the KL mean is global
+    # Steps 2-3 start from models updated by a 2-process all-reduce instead of one backward pass: equal up to
+    # float rounding, so the statistics agree closely (one completion flipping between near-tied tokens moves the
+    # mean reward by at most 1/16, hence the tolerance).
+    for step in (2, 3):
+        assert two_log[step]["kl"] == pytest.approx(one_log[step]["kl"], rel=0.05, abs=1e-4)
+        assert two_log[step]["reward"] == pytest.approx(one_log[step]["reward"], abs=1 / 16 + 1e-6)
+    # The held-out evaluation: once per model, by the main process, on all 16 test prompts.
+    for summary in (one_summary, two_summary):
+        assert [(r["after"], r["n"]) for r in summary["eval"]] == [("base", 16), ("grpo", 16)]
+    assert two_summary["eval"][0]["score"] == one_summary["eval"][0]["score"]
