@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 
 from rewardkit.errors import RecipeError
 
@@ -15,23 +16,39 @@ def cache_dir() -> str:
     return os.environ.get("REWARDKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rewardkit"))
 
 
+def build_once(path: str, build, wait_s: float = 3600.0) -> str:
+    """The cache directory ``path``, written by ``build(tmp_dir)`` on first use and moved into place atomically.
+
+    Under a launcher (``RANK`` set) only process 0 builds and the others wait for the directory: transformers 5
+    writes model files on rank 0 only once torch.distributed is up, so a directory built by another process would
+    hold a tokenizer and no weights. Concurrent builders on one rank-less machine race harmlessly."""
+    if os.path.isdir(path):
+        return path
+    if os.environ.get("RANK", "0") != "0":
+        deadline = time.time() + wait_s
+        while not os.path.isdir(path):
+            if time.time() > deadline:
+                raise RuntimeError(f"process {os.environ['RANK']} waited {wait_s:.0f}s for process 0 to build {path}")
+            time.sleep(0.5)
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}-", dir=os.path.dirname(path))
+    try:
+        build(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def resolve(name: str, registry, recipe=None) -> str:
     """A registered model's cached directory (built on first use), a local directory, or the hub id."""
     if name in registry.names("models"):
         comp = registry.get("models", name)
-        path = os.path.join(cache_dir(), "models", f"{name}-{comp.version}-{BUILD_VERSION}")
-        if not os.path.isdir(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(path))
-            try:
-                comp.load()(tmp)
-                os.replace(tmp, path)  # atomic: concurrent builders race harmlessly
-            except OSError:
-                if not os.path.isdir(path):
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        return build_once(os.path.join(cache_dir(), "models", f"{name}-{comp.version}-{BUILD_VERSION}"), comp.load())
     if recipe is not None and os.path.isdir(recipe.resolve_path(name)):
         return recipe.resolve_path(name)
     return name

@@ -58,3 +58,22 @@ def test_4bit_lora_gradients_stay_right_after_a_generation_forward(builtin_regis
     assert fresh.keys() == after.keys() and len(fresh) > 0
     for name, g in fresh.items():
         assert torch.allclose(g, after[name], atol=1e-6), name
+
+
+def test_build_once_builds_on_process_0_only(tmp_path, monkeypatch):
+    """Under a launcher only RANK 0 builds a cache directory (transformers 5 writes weights on rank 0 only once
+    torch.distributed is up); another rank waits for it and never builds."""
+    import threading
+
+    built = []
+    path = tmp_path / "cache" / "m"
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(RuntimeError, match="process 1 waited"):
+        models.build_once(str(path), built.append, wait_s=0.2)
+    timer = threading.Timer(0.3, lambda: path.mkdir(parents=True))
+    timer.start()
+    assert models.build_once(str(path), built.append, wait_s=10) == str(path) and built == []
+    monkeypatch.setenv("RANK", "0")
+    other = tmp_path / "cache" / "n"
+    models.build_once(str(other), lambda d: open(os.path.join(d, "w"), "w").close())
+    assert os.listdir(other) == ["w"] and not [p for p in os.listdir(tmp_path / "cache") if p.startswith(".")]

@@ -79,6 +79,10 @@ print("done", RANK)
 def test_ppo_whitening_and_kl_statistics_are_global(tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     assert accelerate, "accelerate's launcher is not installed"
+    from rewardkit import models
+    from rewardkit.registry import get_registry
+
+    models.resolve("tiny-llama", get_registry())  # built here once (the pipeline builds on the main process first)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",

@@ -11,13 +11,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
 from rewardkit.completions import completion_text
 from rewardkit.errors import RecipeError
+from rewardkit.models import build_once
 
 BUILD_VERSION = "v1"  # bump when anything below changes what is built
 
@@ -150,8 +149,10 @@ def build(name: str, rows: list[dict], target_column: str | None, cache: str, lo
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
     path = os.path.join(cache, "smoke", f"{slug}-{key}")
-    if os.path.isdir(path):
-        return path
+    return build_once(path, lambda tmp: _write(name, fam, rows, target_column, tmp, log))
+
+
+def _write(name: str, fam: Family, rows: list[dict], target_column: str | None, out: str, log) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -160,30 +161,20 @@ def build(name: str, rows: list[dict], target_column: str | None, cache: str, lo
     config = AutoConfig.for_model(fam.model_type, vocab_size=len(tokenizer), max_position_embeddings=4096,
                                   tie_word_embeddings=True, eos_token_id=ids(fam.eos), pad_token_id=ids(fam.pad),
                                   bos_token_id=None, **TINY)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".standin-", dir=os.path.dirname(path))
-    try:
-        config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # Next to a config of this architecture, AutoTokenizer loads the family's own tokenizer class (Qwen2's
-        # splits digits one by one), which is what the trainers will use: warm up with that one.
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            warm = _warm_up(model, tokenizer, warmup_pairs(rows, target_column), log) if target_column else None
-        model.generation_config.pad_token_id = ids(fam.pad)
-        model.generation_config.eos_token_id = ids(fam.eos)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        with open(os.path.join(tmp, "rewardkit_smoke.json"), "w") as f:
-            json.dump({"stands_in_for": name, "architecture": type(model).__name__, "model_type": fam.model_type,
-                       **TINY, "vocab_size": len(tokenizer), "tokenizer": type(tokenizer).__name__,
-                       "target_column": target_column, "warm_up": warm}, f)
-        os.replace(tmp, path)
-    except OSError:
-        if not os.path.isdir(path):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Next to a config of this architecture, AutoTokenizer loads the family's own tokenizer class (Qwen2's splits
+    # digits one by one), which is what the trainers will use: warm up with that one.
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        warm = _warm_up(model, tokenizer, warmup_pairs(rows, target_column), log) if target_column else None
+    model.generation_config.pad_token_id = ids(fam.pad)
+    model.generation_config.eos_token_id = ids(fam.eos)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    with open(os.path.join(out, "rewardkit_smoke.json"), "w") as f:
+        json.dump({"stands_in_for": name, "architecture": type(model).__name__, "model_type": fam.model_type, **TINY,
+                   "vocab_size": len(tokenizer), "tokenizer": type(tokenizer).__name__,
+                   "target_column": target_column, "warm_up": warm}, f)
