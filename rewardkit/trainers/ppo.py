@@ -363,6 +363,8 @@ class PPOTrainer(GRPOTrainer):
         mean_entropy = masked.masked_mean(entropy, mask)
         if self._in_warmup():
             loss = cfg.vf_coef * vf_loss  # critic warm-up: the policy is not updated
+            if self.accelerator.num_processes > 1:  # DDP (ddp_find_unused_parameters off) needs every parameter in
+                loss = loss + 0.0 * logp.sum()  # the graph: zero gradients, no update under weight_decay 0
         else:
             loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
         stats = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/clipfrac": pg["clipfrac"],

@@ -56,7 +56,9 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
                 "as the policy's; null: learning_rate (OpenRLHF's critic_learning_rate)."})
     critic_warmup_steps: int = field(default=0, metadata={
         "help": "Optimizer steps at the start that train only the critic (the policy loss is off; a value "
-                "head then sees detached hidden states, so the shared backbone stays put) (verl's critic_warmup)."})
+                "head then sees detached hidden states, so the shared backbone stays put) (verl's critic_warmup). "
+                "Under several processes the policy gets zero gradients instead of none (DDP needs every "
+                "parameter in the graph): with weight_decay > 0 it decays during the warm-up."})
     missing_eos_penalty: float | None = field(default=None, metadata={
         "help": "Subtracted from the score of a completion that ended without EOS (truncated) (TRL's former "
                 "PPOTrainer; Ouyang et al. 2022 style length control); null: off."})
@@ -77,6 +79,11 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
                 "e.g. '{output_dir}/ppo/critic.pt'; the critic kind and sizes must match. null: a fresh critic."})
 
     def __post_init__(self):
+        if self.ddp_find_unused_parameters is None:
+            # The critic runs outside the DDP-wrapped policy's forward, so DDP's unused-parameter search (its
+            # default without gradient checkpointing) marks the critic's parameters ready before backward, and
+            # their gradients then fail with "marked as ready twice". Every parameter gets a gradient each step.
+            self.ddp_find_unused_parameters = False
         n = self.num_generations
         if n == 1:  # GRPO insists on groups of >= 2 for its group baseline; PPO's baseline is the critic.
             self.num_generations = 2
