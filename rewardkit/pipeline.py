@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 
-from rewardkit import models, plot
+from rewardkit import engines, models, plot
 from rewardkit import run_state as state
 from rewardkit.data import load_data
 from rewardkit.errors import RecipeError, RewardkitError
@@ -71,8 +71,8 @@ class _Dist:
             from accelerate import PartialState  # noqa: PLC0415
 
             cpu = not torch.cuda.is_available()
-            if cpu:  # transformers then asks accelerate for CPU processes (gloo) instead of GPU ones
-                os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+            if cpu and not engines.deepspeed():  # transformers then asks accelerate for CPU processes (gloo); under
+                os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # DeepSpeed that would silently mean DDP
             PartialState(cpu=cpu)  # initialises the process group, so barriers work before any trainer exists
 
     def barrier(self) -> None:
@@ -81,24 +81,6 @@ class _Dist:
 
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
-
-
-def _cpu_fsdp_problems(recipe) -> list[str]:
-    """FSDP asked for on a machine without CUDA. accelerate 1.15 switches a run to FSDP only for GPU-type
-    backends (``AcceleratorState.__init__``: ``MULTI_CPU`` is not among them), so ``accelerate launch --use_fsdp``
-    on CPU trains with plain DDP and says nothing, and a trainer's ``fsdp`` field makes transformers refuse the run
-    after the model has loaded. Measured 2026-12-03 with torch 2.13 (docs/operations.md)."""
-    import torch  # noqa: PLC0415
-
-    if torch.cuda.is_available():
-        return []
-    why = ("FSDP does not run on CPU with accelerate 1.15 (it enables FSDP for GPU backends only; a CPU run "
-           "would silently train with DDP instead). Use accelerate launch --multi_gpu (DDP over gloo) on CPU, "
-           "or run FSDP on GPUs")
-    problems = [f"stages.{spec.name}.trainer.fsdp: {why}" for spec in recipe.stages if spec.trainer_args.get("fsdp")]
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        problems.append(f"accelerate launch --use_fsdp (ACCELERATE_USE_FSDP=true): {why}")
-    return problems
 
 
 def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
@@ -173,7 +155,7 @@ class _Run:
 
     def plan(self, resume: str) -> list:
         """What is on disk, checked against the recipe before anything loads."""
-        problems = _cpu_fsdp_problems(self.recipe)
+        problems = engines.problems(self.recipe)
         if problems:
             raise RecipeError(problems, source=self.recipe.path)
         if resume == "never" and self.dist.main:

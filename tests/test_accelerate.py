@@ -1,5 +1,6 @@
 """The quick-start recipe (shrunk) under `accelerate launch` with 2 CPU processes (gloo)."""
 
+import glob
 import json
 import os
 import shutil
@@ -175,8 +176,11 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _sft_model(tmp_path) -> str:
-    """The quick start's SFT stage, 60 steps on 1 process: a model that writes digits, so partial credit varies."""
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory) -> str:
+    """The quick start's SFT stage, 60 steps on 1 process: a model that writes digits, so partial credit varies
+    and some answers are right."""
+    tmp_path = tmp_path_factory.mktemp("sft")
     out = tmp_path / "sft"
     cmd = [sys.executable, "-m", "rewardkit.cli", "run", os.path.join(REPO, "recipes", "quickstart.yaml"),
            f"output_dir={out}", "~stages.grpo", "~stages.sft.early_stop", "~eval", "data.params.n_train=4000",
@@ -221,11 +225,11 @@ def _grpo_run(tmp_path, name: str, processes: int, model: str) -> tuple[dict, li
 
 
 @pytest.mark.slow
-def test_two_processes_log_global_means_and_match_one_process(tmp_path):
+def test_two_processes_log_global_means_and_match_one_process(tmp_path, sft_model):
     """Each of 2 processes scores its own 8 completions of a step; the logged reward statistics are means over
     all 16 (not the main process's 8) and equal what 1 process logs for the same global batch; KL is logged the
     same way; the held-out evaluation runs once, on the main process, and scores the same base model alike."""
-    model = _sft_model(tmp_path)
+    model = sft_model
     one_summary, one_log, one_scores = _grpo_run(tmp_path, "one", 1, model)
     two_summary, two_log, two_scores = _grpo_run(tmp_path, "two", 2, model)
     assert sorted(one_scores) == [0] and sorted(two_scores) == [0, 1]
@@ -255,3 +259,122 @@ def test_two_processes_log_global_means_and_match_one_process(tmp_path):
     for summary in (one_summary, two_summary):
         assert [(r["after"], r["n"]) for r in summary["eval"]] == [("base", 16), ("grpo", 16)]
     assert two_summary["eval"][0]["score"] == one_summary["eval"][0]["score"]
+
+
+
+# --------------------------------------------------------------------------- DeepSpeed ZeRO on 2 CPU processes
+ZERO_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+deepspeed_config: {{zero_stage: {stage}, offload_optimizer_device: none, offload_param_device: none,
+                   gradient_accumulation_steps: 1, zero3_init_flag: {init}}}
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+rdzv_backend: static
+same_network: true
+use_cpu: false
+"""
+RECIPES = {  # trainer -> (recipe, stage, overrides): 2-4 steps from the SFT model, no eval
+    "grpo": ("quickstart.yaml", "grpo", ["~stages.sft", "data.params.n_train=256",
+                                         "stages.grpo.trainer.per_device_train_batch_size=16",
+                                         "stages.grpo.trainer.num_generations=4"]),
+    "ppo": ("cpu/arithmetic_ppo.yaml", "ppo", ["~stages.sft", "data.params.n_train=256",
+                                               "stages.ppo.trainer.per_device_train_batch_size=8",
+                                               "stages.ppo.trainer.steps_per_generation=1",
+                                               "stages.ppo.trainer.rollout_epochs=1",
+                                               "stages.ppo.trainer.critic_warmup_steps=1"]),
+    "grpo_is": ("cpu/arithmetic_grpo_is_qlora.yaml", "grpo_is", [
+        "~stages.sft", "~stages.grpo_is.model.quantization", "data.params.format=reversed",
+        "data.params.n_train=256", "stages.grpo_is.trainer.per_device_train_batch_size=16",
+        "stages.grpo_is.trainer.num_generations=4"]),
+}
+
+
+def _engine_run(tmp_path, engine: str, trainer: str, model: str, steps: int, out=None, extra=()):
+    """Train ``trainer`` for ``steps`` steps on 2 CPU processes under ``engine`` (ddp, zero2, zero3); returns
+    (output_dir, logged rows by step, summary)."""
+    recipe, stage, overrides = RECIPES[trainer]
+    out = out or tmp_path / f"{trainer}-{engine}"
+    t = f"stages.{stage}.trainer"
+    args = [f"output_dir={out}", f"model.name={model}", "~eval", f"{t}.max_steps={steps}", f"{t}.logging_steps=1",
+            f"{t}.save_steps={steps}", *overrides, *extra]
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if engine == "ddp":
+        launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no"]
+    else:
+        config = tmp_path / f"{engine}.yaml"
+        config.write_text(ZERO_CONFIG.format(stage=engine[-1], init="true" if engine == "zero3" else "false"))
+        launch = ["--config_file", str(config)]
+    cmd = [accelerate, "launch", *launch, "--main_process_port", str(free_port()), "-m", "rewardkit.cli", "run",
+           os.path.join(REPO, "recipes", recipe), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    logged = {r["step"]: r for r in map(json.loads, open(out / stage / "log.jsonl")) if "loss" in r}
+    return out, logged, json.loads((out / "summary.json").read_text())
+
+
+def _zero_checkpoint(out, stage: str, step: int) -> list[str]:
+    """The DeepSpeed shard files of a checkpoint (a DDP checkpoint has none: proof the engine was DeepSpeed)."""
+    return sorted(os.path.basename(p) for p in glob.glob(str(out / stage / f"checkpoint-{step}" / f"global_step{step}"
+                                                               / "*")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer,engines", [("grpo", ("zero2", "zero3")), ("ppo", ("zero3",)),
+                                             ("grpo_is", ("zero2",))])
+def test_deepspeed_zero_on_cpu_trains_like_ddp(tmp_path, sft_model, trainer, engines):
+    """Under DeepSpeed the same seeds give every process the same sampling stream as under DDP, so the logged loss,
+    reward and gradient norm of each step agree with DDP's up to float rounding; the checkpoint is DeepSpeed's
+    (ZeRO shards per process), which is how a silent fallback to DDP would show."""
+    stage = RECIPES[trainer][1]
+    _, ddp, _ = _engine_run(tmp_path, "ddp", trainer, sft_model, 3)
+    for engine in engines:
+        out, zero, summary = _engine_run(tmp_path, engine, trainer, sft_model, 3)
+        assert summary["complete"] and summary["stages"][-1]["steps"] == 3
+        assert sorted(zero) == sorted(ddp) == [1, 2, 3]
+        for step in (1, 2, 3):
+            for key in ("loss", "grad_norm", "reward"):
+                if key in ddp[step]:
+                    assert zero[step][key] == pytest.approx(ddp[step][key], rel=1e-3, abs=1e-5), (engine, step, key)
+        shards = _zero_checkpoint(out, stage, 3)
+        assert any(f.startswith("zero_pp_rank_1") for f in shards), shards  # both processes hold a shard
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_checkpoint_resumes(tmp_path, sft_model):
+    """A ZeRO-2 run stopped after its step-2 checkpoint (simulated: the step-3 checkpoint and the done mark removed)
+    resumes from DeepSpeed's shards and trains step 3 to the same loss as the uninterrupted run."""
+    every = ["stages.grpo.trainer.save_steps=1", "stages.grpo.trainer.save_total_limit=3"]
+    out, full, _ = _engine_run(tmp_path, "zero2", "grpo", sft_model, 3, extra=every)
+    assert _zero_checkpoint(out, "grpo", 2)
+    shutil.rmtree(out / "grpo" / "checkpoint-3")
+    stage_file = out / "grpo" / "stage.json"
+    stage_file.write_text(json.dumps({**json.loads(stage_file.read_text()), "status": "running"}))
+    out, resumed, summary = _engine_run(tmp_path, "zero2", "grpo", sft_model, 3, out=out, extra=every)
+    info = summary["stages"][-1]
+    assert info["resumed_from_step"] == 2 and info["steps"] == 3
+    assert resumed[3]["loss"] == pytest.approx(full[3]["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_zero3_refuses_main_process_work_before_anything_loads(tmp_path, registry, monkeypatch):
+    from rewardkit.errors import RecipeError
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    recipe = load_recipe(os.path.join(REPO, "recipes", "cpu", "arithmetic_grpo_is_qlora.yaml"),
+                         [f"output_dir={tmp_path / 'out'}", "stages.sft.early_stop={every: 10, target: 0.5}", "data.params.n_val=20"], registry)
+    with pytest.raises(RecipeError) as err:
+        run(recipe, registry)
+    text = str(err.value)
+    for field in ("eval:", "stages.sft.early_stop:", "stages.grpo_is.model.lora:"):
+        assert field in text and "ZeRO-3" in text, text
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")  # ZeRO-2 keeps the parameters whole
+    from rewardkit import engines
+
+    assert engines.problems(recipe) == []

@@ -153,12 +153,15 @@ class Stage:
     def platform_defaults() -> dict:
         """On CPU, TRL's GPU-minded defaults make every step several times slower: bf16 autocast and gradient
         checkpointing (both on by default in TRL 1.16's configs). Off there, as is pinned memory; a recipe can
-        still turn them on."""
+        still turn them on. Several CPU processes talk over gloo."""
         import torch  # noqa: PLC0415
 
         if torch.cuda.is_available():
             return {}
-        return {"bf16": False, "gradient_checkpointing": False, "dataloader_pin_memory": False}
+        cpu = {"bf16": False, "gradient_checkpointing": False, "dataloader_pin_memory": False}
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # several CPU processes: gloo, also under DeepSpeed (whose
+            cpu["ddp_backend"] = "gloo"  # accelerate state otherwise finds no backend and counts one process)
+        return cpu
 
     @classmethod
     def missing_columns(cls, columns: list[str]) -> str | None:
