@@ -121,7 +121,7 @@ def smoke_raw(recipe, registry) -> tuple[dict, list[str]]:
         _scale_eval(raw["eval"])
     for at, stage in _stage_sections(raw):
         pre = f"{at}." if at else ""
-        if isinstance(stage.get("data"), dict):
+        if at and isinstance(stage.get("data"), dict):  # the shorthand's data is the recipe's, done above
             _scale_data(stage["data"], f"{pre}data", notes)
         if isinstance(stage.get("trainer"), dict):
             _scale_trainer(stage["trainer"], f"{pre}trainer", registry, notes)
