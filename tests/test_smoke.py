@@ -143,10 +143,11 @@ def test_every_gpu_recipe_smoke_runs_on_cpu_with_rewards_that_vary(recipe, tmp_p
 
 
 @pytest.mark.slow
-def test_smoke_fails_when_the_reward_reads_the_wrong_column(tmp_path):
-    """A reward pointed at the prompt column scores every answer-shaped completion 0: exit 1, named."""
-    out = run_cli("run", ARITH, "--smoke", f"output_dir={tmp_path / 'run'}",
-                  "rewards=[{name: exact_match, alias: correct, params: {column: prompt}}]")
+def test_smoke_fails_when_the_reward_cannot_read_the_answer_format(tmp_path):
+    """GSM8K answers end in "#### N"; math.accuracy told to read \\boxed{} only scores every answer-shaped
+    completion 0: exit 1, with the reward named."""
+    out = run_cli("run", GSM8K, "--smoke", f"output_dir={tmp_path / 'run'}",
+                  "stages.grpo.rewards=[{name: math.accuracy, params: {gold_column: answer, extract: [boxed]}}]")
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "PROBLEM: stage grpo: every reward gave one constant score (correct: 64 completions, all 0.0)" in \
+    assert "PROBLEM: stage grpo: every reward gave one constant score (math.accuracy: 64 completions, all 0.0)" in \
         out.stdout and "smoke run: FAILED" in out.stdout

@@ -84,12 +84,11 @@ def _scale_trainer(trainer: dict, where: str, registry, notes: list[str]) -> Non
     trainer["logging_steps"] = 1
     if trainer.get("save_strategy", "steps") == "steps":
         trainer["save_steps"] = trainer["max_steps"]
-    for key in ("max_completion_length",):
-        if key in fields:
-            default = fields[key].default
-            value = trainer.get(key, default if isinstance(default, int) else None)
-            if value is None or value > MAX_NEW_TOKENS:
-                trainer[key] = MAX_NEW_TOKENS
+    if "max_completion_length" in fields:  # set explicitly when the config's default is longer
+        default = fields["max_completion_length"].default
+        value = trainer.get("max_completion_length", default if isinstance(default, int) else None)
+        if value is None or value > MAX_NEW_TOKENS:
+            trainer["max_completion_length"] = MAX_NEW_TOKENS
     if trainer.get("use_vllm"):
         trainer["use_vllm"] = False
         notes.append(f"{where}.use_vllm: off (vLLM needs a GPU); completions come from transformers' generate")
