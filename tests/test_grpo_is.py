@@ -280,7 +280,7 @@ def test_qlora_recipe_trains_on_cpu(tmp_path, registry):
     from rewardkit.recipe import load_recipe
 
     path = os.path.join(os.path.dirname(__file__), "..", "recipes", "cpu", "arithmetic_grpo_is_qlora.yaml")
-    recipe = load_recipe(path, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=2",
+    recipe = load_recipe(path, [f"output_dir={tmp_path}", "stages.sft.trainer.max_steps=2", "~stages.sft.early_stop",
                                 "stages.grpo_is.trainer.max_steps=4", "stages.grpo_is.trainer.logging_steps=1",
                                 "~eval"], registry)
     summary = run(recipe, registry)
