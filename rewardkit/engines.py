@@ -20,13 +20,13 @@ def zero3_problems(recipe) -> list[str]:
     evaluation and early stopping generate there (generation gathers each layer's shards from every process), and a
     LoRA stage's merge loads the base under ZeRO-3's sharded init (a collective broadcast). Measured 2026-12-03 on 2
     CPU processes, deepspeed 0.19.8 (docs/operations.md); the same code runs on GPUs."""
-    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+    launched = deepspeed() and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
     staged = [s for s in recipe.stages if _ds_stage(s.trainer_args.get("deepspeed")) == 3]
-    if not (deepspeed() and stage == "3") and not staged:
+    if not launched and not staged:
         return []
     why = "under DeepSpeed ZeRO-3 {what} runs on the main process alone and waits forever for the other processes' "\
           "weight shards; {fix}, or use ZeRO-2"
-    where = "accelerate launch (ACCELERATE_DEEPSPEED_ZERO_STAGE=3)" if stage == "3" and deepspeed() else \
+    where = "accelerate launch (ACCELERATE_DEEPSPEED_ZERO_STAGE=3)" if launched else \
         f"stages.{staged[0].name}.trainer.deepspeed (zero stage 3)"
     found = []
     if recipe.eval:  # the base model is scored too, before any stage

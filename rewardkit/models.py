@@ -149,8 +149,8 @@ def keep_4bit_trainable(model) -> int:
     bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a ``Linear4bit`` weight into an inference layout on the
     layer's first forward in eval mode without gradients (as during generation) and from then on computes the layer
     with ``gemv_4bit``, which has no autograd kernel: torch warns once and the gradients that flow back through the
-    frozen base layer are wrong, so every LoRA adapter below the top layer gets a wrong update (measured on
-    tiny-llama: a LoRA gradient off by 0.15 after one generation; tests/test_models.py). RL trainers generate
+    frozen base layer are wrong, so every LoRA adapter below the top layer gets a wrong update (measured once on
+    tiny-llama without this: a LoRA gradient off by 0.15 after one generation; tests/test_models.py checks equality). RL trainers generate
     between updates, so each one would train on wrong gradients on such CPUs and correctly on others.
     """
     n = 0

@@ -160,13 +160,13 @@ def prepare(recipe, registry, log=_log):
         name = spec.model.get("name")
         if not _is_hub_model(name, small, registry) or name in standins:
             continue
-        standin.family_of(name, "model.name" if name == small.model.get("name") else f"stages.{spec.name}.model.name")
+        fam = standin.family_of(name, "model.name" if name == small.model.get("name")
+                                else f"stages.{spec.name}.model.name")
         train = load_data(small, spec.data, registry, f"stages.{spec.name}.data")["train"]
-        rows = [dict(r) for r in train]
         target = _target_column(spec, train.column_names)
-        standins[name] = standin.build(name, rows, target, cache_dir(), log)
+        standins[name] = standin.build(name, fam, [dict(r) for r in train], target, cache_dir(), log)
         how = f"warmed up on column {target!r}" if target else "not warmed up: the data has no target column"
-        notes.append(f"model {name} -> {standin.family_of(name).model_type} stand-in {standins[name]} ({how})")
+        notes.append(f"model {name} -> {fam.model_type} stand-in {standins[name]} ({how})")
     for section in [raw.get("model")] + [s.get("model") for _, s in _stage_sections(raw) if "stages" in raw]:
         if isinstance(section, dict) and section.get("name") in standins:
             section["name"] = standins[section["name"]]
@@ -192,8 +192,8 @@ def _reward_report(reward) -> dict:
     rep = {"scored": len(kept), "unscored": len(kept) - len(scores), "distinct": len(set(scores))}
     if scores:
         rep.update(mean=round(sum(scores) / len(scores), 4), min=min(scores), max=max(scores))
-        best = max(kept, key=lambda x: -1e30 if x[1] is None else x[1])
-        worst = min(kept, key=lambda x: 1e30 if x[1] is None else x[1])
+        judged = [(t, s) for t, s in kept if s is not None]
+        best, worst = max(judged, key=lambda x: x[1]), min(judged, key=lambda x: x[1])
         rep["examples"] = [{"score": s, "completion": t[:300]} for t, s in (best, worst)]
     return rep
 

@@ -142,9 +142,9 @@ def _warm_up(model, tokenizer, pairs: list[tuple], log) -> dict:
     return {"rows": len(seqs), "steps": step, "loss": round(loss, 4)}
 
 
-def build(name: str, rows: list[dict], target_column: str | None, cache: str, log) -> str:
-    """The stand-in's directory for hub model ``name`` and these training rows (built on first use)."""
-    fam = family_of(name)
+def build(name: str, fam: Family, rows: list[dict], target_column: str | None, cache: str, log) -> str:
+    """The stand-in's directory for hub model ``name`` of family ``fam`` and these training rows (built on first
+    use)."""
     key = hashlib.sha256(json.dumps([BUILD_VERSION, fam.model_type, TINY, VOCAB_SIZE, target_column, rows],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
