@@ -45,8 +45,21 @@ def stderr(p: float, n: int) -> float:
 
 
 def error_reduction(before: float, after: float) -> float:
-    """Share of the ``before`` model's held-out errors the ``after`` model no longer makes (negative: worse)."""
+    """Share of the ``before`` model's held-out errors the ``after`` model no longer makes (negative: worse);
+    NaN when ``before`` made none (a warm start at 100%)."""
     return (after - before) / (1 - before) if before < 1 else float("nan")
+
+
+def outcome_key(row: dict) -> float:
+    """How well a seed's last stage did, for picking the worst seed: its error reduction; for a seed whose warm
+    start was already at 100% (no error to reduce, error reduction NaN) its change in accuracy (0 if it kept
+    100%, negative if it lost some), so a seed that lost accuracy from 100% ranks below every seed that gained."""
+    return row["change"] if math.isnan(row["err_red"]) else row["err_red"]
+
+
+def finite_median(values) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else float("nan")
 
 
 def run_seed(recipe: str, seed: int, out: str, overrides: list[str], threads: int | None) -> dict:
@@ -83,7 +96,8 @@ def row_metrics(result: dict) -> dict:
     out = {"seed": result["seed"], "wall": result["wall"], "n": ev[0]["n"],
            "greedy": {r["after"]: r["score"] for r in ev},
            "sampled": {r["after"]: r["sampled_score"] for r in ev if "sampled_score" in r},
-           "err_red": error_reduction(prev["score"], last["score"]), "heldout": result.get("heldout", {}),
+           "err_red": error_reduction(prev["score"], last["score"]), "change": last["score"] - prev["score"],
+           "heldout": result.get("heldout", {}),
            "gain_over_base": last["score"] - ev[0]["score"]}
     if "sampled_score" in last and "sampled_score" in prev:
         out["sampled_err_red"] = error_reduction(prev["sampled_score"], last["sampled_score"])
@@ -92,6 +106,10 @@ def row_metrics(result: dict) -> dict:
 
 def fmt_score(p: float | None, n: int) -> str:
     return f"{p:6.1%} ±{stderr(p, n) * 100:3.1f}" if p is not None else " " * 12
+
+
+def fmt_err_red(value: float) -> str:
+    return f"{'n/a':>9}" if math.isnan(value) else f"{value:9.1%}"
 
 
 def print_table(rows: list[dict], recipe: str) -> None:
@@ -110,24 +128,29 @@ def print_table(rows: list[dict], recipe: str) -> None:
         if sampled:
             s += "  " + " ".join(f"{fmt_score(r['sampled'].get(st), r['n'] * 1):>13}" for st in stages)
         s += "".join(f"  {r['heldout'][k]:26.1%}" for k in extra)
-        return s + f"  {r['err_red']:9.1%}  {r['gain_over_base'] * 100:+8.1f}  {r['wall']:7.0f}"
+        return s + f"  {fmt_err_red(r['err_red'])}  {r['gain_over_base'] * 100:+8.1f}  {r['wall']:7.0f}"
 
     for r in rows:
         print(line(str(r["seed"]), r))
     med = {"seed": "median", "n": rows[0]["n"], "wall": statistics.median(r["wall"] for r in rows),
            "greedy": {st: statistics.median(r["greedy"][st] for r in rows) for st in stages},
            "sampled": {st: statistics.median(r["sampled"][st] for r in rows) for st in stages} if sampled else {},
-           "err_red": statistics.median(r["err_red"] for r in rows),
+           "err_red": finite_median(r["err_red"] for r in rows),
            "gain_over_base": statistics.median(r["gain_over_base"] for r in rows),
            "heldout": {k: statistics.median(r["heldout"][k] for r in rows) for k in extra}}
-    worst = min(rows, key=lambda r: r["err_red"])
+    worst = min(rows, key=outcome_key)
     print(line("median", med))
     print(line("worst", worst) + f"   (seed {worst['seed']})")
+    perfect = [r["seed"] for r in rows if math.isnan(r["err_red"])]
+    if perfect:
+        print(f"warm start at 100% (no error to reduce; ranked by accuracy change, left out of the median error "
+              f"reduction) for seeds: {perfect}")
     if sampled and all("sampled_err_red" in r for r in rows):
         fell = [r["seed"] for r in rows if r["sampled"][stages[-1]] < r["sampled"][stages[-2]]]
         print(f"sampled accuracy fell in the last stage for seeds: {fell or 'none'}")
-    print(f"last stage's error reduction: median {med['err_red']:.1%}, worst {worst['err_red']:.1%} (seed "
-          f"{worst['seed']}); base -> final: median {med['gain_over_base'] * 100:+.1f} points, worst "
+    print(f"last stage's error reduction: median {fmt_err_red(med['err_red']).strip()}, worst "
+          f"{fmt_err_red(worst['err_red']).strip()} (seed {worst['seed']}, accuracy change "
+          f"{worst['change'] * 100:+.1f} points); base -> final: median {med['gain_over_base'] * 100:+.1f} points, worst "
           f"{min(r['gain_over_base'] for r in rows) * 100:+.1f}; wall median {med['wall']:.0f} s")
     for k in extra:
         print(f"{k}: median {med['heldout'][k]:.1%}, worst {min(r['heldout'][k] for r in rows):.1%}")

@@ -38,3 +38,18 @@ def test_reuse_tabulates_median_and_worst_seed(tmp_path, capsys):
     assert "dpo preference_accuracy: median 93.0%, worst 91.0%" in out
     assert "sampled accuracy fell in the last stage for seeds: [2]" in out
     assert learning.main(["recipes/cpu/arithmetic_dpo.yaml", "--reuse", "--out", str(tmp_path), "--seeds", "3"]) == 1
+
+
+def test_worst_seed_is_the_one_that_lost_accuracy_from_a_perfect_warm_start(tmp_path, capsys):
+    """A warm start at 100% has no error to reduce (error reduction NaN): such a seed is ranked by its accuracy
+    change, so the one seed that lost accuracy is the worst, and the median runs over the defined reductions."""
+    fake_run(tmp_path / "seed0", 0, 1.0, 1.0)
+    fake_run(tmp_path / "seed1", 1, 0.8, 0.9)
+    fake_run(tmp_path / "seed2", 2, 1.0, 0.99)
+    fake_run(tmp_path / "seed3", 3, 0.6, 0.9)
+    assert learning.main(["recipes/cpu/arithmetic_dpo.yaml", "--reuse", "--out", str(tmp_path), "--seeds", "0-3"]) == 0
+    out = capsys.readouterr().out
+    assert "median 62.5%, worst n/a (seed 2, accuracy change -1.0 points)" in out
+    assert "warm start at 100%" in out and "seeds: [0, 2]" in out
+    worst_line = next(line for line in out.splitlines() if line.lstrip().startswith("worst"))
+    assert worst_line.endswith("(seed 2)")
