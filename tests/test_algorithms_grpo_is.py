@@ -81,3 +81,13 @@ def test_batch_problems_explain_with_the_users_numbers():
     probs = core.batch_problems(per_device_train_batch_size=6, num_processes=1, steps_per_generation=1,
                                 gradient_accumulation_steps=1, num_generations=4, rollout_epochs=0)
     assert any("rollout_epochs" in p for p in probs) and any("num_generations = 4" in p for p in probs)
+
+
+def test_kl_reward_to_go_by_hand():
+    """kl_placement: reward for GRPO: A_t = Â − β·Σ_{t'≥t} k_t', padding 0."""
+    adv = torch.tensor([1.0, -0.5])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    out = core.kl_reward_to_go(adv, kl, mask, beta=2.0)
+    expected = torch.tensor([[1 - 2 * 0.6, 1 - 2 * 0.5, 1 - 2 * 0.3], [-0.5 - 2 * 0.9, -0.5 - 2 * 0.5, 0.0]])
+    assert torch.allclose(out, expected)

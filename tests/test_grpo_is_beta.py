@@ -57,9 +57,14 @@ def test_old_names_point_to_the_shared_vocabulary(registry):
         "target_kl: renamed (did you mean 'early_stop_kl'?)", "kl_target: renamed (did you mean 'beta_target'?)",
         "kl_controller: renamed (did you mean 'beta_controller'?)",
         "kl_horizon: renamed (did you mean 'beta_horizon'?)"]
-    # the same fields with the same defaults in both trainers
+    # the same fields with the same defaults in both trainers, except where the KL penalty acts: PPO's is k1 in the
+    # reward (Ziegler et al. 2019), grpo_is's k3 in the loss (TRL's); k3 in the reward does not regularise
+    # (tests/test_kl_placement.py), so one shared default cannot serve both placements
     from rewardkit.trainers.grpo_is import GRPOISConfig
     from rewardkit.trainers.rollout_kl import RolloutKLConfig
 
-    for name in RolloutKLConfig.__dataclass_fields__:
-        assert GRPOISConfig.__dataclass_fields__[name].default == PPOConfig.__dataclass_fields__[name].default
+    differ = {name for name in RolloutKLConfig.__dataclass_fields__
+              if GRPOISConfig.__dataclass_fields__[name].default != PPOConfig.__dataclass_fields__[name].default}
+    assert differ == {"kl_estimator", "kl_placement"}
+    assert (PPOConfig.kl_placement, PPOConfig.kl_estimator) == ("reward", "k1")
+    assert (GRPOISConfig.kl_placement, GRPOISConfig.kl_estimator) == ("loss", "k3")

@@ -89,11 +89,21 @@ def test_gradients_where_expected():
 def test_every_builtin_is_registered_and_differentiable():
     reg = Registry(entry_points=False)
     reg.add_plugin(rewardkit.builtin, "builtin", dist="rewardkit")
-    assert set(reg.names("kl_estimators")) == {"k1", "k2", "k3", "low_var_kl", "abs"}
+    assert set(reg.names("kl_estimators")) == {"k1", "k2", "k3", "low_var_kl", "k3_plus", "abs"}
     for name in reg.names("kl_estimators"):
         logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
         out = reg.kl_estimator(name)(logp, torch.tensor([[-1.5, -1.0]]))
         assert out.shape == (1, 2) and out.requires_grad
+
+
+def test_k3_plus_has_k3s_value_and_k2s_gradient():
+    """verl's k3+: logged as k3, differentiated as k2 (a loss term without the ratio then follows ∇KL(π‖π_ref))."""
+    logp, ref = torch.tensor([[-1.0, -2.5]], requires_grad=True), torch.tensor([[-1.5, -1.0]])
+    value = kl.builtin_estimator("k3_plus")(logp, ref)
+    assert torch.allclose(value, kl.k3(logp, ref))
+    (g,) = torch.autograd.grad(value.sum(), logp)
+    (g2,) = torch.autograd.grad(kl.k2(logp, ref).sum(), logp)
+    assert torch.allclose(g, g2) and not torch.allclose(g, torch.autograd.grad(kl.k3(logp, ref).sum(), logp)[0])
 
 
 def _fake_plugin():
@@ -116,7 +126,10 @@ def test_third_party_estimator_reaches_ppo_through_the_registry():
     reg.add_plugin(plugin, "fake_kl", dist="fake-kl-pkg")
     assert reg.kl_estimator("chi2") is fn
     assert reg.get("kl_estimators", "chi2").dist == "fake-kl-pkg"
-    assert PPOStage.check_args({"kl_estimator": "chi2"}, reg) == []
+    assert PPOStage.check_args({"kl_estimator": "chi2", "kl_placement": "loss"}, reg) == []
+    # in the reward (PPO's default placement) only k1 regularises: any other estimator is refused with the reason
+    (refused,) = PPOStage.check_args({"kl_estimator": "chi2"}, reg)
+    assert "kl_estimator 'chi2' with kl_placement: reward" in refused and "E[∇k] vanishes only for k1" in refused
     problems = PPOStage.check_args({"kl_estimator": "chi3"}, reg)
     assert len(problems) == 1 and problems[0].startswith("kl_estimator: unknown kl_estimator 'chi3'")
     assert "did you mean 'chi2'" in problems[0]

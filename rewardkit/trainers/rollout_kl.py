@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rewardkit.algorithms.kl import AdaptiveKLController
+from rewardkit.algorithms.kl import ESTIMATORS, KL_PLACEMENTS, REWARD_ESTIMATORS, AdaptiveKLController
 
 # old name -> new name
 RENAMED = {"target_kl": "early_stop_kl", "kl_target": "beta_target", "kl_controller": "beta_controller",
@@ -40,7 +40,13 @@ class RolloutKLConfig:
                 "the step is taken on a fresh rollout instead. null: never."})
     kl_estimator: str = field(default="k3", metadata={
         "help": "Registered per-token estimator of KL(π_θ‖π_ref) weighted by beta (Schulman 2020; k3 is GRPO's, "
-                "Shao et al. 2024 eq. 4). Built-ins: k1, k2, k3, low_var_kl, abs."})
+                f"Shao et al. 2024 eq. 4). Built-ins: {', '.join(ESTIMATORS)}. With kl_placement: reward only k1 "
+                "(rewardkit/algorithms/kl.py says why)."})
+    kl_placement: str = field(default="loss", metadata={
+        "help": "Where β·KL(π_θ‖π_ref) acts: 'reward' (detached, subtracted from the per-token reward: PPO, "
+                "Ziegler et al. 2019; for grpo_is from the advantage as a reward-to-go) or 'loss' (β·k·ρ added to "
+                "the loss, ρ = π_θ/π_old per token when use_bias_correction_kl, as TRL GRPO does). Default: "
+                "reward for ppo, loss for grpo_is."})
     beta_target: float | None = field(default=None, metadata={
         "help": "Adapt beta after every rollout toward this KL(π_θ‖π_ref) in nats per *sequence* (summed over a "
                 "completion's tokens, averaged over completions) (adaptive KL penalty, Schulman et al. 2017 §4; "
@@ -65,6 +71,14 @@ class RolloutKLConfig:
         if self.beta_controller not in AdaptiveKLController.MODES:
             p.append(f"beta_controller must be one of {', '.join(AdaptiveKLController.MODES)}, "
                      f"got {self.beta_controller!r}")
+        if self.kl_placement not in KL_PLACEMENTS:
+            p.append(f"kl_placement must be one of {', '.join(KL_PLACEMENTS)}, got {self.kl_placement!r}")
+        elif self.kl_placement == "reward" and self.kl_estimator not in REWARD_ESTIMATORS:
+            p.append(f"kl_estimator {self.kl_estimator!r} with kl_placement: reward: a detached penalty k in the "
+                     f"reward contributes E[k·∇log π] = ∇E[k] − E[∇k] to the gradient, and E[∇k] vanishes only for "
+                     f"k1, so any other estimator there does not pull toward the reference (k3 can push away from "
+                     f"it; rewardkit/algorithms/kl.py has the measurements). Use kl_estimator: k1, or kl_placement: "
+                     f"loss for {self.kl_estimator}")
         if self.beta_horizon < 1:
             p.append(f"beta_horizon must be >= 1 episode, got {self.beta_horizon}")
         beta = getattr(self, "beta", 0.0)
