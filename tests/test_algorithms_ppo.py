@@ -186,3 +186,42 @@ def test_ends_with_eos():
     ids = torch.tensor([[5, 2, 0], [5, 6, 7], [2, 0, 0], [0, 0, 0]])
     mask = t([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
     assert pc.ends_with(ids, mask, [2]).tolist() == [True, False, True, False]
+
+
+def test_policy_loss_aggregations_by_hand():
+    """Two sequences of 2 and 1 real tokens, on-policy (ρ = 1), advantages 1, 2 | 3: per-token loss −A."""
+    import functools
+
+    from rewardkit.algorithms.grpo_is import aggregate_loss
+
+    logp = torch.zeros(2, 2)
+    adv, mask = t([[1, 2], [3, 0]]), t([[1, 1], [1, 0]])
+    per = {"bnpo": -(1 + 2 + 3) / 3, "grpo": -((1 + 2) / 2 + 3) / 2, "dr_grpo": -(1 + 2 + 3) / (2 * 4),
+           "dapo": -(1 + 2 + 3) / 6}
+    for loss_type, expected in per.items():
+        reduce = functools.partial(aggregate_loss, loss_type=loss_type, max_completion_length=4, num_items=6.0)
+        loss, _ = pc.policy_loss(logp, logp, adv, mask, reduce=reduce)
+        assert loss.item() == pytest.approx(expected), loss_type
+    assert pc.policy_loss(logp, logp, adv, mask)[0].item() == pytest.approx(per["bnpo"])  # the default
+
+
+def test_sequence_level_ratio_is_gspo_token():
+    """GSPO-token: every token's ratio has the value s_i = exp(mean log ρ over the sequence) and the gradient
+    s_i·∇log π(y_t); the clip acts on s_i."""
+    old = torch.zeros(1, 3)
+    logp = t([[math.log(1.5), math.log(1.5), 5.0]]).requires_grad_()  # third token is padding
+    mask = t([[1, 1, 0]])
+    ratio = pc.sequence_level_ratio(logp, old, mask)
+    assert torch.allclose(ratio[0, :2], t([1.5, 1.5]))
+    (g,) = torch.autograd.grad(ratio[0, 0], logp)
+    assert torch.allclose(g, t([[1.5, 0.0, 0.0]]))
+    # A = 1, clip 0.2: s = 1.5 > 1.2, clipped on both real tokens: no gradient, loss −1.2
+    loss, stats = pc.policy_loss(logp, old, t([[1, 1, 1]]), mask, clip=0.2, level="sequence")
+    assert loss.item() == pytest.approx(-1.2) and stats["clipfrac"] == pytest.approx(1.0)
+    # at token level the same tokens are clipped too, but a sequence of ratios 1.1, 1.5 is not clipped as a whole
+    logp2 = t([[math.log(1.1), math.log(1.5), 0.0]])
+    seq_loss, _ = pc.policy_loss(logp2, old, t([[1, 1, 1]]), mask, clip=0.2, level="sequence")
+    tok_loss, _ = pc.policy_loss(logp2, old, t([[1, 1, 1]]), mask, clip=0.2, level="token")
+    s = math.exp((math.log(1.1) + math.log(1.5)) / 2)  # 1.2845 > 1.2: clipped
+    assert seq_loss.item() == pytest.approx(-1.2) and tok_loss.item() == pytest.approx(-(1.1 + 1.2) / 2)
+    assert s > 1.2

@@ -47,9 +47,11 @@ def make(setup, tmp_path, ours=True, **kw):
     from rewardkit.trainers.grpo_is import GRPOISConfig, GRPOISTrainer
 
     path, tok, ds = setup
+    peft_config = kw.pop("peft_config", None)
     cfg_cls, tr_cls = (GRPOISConfig, GRPOISTrainer) if ours else (GRPOConfig, GRPOTrainer)
     args = cfg_cls(output_dir=str(tmp_path / ("ours" if ours else "trl")), **{**BASE, **kw})
-    return tr_cls(model=path, args=args, train_dataset=ds, processing_class=tok, reward_funcs=[shaped_reward])
+    return tr_cls(model=path, args=args, train_dataset=ds, processing_class=tok, reward_funcs=[shaped_reward],
+                  peft_config=peft_config)
 
 
 def synthetic_batch(model, B=8, P=6, T=5, seed=0):
@@ -98,9 +100,12 @@ def loss_and_grads(trainer, batch):
 @pytest.mark.parametrize("level", ["token", "sequence"])
 @pytest.mark.parametrize("old", [True, False], ids=["off_policy", "on_policy"])
 def test_mu1_loss_and_gradients_match_trl(pair, loss_type, level, old):
+    """Equal to TRL's loss and gradients; at sequence level (GSPO) without the KL term, which grpo_is weights by
+    the token ratio (test_kl_term_uses_the_token_ratio_at_sequence_level)."""
     ours, trl = pair
     for t in (ours, trl):
         t.loss_type, t.importance_sampling_level = loss_type, level
+        t.beta = 0.0 if level == "sequence" else BASE["beta"]
     batch = synthetic_batch(trl.model)
     if not old:  # TRL's μ = 1 aligned case: no old log-probs, ratio = 1 with the policy's own detached log-probs
         del batch["old_per_token_logps"]
@@ -113,6 +118,89 @@ def test_mu1_loss_and_gradients_match_trl(pair, loss_type, level, old):
     assert worst <= 1e-6, worst
     if old and loss_type == "grpo" and level == "token":
         assert ours._metrics["train"]["clip_ratio/region_mean"][-1] > 0  # the test exercises clipping
+
+
+def test_kl_term_uses_the_token_ratio_at_sequence_level(pair):
+    """The KL correction k·ρ is unbiased with the token ratio ρ_t (rewardkit/algorithms/kl.py), so under GSPO's
+    sequence-level policy ratio grpo_is still weights the KL term by ρ_t: its contribution to loss and gradients
+    is the same at both levels (TRL multiplies by the sequence ratio there)."""
+    ours, _ = pair
+    batch = synthetic_batch(ours.model)
+    ours._cursor = (0, 0)
+
+    def kl_part(level):
+        ours.importance_sampling_level = level
+        ours.beta = BASE["beta"]
+        with_kl = loss_and_grads(ours, batch)
+        ours.beta = 0.0
+        without = loss_and_grads(ours, batch)
+        ours.beta = BASE["beta"]
+        return with_kl[0] - without[0], {k: with_kl[1][k] - without[1][k] for k in with_kl[1]}
+
+    (l_tok, g_tok), (l_seq, g_seq) = kl_part("token"), kl_part("sequence")
+    ours.importance_sampling_level = "token"
+    assert abs(l_tok.item()) > 1e-4 and torch.allclose(l_tok, l_seq, atol=1e-7)
+    assert max((g_tok[k] - g_seq[k]).abs().max().item() for k in g_tok) <= 1e-6
+
+
+@pytest.mark.parametrize("option", ["entropy_coef", "off_policy_mask_threshold"])
+def test_trls_entropy_bonus_and_off_policy_mask_are_in_grpo_is(pair, option):
+    """TRL's loss has the entropy bonus and DeepSeek-V3.2's off-policy sequence mask; grpo_is calls TRL's loss, so
+    with either set it still equals TRL's (and differs from the loss without it: the option acts)."""
+    ours, trl = pair
+    batch = synthetic_batch(trl.model, seed=2)
+    ours._cursor = (0, 0)
+    for t in (ours, trl):
+        t.loss_type, t.importance_sampling_level, t.beta = "dapo", "token", BASE["beta"]
+    plain = loss_and_grads(ours, batch)[0]
+    try:
+        for t in (ours, trl):
+            if option == "entropy_coef":
+                t.entropy_coef, t._entropy_bonus_enabled = 0.5, True
+            else:
+                t.off_policy_mask_threshold = 1e-3
+        (l_ours, g_ours), (l_trl, g_trl) = loss_and_grads(ours, batch), loss_and_grads(trl, batch)
+    finally:
+        for t in (ours, trl):
+            t.entropy_coef, t._entropy_bonus_enabled, t.off_policy_mask_threshold = 0.0, False, None
+    assert torch.allclose(l_ours, l_trl, atol=1e-6, rtol=0) and abs((l_ours - plain).item()) > 1e-4
+    assert max((g_ours[k] - g_trl[k]).abs().max().item() for k in g_ours) <= 1e-6
+
+
+def test_kl_in_the_reward_is_a_reward_to_go_in_the_advantage(setup, tmp_path):
+    """kl_placement: reward (k1): the rollout's per-token advantages are Â − β·Σ_{t'≥t} k1_{t'} with k1 = log π_old −
+    log π_ref, so consecutive tokens differ by β·k1; the loss gets no KL term."""
+    trainer = make(setup, tmp_path, rollout_epochs=1, kl_placement="reward", kl_estimator="k1", beta=0.5)
+    with torch.no_grad():  # move the policy off its reference (TRL's frozen copy) so k1 is not 0
+        g = torch.Generator().manual_seed(0)
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    trainer.model.train()
+    trainer._prepare_inputs(None)
+    r = trainer._rollout
+    adv, mask = r["advantages"], r["completion_mask"].float()
+    k1 = (r["old_per_token_logps"] - r["ref_per_token_logps"]) * mask
+    assert adv.shape == mask.shape and k1.abs().max() > 1e-3
+    step = (adv[:, :-1] - adv[:, 1:]) * mask[:, 1:]  # = −β·k1_t where token t+1 is real
+    assert torch.allclose(step, -0.5 * k1[:, :-1] * mask[:, 1:], atol=1e-5)
+    assert trainer._metrics["train"]["kl"][-1] == pytest.approx((k1.sum() / mask.sum()).item(), rel=1e-5)
+
+
+def test_grpo_is_turns_dropout_off_so_a_rollouts_first_ratio_is_one(setup, tmp_path):
+    """LoRA dropout on: with TRL's default (dropout on) the old log-probs and the update see different functions
+    and the first minibatch's importance ratio is not 1; grpo_is's default turns dropout off."""
+    from peft import LoraConfig
+
+    peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.5, target_modules="all-linear", task_type="CAUSAL_LM",
+                      init_lora_weights=False)  # random B: dropout acts from the start
+    ranges = {}
+    for off in (True, False):
+        t = make(setup, tmp_path / str(off), rollout_epochs=2, max_steps=1, disable_dropout=off, peft_config=peft)
+        t.train()
+        first = t.epoch_history[0]
+        ranges[off] = (first["ratio_min"], first["ratio_max"])
+    assert ranges[True] == (pytest.approx(1.0, abs=1e-6), pytest.approx(1.0, abs=1e-6)), ranges
+    assert ranges[False][1] - ranges[False][0] > 1e-3, ranges
 
 
 def test_a_mixture_of_experts_keeps_trls_router_aux_loss(setup, tmp_path):

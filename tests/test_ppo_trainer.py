@@ -40,6 +40,11 @@ def config(tmp_path, **kw):
     ("critic_warmup_steps", -1, "critic_warmup_steps must be >= 0"),
     ("critic_learning_rate", 0.0, "critic_learning_rate must be > 0"),
     ("early_stop_kl", 0.0, "early_stop_kl must be > 0"),
+    ("kl_placement", "advantage", "kl_placement must be one of reward, loss"),
+    ("kl_estimator", "k3", "kl_estimator 'k3' with kl_placement: reward"),
+    ("loss_type", "cispo", "loss_type must be one of grpo, bnpo, dr_grpo, dapo"),
+    ("importance_sampling_level", "group", "importance_sampling_level must be token or sequence"),
+    ("use_vllm", True, "use_vllm: PPO does not apply TRL's sampler/trainer importance correction"),
 ])
 def test_config_errors_name_the_field(tmp_path, field, value, message):
     with pytest.raises(ValueError) as exc:
@@ -62,11 +67,21 @@ def test_one_generation_per_prompt_and_batch_arithmetic(tmp_path):
         config(tmp_path, per_device_train_batch_size=3, steps_per_generation=1)
 
 
+def test_kl_defaults_regularise(tmp_path):
+    """PPO's default KL penalty is k1 in the reward, the one detached estimate whose gradient pulls toward the
+    reference (tests/test_kl_placement.py); the old default, k3 in the reward, is refused with the reason."""
+    cfg = config(tmp_path)
+    assert (cfg.kl_placement, cfg.kl_estimator, cfg.loss_type, cfg.disable_dropout) == ("reward", "k1", "bnpo", True)
+    assert config(tmp_path, kl_placement="loss", kl_estimator="k3").kl_estimator == "k3"
+
+
 def test_stage_rejects_grpo_only_fields_and_unknown_estimators(registry):
-    assert PPOStage.check_args({"loss_type": "dapo"}, registry) == ["loss_type: a GRPO option; PPO's loss does not use it"]
+    assert PPOStage.check_args({"scale_rewards": "none"}, registry) == [
+        "scale_rewards: a GRPO option; PPO's loss does not use it"]
     assert "kl_estimator: unknown kl_estimator 'k4'" in PPOStage.check_args({"kl_estimator": "k4"}, registry)[0]
     assert PPOStage.check_args({"gamma": 2.0}, registry)[0].startswith("PPOConfig rejects these values: gamma must")
-    assert PPOStage.check_args({"kl_estimator": "k3", "gamma": 0.99, "vf_coef": 0.5}, registry) == []
+    assert PPOStage.check_args({"kl_estimator": "k3", "kl_placement": "loss", "gamma": 0.99, "vf_coef": 0.5,
+                                "loss_type": "dr_grpo", "importance_sampling_level": "sequence"}, registry) == []
     # the old names, shared with grpo_is, point to the new ones
     problems = PPOStage.check_args({"target_kl": 0.1, "kl_target": 2.0, "kl_controller": "proportional",
                                     "kl_horizon": 100, "num_iterations": 2}, registry)
@@ -148,3 +163,48 @@ def test_validate_rejects_old_names_with_exit_code_2(capsys):
     assert code == 2 and "Traceback" not in err
     assert "stages.ppo.trainer.kl_target: renamed (did you mean 'beta_target'?)" in err
     assert "stages.ppo.trainer.num_iterations: renamed (did you mean 'rollout_epochs'?)" in err
+
+
+def test_kl_in_the_loss_instead_of_the_reward(tiny, registry, tmp_path):
+    """kl_placement: loss: the reward carries no KL (non_score_reward 0) and β·k3·ρ is a loss term, non-zero once
+    the policy has moved from the reference."""
+    trainer = _train(tiny, config(tmp_path, kl_placement="loss", kl_estimator="k3", beta=0.1), registry)
+    assert set(_logged(trainer, "ppo/non_score_reward")) == {0.0}
+    kl_loss = _logged(trainer, "ppo/loss/kl")
+    assert kl_loss and kl_loss[0] == 0.0 and kl_loss[-1] > 0.0
+    assert _logged(trainer, "ppo/kl")[-1] > 0.0  # the rollout's KL, which an adaptive β would read, is still measured
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_dropout_is_off_so_a_rollouts_first_ratio_is_one(tiny, registry, tmp_path, disable_dropout):
+    """With LoRA dropout on, the passes that define the old policy (generation, old log-probs, values) and the
+    update saw different functions: KL(old‖new) > 0 on a rollout's first minibatch. PPO turns dropout off by default."""
+    from peft import LoraConfig
+
+    cfg = config(tmp_path, steps_per_generation=1, max_steps=2, disable_dropout=disable_dropout)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.5, target_modules="all-linear", task_type="CAUSAL_LM",
+                      init_lora_weights=False)  # random B: dropout acts from the start
+    trainer = _train(tiny, cfg, registry, peft_config=lora)
+    first_kls = _logged(trainer, "ppo/policy/approx_kl")  # every minibatch opens its rollout here
+    assert len(first_kls) == 2
+    if disable_dropout:
+        assert max(first_kls) < 1e-6, first_kls
+    else:
+        assert min(first_kls) > 1e-4, first_kls  # what the default prevents
+
+
+def test_trls_old_logprob_rule_is_checked_not_assumed(tiny, registry, tmp_path, monkeypatch):
+    """PPO skips TRL's old-log-prob pass by TRL 1.16's rule; the installed TRL is checked to still decide it that
+    way, and if it does not, TRL's pass is left to run (one wasted forward, same results) with a warning."""
+    from rewardkit.trainers import ppo
+
+    assert ppo.trl_old_logps_rule_holds()  # the pinned TRL: a TRL upgrade that changes it fails here first
+    path, tok, ds = tiny
+    cfg = config(tmp_path)
+    trainer = PPOTrainer(model=path, reward_funcs=[digits], args=cfg, train_dataset=ds["train"], processing_class=tok)
+    with trainer._without_trl_old_logps():
+        assert trainer.args.gradient_accumulation_steps == 0
+    monkeypatch.setattr(ppo, "trl_old_logps_rule_holds", lambda: False)
+    with pytest.warns(UserWarning, match="decides its old-log-prob pass differently"):
+        with trainer._without_trl_old_logps():
+            assert trainer.args.gradient_accumulation_steps == cfg.gradient_accumulation_steps

@@ -52,6 +52,16 @@ def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: 
     raise ValueError(f"loss_type {loss_type!r} is not one of {SUPPORTED_LOSS_TYPES}")
 
 
+def kl_reward_to_go(advantages: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """``kl_placement: reward`` for GRPO: A_t = Â − β·Σ_{t'≥t} kl_{t'}, the group-normalised advantage ``(B,)``
+    (or ``(B, T)``) minus the KL still to come from token t on (a reward-to-go of the per-token penalty, applied
+    after group normalisation). kl, mask ``(B, T)``, kl detached (k1 at the rollout's tokens) -> ``(B, T)``."""
+    kl = (kl * mask).detach()
+    to_go = kl.flip(-1).cumsum(-1).flip(-1)  # (B, T): Σ_{t'≥t}
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    return (adv - beta * to_go) * mask
+
+
 def ratio_range(coef: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     """(min, max) of the importance ratio over valid tokens (or sequences at sequence level)."""
     if coef.shape[-1] == 1 and mask.shape[-1] != 1:

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from rewardkit.algorithms.grpo_is import SUPPORTED_LOSS_TYPES
 from rewardkit.algorithms.kl import k3
 from rewardkit.algorithms.masked import global_masked_mean, kl_old_new, masked_mean, summed
+
+# How a per-token loss may be averaged (TRL's loss_type names; ``rewardkit.algorithms.grpo_is.aggregate_loss``).
+LOSS_AGGREGATIONS = SUPPORTED_LOSS_TYPES
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -70,10 +74,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
+def sequence_level_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO-token's ratio (Zheng et al. 2025, eq. 13): sg[s_i]·π_θ(y_t)/sg[π_θ(y_t)], s_i = exp(mean over the
+    sequence's real tokens of log π_θ/π_old). Its value is s_i on every token, its gradient s_i·∇log π_θ(y_t), so
+    per-token advantages still apply. (B, T) -> (B, T)."""
+    seq = ((logp - old_logp) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+    return torch.exp(seq.detach()[:, None] + logp - logp.detach())
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None
-                ) -> tuple[torch.Tensor, dict]:
-    """PPO-clip: mean over real tokens of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)), ρ = exp(logp − old_logp).
+                clip: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None,
+                level: str = "token", reduce=masked_mean) -> tuple[torch.Tensor, dict]:
+    """PPO-clip: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)) per real token, averaged by ``reduce(per_token, mask)``
+    (default: the mean over real tokens; ``rewardkit.algorithms.grpo_is.aggregate_loss`` gives the others).
+    ρ = exp(logp − old_logp) at ``level="token"``, :func:`sequence_level_ratio` at ``level="sequence"`` (GSPO).
 
     ``dual_clip`` = c > 1 (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", eq. 5) also
     bounds the loss of a token with A < 0 by −c·A, so a huge ratio on a bad action cannot dominate the update.
@@ -81,8 +95,12 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     term won), ``dual_clipfrac``, and ``approx_kl`` (k3 estimate of KL(old‖new) from tokens sampled by the old
     policy: ρ − 1 − log ρ, Schulman 2020), all detached floats.
     """
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
+    if level == "sequence":
+        ratio = sequence_level_ratio(logp, old_logp, mask)
+    elif level == "token":
+        ratio = torch.exp(logp - old_logp)
+    else:
+        raise ValueError(f"importance_sampling_level must be token or sequence, got {level!r}")
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + (clip if clip_high is None else clip_high))
     per_token = torch.maximum(unclipped, clipped)  # (B, T)
@@ -91,7 +109,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         bound = -dual_clip * advantages  # (B, T)
         dual = (advantages < 0) & (per_token > bound)
         per_token = torch.where(advantages < 0, torch.minimum(per_token, bound), per_token)
-    loss = masked_mean(per_token, mask)
+    loss = reduce(per_token, mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
                  "dual_clipfrac": masked_mean(dual.float(), mask).item(),
@@ -101,14 +119,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 
 def penalty_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        coef: float) -> tuple[torch.Tensor, dict]:
+                        coef: float, reduce=masked_mean) -> tuple[torch.Tensor, dict]:
     """PPO's adaptive-KL-penalty objective (Schulman et al. 2017 §4), as a loss: mean over real tokens of
     −A·ρ + coef·KL(old‖new), the KL estimated by k3 = ρ − 1 − log ρ on the old policy's tokens (unbiased in value,
     and its gradient (ρ − 1)∇log π has expectation ∇KL(old‖new)). Inputs ``(B, T)``; ``coef`` is the β the
     caller adapts toward d_targ (``rewardkit.algorithms.kl.AdaptiveKLController``, mode halve_double)."""
     ratio = torch.exp(logp - old_logp)
     kl = k3(old_logp, logp)  # (B, T)
-    loss = masked_mean(-advantages * ratio + coef * kl, mask)
+    loss = reduce(-advantages * ratio + coef * kl, mask)
     with torch.no_grad():
         stats = {"clipfrac": 0.0, "dual_clipfrac": 0.0, "approx_kl": masked_mean(kl, mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}

@@ -12,8 +12,11 @@ the same order every pass        epoch 0 keeps TRL's order, so ``reshuffle: fals
 always runs μ passes             stops reusing a rollout once approx. KL(old‖new) of a minibatch exceeds
                                  ``early_stop_kl``; the next optimizer step uses a fresh rollout, so optimizer
                                  steps (LR schedule, logging, checkpoints) are never skipped or repeated
-k3 KL to the reference, fixed β  any registered estimator (``kl_estimator``), optional adaptive β toward
-                                 ``beta_target`` nats per sequence (``rewardkit.algorithms.kl.AdaptiveKLController``)
+k3 KL to the reference, fixed β  any registered estimator (``kl_estimator``) in the loss, weighted by the token
+                                 ratio even under GSPO, or k1 in the advantage as a reward-to-go
+                                 (``kl_placement``); optional adaptive β toward ``beta_target`` nats per sequence
+                                 (``rewardkit.algorithms.kl.AdaptiveKLController``)
+dropout as configured (TRL: on)  off by default (``disable_dropout``), so a rollout's first ratio is 1
 prompts tied to optimizer steps  prompts drawn per rollout from the same seeded ``RepeatSampler`` order, so an
                                  early stop moves on to fresh prompts; the Trainer's dataloader only keeps
                                  the step clock (its length is what TRL's would be for ``num_iterations=μ``)
@@ -33,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
@@ -64,6 +67,11 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
     replaced by ``rollout_epochs`` and must stay 1; ``epsilon``/``epsilon_high``/``importance_sampling_level``/
     ``delta`` keep their TRL meaning."""
 
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "Dropout off in the policy (and reference), so generation, the old log-probs and the update see the "
+                "same function and the importance ratio is 1 on a rollout's first minibatch (verl and OpenRLHF do "
+                "this; TRL's default is false)."})
+
     def __post_init__(self):
         super().__post_init__()
         problems = core.batch_problems(
@@ -78,13 +86,8 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
         if self.loss_type not in core.SUPPORTED_LOSS_TYPES:
             problems.append(f"loss_type={self.loss_type!r}: grpo_is implements the clipped-surrogate losses "
                             f"{', '.join(core.SUPPORTED_LOSS_TYPES)}")
-        unsupported = {
-            "use_vllm": self.use_vllm, "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
-            "entropy_coef": self.entropy_coef != 0.0, "use_adaptive_entropy": self.use_adaptive_entropy,
-        }
-        for name, on in unsupported.items():
-            if on:
-                problems.append(f"{name}: not supported by grpo_is (use trainer: grpo)")
+        if self.use_vllm:
+            problems.append("use_vllm: not supported by grpo_is (use trainer: grpo)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -172,11 +175,31 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
         batch = self._generate_and_score_completions(self._local_prompts())
         self.rollouts += 1
         batch = split_pixel_values_by_grid(batch)
+        self._rollout_ref_kl = [0.0, 0.0]
+        if self.args.kl_placement == "reward" and self.beta != 0.0:
+            self._kl_into_advantages(batch)
         self._rollout = shuffle_sequence_dict(batch)  # the same (global-RNG) shuffle as TRL: epoch 0 == TRL
         self._epoch, self._mb, self._exhausted = 0, 0, False
-        self._rollout_ref_kl = [0.0, 0.0]
         self._acc = self._new_acc()
         self._split_epoch()
+
+    def _kl_into_advantages(self, batch: dict) -> None:
+        """``kl_placement: reward``: A_t = Â − β·Σ_{t'≥t} k1_{t'}, k1 = log π_old − log π_ref at the rollout's
+        tokens, after TRL's group normalisation (rewardkit/algorithms/kl.py: the exact sequence-KL gradient). The
+        old log-probs are computed here when TRL did not (a rollout that is one optimizer step)."""
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        if batch.get("old_per_token_logps") is None:
+            with torch.no_grad():
+                batch["old_per_token_logps"] = self._get_per_token_logps_and_entropies(
+                    self.model, ids, attn, batch["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size)[0]
+        mask = batch["completion_mask"] * batch.get("tool_mask", 1)
+        kl = self.kl_fn(batch["old_per_token_logps"], batch["ref_per_token_logps"]) * mask  # (B, T)
+        batch["advantages"] = core.kl_reward_to_go(batch["advantages"], kl, mask, self.beta)
+        kl_tok, tokens = over_processes(self.accelerator, [kl.sum().item(), mask.sum().item()])
+        self._metrics["train"]["kl"].append(kl_tok / max(tokens, 1.0))  # global token mean, as TRL logs it
+        self._rollout_ref_kl = [kl.sum().item(), float((mask.sum(-1) > 0).sum().item())]
 
     def _split_epoch(self) -> None:
         batch = self._rollout
@@ -284,10 +307,10 @@ class GRPOISTrainer(DynamicSamplingMixin, GRPOTrainer):
                 del v[logged.get(k, 0):]
             raise _StaleRollout
         coef_1 = torch.exp(core.importance_log_weights(logps, old, mask, self.importance_sampling_level))
-        if beta != 0.0:
+        if beta != 0.0 and self.args.kl_placement == "loss":
             per_token_kl = self.kl_fn(logps, inputs["ref_per_token_logps"])
-            if self.args.use_bias_correction_kl:
-                per_token_kl = per_token_kl * coef_1
+            if self.args.use_bias_correction_kl:  # the token ratio, also under GSPO: the one that unbiases k·ρ
+                per_token_kl = per_token_kl * torch.exp(logps - old)
             loss = loss + beta * self._aggregate(per_token_kl, mask, inputs, mode)
             with torch.no_grad():
                 kl_tok, tokens = (per_token_kl * mask).sum().item(), mask.sum().item()

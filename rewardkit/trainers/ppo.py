@@ -6,8 +6,10 @@ existing adapter is trained further), generation, calling the reward functions, 
 this file writes:
 
 - a critic: a value head on the policy's own backbone (default, one model) or a separate backbone;
-- per-token rewards (score on the last token, −β·KL on every token), GAE, whitening (:mod:`rewardkit.algorithms.ppo`);
-- the clipped (optionally dual-clipped) or adaptive-KL-penalty policy loss, the clipped value loss, an optional
+- per-token rewards (score on the last token, −β·k1 on every token with ``kl_placement: reward``, or β·k·ρ as a
+  loss term with ``kl_placement: loss``), GAE, whitening (:mod:`rewardkit.algorithms.ppo`);
+- the clipped (optionally dual-clipped, token or GSPO sequence ratio, any of TRL's loss aggregations) or
+  adaptive-KL-penalty policy loss, the clipped value loss, an optional
   entropy bonus, several epochs over reshuffled minibatches with an optional target-KL early stop;
 - β from a fixed or adaptive KL controller (:mod:`rewardkit.algorithms.kl`), the KL estimator chosen from the registry;
 - score shaping: a missing-EOS penalty, running normalisation, clipping.
@@ -22,7 +24,10 @@ stays 1). With ``gradient_accumulation_steps=1`` each minibatch is one optimizer
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -30,12 +35,28 @@ from trl import GRPOTrainer
 
 from rewardkit.algorithms import masked
 from rewardkit.algorithms import ppo as alg
+from rewardkit.algorithms.grpo_is import aggregate_loss
 from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, kl_controller
 from rewardkit.trainers.ppo_config import GRPO_ONLY
 from rewardkit.trainers.rollout_kl import estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
 STATE_FILE = "ppo_state.pt"  # controller state saved with every checkpoint
+# TRL's condition for its own old-log-prob pass at generation, which PPO skips (``_without_trl_old_logps``).
+TRL_OLD_LOGPS_RULE = "self.args.gradient_accumulation_steps % generate_every != 0"
+
+
+@functools.cache
+def trl_old_logps_rule_holds() -> bool:
+    """Whether the installed TRL still decides its old-log-prob pass by ``TRL_OLD_LOGPS_RULE`` (read from its
+    source once). If a TRL release changes it, PPO lets TRL's pass run: correct (PPO overwrites the result with
+    its own), one forward pass per rollout slower, and said once."""
+    try:
+        return TRL_OLD_LOGPS_RULE in inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    except (OSError, TypeError):
+        return False
+
+
 def load_critic_backbone(path: str):
     """(backbone, head weight or None) for a separate critic: a reward model (…ForSequenceClassification with one
     label) gives its backbone and its score head; any other checkpoint its backbone only."""
@@ -108,6 +129,7 @@ class PPOTrainer(GRPOTrainer):
         self.kl_ctl = kl_controller(cfg.beta, cfg.beta_target, cfg.beta_controller, cfg.beta_horizon)
         self.penalty_ctl = AdaptiveKLController(cfg.ppo_penalty_coef, cfg.ppo_penalty_target, "halve_double")
         self.use_ref = cfg.beta > 0
+        self.kl_in_loss = cfg.kl_placement == "loss"
         # TRL's beta only decided whether to build a reference model; PPO puts the KL into the reward with β from
         # self.kl_ctl, so GRPO's own KL term (and its reference pass) stay off.
         self.beta = 0.0
@@ -181,7 +203,14 @@ class PPOTrainer(GRPOTrainer):
     def _without_trl_old_logps(self):
         """TRL computes old log-probs at generation whenever a rollout spans several optimizer steps; PPO computes
         them itself, in the pass that also gives the critic's values, so TRL's pass would be a wasted forward.
-        TRL's test is ``gradient_accumulation_steps % (steps_per_generation × num_iterations) != 0``; 0 passes it."""
+        TRL's test is ``gradient_accumulation_steps % (steps_per_generation × num_iterations) != 0``; 0 passes it.
+        Checked against the installed TRL's source (:func:`trl_old_logps_rule_holds`); where it no longer holds,
+        TRL's pass runs and its result is overwritten."""
+        if not trl_old_logps_rule_holds():
+            warnings.warn("rewardkit PPO: this TRL decides its old-log-prob pass differently from TRL 1.16; PPO "
+                          "lets it run (one extra forward pass per rollout, results unchanged)", stacklevel=2)
+            yield
+            return
         ga = self.args.gradient_accumulation_steps
         self.args.gradient_accumulation_steps = 0
         try:
@@ -271,9 +300,10 @@ class PPOTrainer(GRPOTrainer):
         mask = out["completion_mask"] * scorable[:, None].to(out["completion_mask"].dtype)  # (B, T) loss mask
         if "tool_mask" in out:  # tool outputs: attended to, but not the policy's actions
             mask = mask * out["tool_mask"]
-        old_logp, values, kl = self._old_values_and_kl(out, mask)
+        old_logp, values, kl, ref_logp = self._old_values_and_kl(out, mask)
         beta = self.kl_ctl.beta
-        rewards = alg.token_rewards(score, kl, beta, mask)  # (B, T)
+        # kl_placement: reward puts −β·k1 into every token's reward; loss adds β·k·ρ in _compute_loss instead
+        rewards = alg.token_rewards(score, torch.zeros_like(kl) if self.kl_in_loss else kl, beta, mask)  # (B, T)
         advantages, returns = alg.gae(rewards, values, mask, self.args.gamma, self.args.lam)
         raw_adv = advantages
         if self.args.whiten_advantages:
@@ -281,7 +311,9 @@ class PPOTrainer(GRPOTrainer):
         self._log_rollout(mode, score, scorable, kl, beta, raw_adv, returns, values, mask)
         # completion_mask stays the attention mask TRL built (old log-probs and values used it); loss_mask is PPO's.
         out.update(loss_mask=mask, advantages=advantages, returns=returns, old_values=values,
-                   old_per_token_logps=old_logp)
+                   old_per_token_logps=old_logp, ref_per_token_logps=ref_logp)
+        if self.args.loss_type == "dapo":  # its normaliser: the rollout's loss tokens, all processes
+            out["num_items_in_batch"] = self.accelerator.reduce(mask.sum(), reduction="sum")
         return out
 
     def _episode_scores(self, out, update: bool):
@@ -305,7 +337,8 @@ class PPOTrainer(GRPOTrainer):
         return score, scorable
 
     def _old_values_and_kl(self, out, mask):
-        """Old log-probs and values in one pass per minibatch (attention: TRL's masks), and the per-token KL."""
+        """Old log-probs and values in one pass per minibatch (attention: TRL's masks), the per-token KL estimate
+        at the rollout's tokens, and the reference's log-probs (None without a reference)."""
         ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)  # (B, P+T)
         attn = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
         k = out["completion_ids"].size(1)
@@ -316,11 +349,11 @@ class PPOTrainer(GRPOTrainer):
             old_logp = torch.cat([o[0] for o in old])  # (B, T)
             values = torch.cat([o[2] for o in old]).float() * mask  # (B, T)
             if not self.use_ref:
-                return old_logp, values, torch.zeros_like(old_logp)
+                return old_logp, values, torch.zeros_like(old_logp), None
             ref_model, ctx = self._ref_context()
             with ctx:
                 ref_logp = torch.cat([self._forward(ref_model, ids[c], attn[c], k, values=False)[0] for c in chunks])
-        return old_logp, values, self.kl_fn(old_logp, ref_logp) * mask  # (B, T)
+        return old_logp, values, self.kl_fn(old_logp, ref_logp) * mask, ref_logp  # (B, T) each
 
     def _log_rollout(self, mode, score, scorable, kl, beta, raw_adv, returns, values, mask) -> None:
         """Rollout statistics over all processes; in training, β's controller steps on them (n = episodes)."""
@@ -332,7 +365,7 @@ class PPOTrainer(GRPOTrainer):
             self.kl_ctl.update(seq_kl, n_steps=int(n_episodes))
         adv_mean = masked.global_masked_mean(raw_adv, mask, red)
         stats = {"score": masked.global_masked_mean(score, seq, red).item(), "kl": seq_kl, "beta": beta,
-                 "non_score_reward": -beta * seq_kl, "advantages/mean": adv_mean.item(),
+                 "non_score_reward": 0.0 if self.kl_in_loss else -beta * seq_kl, "advantages/mean": adv_mean.item(),
                  "advantages/std": masked.global_masked_mean((raw_adv - adv_mean) ** 2, mask, red).sqrt().item(),
                  "returns/mean": masked.global_masked_mean(returns, mask, red).item(),
                  "values/mean": masked.global_masked_mean(values, mask, red).item(),
@@ -353,11 +386,16 @@ class PPOTrainer(GRPOTrainer):
         old = inputs["old_per_token_logps"]
         if mode == "train":
             self._check_stale(logp, old, mask)
+        reduce = self._reduce(inputs, mode)
         if cfg.policy_loss == "penalty":
-            pg_loss, pg = alg.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta)
+            pg_loss, pg = alg.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta,
+                                                  reduce=reduce)
         else:
             pg_loss, pg = alg.policy_loss(logp, old, inputs["advantages"], mask, cfg.epsilon, cfg.epsilon_high,
-                                               cfg.dual_clip)
+                                          cfg.dual_clip, level=cfg.importance_sampling_level, reduce=reduce)
+        kl_loss = torch.zeros((), device=logp.device)
+        if self.kl_in_loss and self.use_ref:
+            kl_loss = reduce(self._kl_loss_term(logp, old, inputs["ref_per_token_logps"]), mask)
         vf_loss, vf = alg.value_loss(values.float(), inputs["old_values"], inputs["returns"], mask,
                                           cfg.cliprange_value)
         mean_entropy = masked.masked_mean(entropy, mask)
@@ -366,16 +404,36 @@ class PPOTrainer(GRPOTrainer):
             if self.accelerator.num_processes > 1:  # DDP (ddp_find_unused_parameters off) needs every parameter in
                 loss = loss + 0.0 * logp.sum()  # the graph: zero gradients, no update under weight_decay 0
         else:
-            loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
+            loss = pg_loss + self.kl_ctl.beta * kl_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * mean_entropy
         stats = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/clipfrac": pg["clipfrac"],
                  "policy/approx_kl": pg["approx_kl"], "value/clipfrac": vf["clipfrac"], "entropy": mean_entropy.item()}
         if cfg.dual_clip is not None:
             stats["policy/dual_clipfrac"] = pg["dual_clipfrac"]
         if cfg.policy_loss == "penalty":
             stats["policy/penalty_coef"] = self.penalty_ctl.beta
+        if self.kl_in_loss and self.use_ref:
+            stats["loss/kl"] = kl_loss.item()
         for key, val in stats.items():
             self._metrics[mode][f"ppo/{key}"].append(val)
         return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1)
+
+    def _reduce(self, inputs, mode):
+        """The per-token loss reduction for ``loss_type`` (before the division by gradient accumulation steps that
+        ``_compute_loss`` applies to the whole loss)."""
+        cfg = self.args
+        if cfg.loss_type == "dapo":  # tokens of the accumulation window: this minibatch's share of the rollout's
+            n = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            n = n / cfg.steps_per_generation if mode == "train" else n
+            return functools.partial(aggregate_loss, loss_type="dapo", num_items=n)
+        return functools.partial(aggregate_loss, loss_type=cfg.loss_type,
+                                 max_completion_length=cfg.max_completion_length)
+
+    def _kl_loss_term(self, logp, old, ref_logp):
+        """kl_placement: loss: the estimator at the current policy, times the per-token ratio π_θ/π_old (its value
+        is 1 at θ = old; TRL's use_bias_correction_kl), whatever the policy term's importance_sampling_level:
+        the token ratio is the one that makes k1/k3 unbiased (rewardkit/algorithms/kl.py)."""
+        kl = self.kl_fn(logp, ref_logp)  # (B, T)
+        return kl * torch.exp(logp - old) if self.args.use_bias_correction_kl else kl
 
     def _check_stale(self, logp, old, mask) -> None:
         """Target-KL early stop: on the minibatch that opens an optimizer step reusing the rollout, the global

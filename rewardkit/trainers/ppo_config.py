@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from rewardkit.algorithms.ppo import LOSS_AGGREGATIONS
 from rewardkit.trainers.rollout_kl import RolloutKLConfig
 
 CRITICS = ("value_head", "separate")
 POLICY_LOSSES = ("clip", "penalty")
 REWARD_NORMALIZATION = ("none", "running")
 # GRPO fields that mean nothing to PPO's loss: setting one is almost certainly a mistake.
-GRPO_ONLY = ("loss_type", "scale_rewards", "multi_objective_aggregation", "importance_sampling_level",
-             "top_entropy_quantile", "delta", "off_policy_mask_threshold")
+GRPO_ONLY = ("scale_rewards", "multi_objective_aggregation", "top_entropy_quantile", "delta",
+             "off_policy_mask_threshold")
 
 
 @dataclass
@@ -27,6 +28,26 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
     beta: float = field(default=0.05, metadata={
         "help": "Initial KL coefficient β of the per-token reward penalty −β·KL(π‖π_ref) (Ziegler et al. 2019); "
                 "0 without beta_target: no reference model is used."})
+    kl_estimator: str = field(default="k1", metadata={
+        "help": "Registered per-token estimator of KL(π_θ‖π_ref). With kl_placement: reward (the default) only k1 "
+                "regularises (rewardkit/algorithms/kl.py); with kl_placement: loss, k3 or low_var_kl (with "
+                "use_bias_correction_kl) or k2/k3_plus (without)."})
+    kl_placement: str = field(default="reward", metadata={
+        "help": "'reward': −β·k1 on every token's reward, detached (Ziegler et al. 2019); 'loss': β·k·ρ added to "
+                "the loss, aggregated like the policy term (ρ = π_θ/π_old per token when use_bias_correction_kl)."})
+    loss_type: str = field(default="bnpo", metadata={
+        "help": "How the per-token policy loss (and a KL loss term) is averaged, in TRL's names: 'bnpo' tokens of "
+                "the minibatch (token mean, PPO's usual), 'dapo' tokens of the whole accumulation window, 'grpo' "
+                "tokens of each sequence then sequences (sequence mean), 'dr_grpo' sum / (sequences × "
+                "max_completion_length) (Dr. GRPO's constant, Liu et al. 2025). The value loss stays a token mean."})
+    importance_sampling_level: str = field(default="token", metadata={
+        "help": "'token': PPO's per-token ratio; 'sequence': GSPO's (Zheng et al. 2025) length-normalised sequence "
+                "ratio s_i, per token as sg[s_i]·π_θ(y_t)/sg[π_θ(y_t)] (GSPO-token, so the per-token advantages "
+                "of GAE still apply), clipped on s_i."})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "Dropout off in the policy (and reference), so generation, the old log-probs and values, and the "
+                "update see the same function and the importance ratio is 1 on the first minibatch (verl and "
+                "OpenRLHF do this; TRL's default is false)."})
     gamma: float = field(default=1.0, metadata={
         "help": "Discount γ of GAE (Schulman et al. 2016); 1.0 is usual for LM episodes."})
     lam: float = field(default=0.95, metadata={
@@ -138,6 +159,15 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
         if self.reward_normalization not in REWARD_NORMALIZATION:
             p.append(f"reward_normalization must be one of {', '.join(REWARD_NORMALIZATION)}, "
                      f"got {self.reward_normalization!r}")
+        if self.loss_type not in LOSS_AGGREGATIONS:
+            p.append(f"loss_type must be one of {', '.join(LOSS_AGGREGATIONS)} (how PPO's per-token loss is "
+                     f"averaged), got {self.loss_type!r}")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            p.append(f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}")
+        if self.use_vllm:
+            p.append("use_vllm: PPO does not apply TRL's sampler/trainer importance correction yet, so vLLM's "
+                     "samples would be trained on as if the trained model had drawn them; use transformers "
+                     "generation (use_vllm: false)")
         if self.reward_clip is not None and self.reward_clip <= 0:
             p.append(f"reward_clip must be > 0 or null, got {self.reward_clip}")
         return p
