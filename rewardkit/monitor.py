@@ -55,6 +55,8 @@ MONITOR_KEYS = {
     "stop_on": (list, "alarms that stop the run, checkpoint kept (default: none)", []),
 }
 LENGTH, ZERO_STD, REWARD = "completions/mean_length", "frac_reward_zero_std", "reward"
+# Under dynamic sampling the trained groups carry signal by construction: the alarm reads what was generated.
+ZERO_STD_KEYS = ("dynamic_sampling/generated_frac_reward_zero_std", ZERO_STD)
 KL_KEYS, ENTROPY_KEYS = ("kl", "ppo/kl"), ("entropy", "ppo/entropy")
 
 
@@ -230,7 +232,7 @@ class HealthMonitor:
         self._add("length", _first(logs, (LENGTH,)))
         self._add("kl", _first(logs, KL_KEYS))
         self._add("entropy", _first(logs, ENTROPY_KEYS))
-        self._add("zero_std", _first(logs, (ZERO_STD,)))
+        self._add("zero_std", _first(logs, ZERO_STD_KEYS))
         self._add("reward", _first(logs, (REWARD,)))
         means = {k: float(logs[f"rewards/{k}/mean"]) for k in self.weights
                  if isinstance(logs.get(f"rewards/{k}/mean"), (int, float))}

@@ -136,6 +136,24 @@ def test_every_trained_group_carries_signal_and_the_refills_are_logged(setup, tm
     assert logged and sum(h["dynamic_sampling/extra_completions"] for h in logged) > 0
     if trainer == "grpo_is":
         assert on.completions_generated == on.rollouts * 32 + t["extra_completions"]
+    # TRL's reward metrics describe the groups trained on (all with signal here), the discarded rounds are logged
+    # apart: before, every round's metrics went into the means as if trained on
+    hist = [h for h in on.state.log_history if "dynamic_sampling/generated_frac_reward_zero_std" in h]
+    assert hist and all(h["frac_reward_zero_std"] == 0.0 for h in hist)
+    assert any(h["dynamic_sampling/generated_frac_reward_zero_std"] > 0.0 for h in hist)
+    assert any(h["dynamic_sampling/generated_reward"] != h["reward"] for h in hist)
+
+
+def test_reward_metrics_by_hand():
+    """Two groups of 2, one reward function with weight 2: group 0 scores 1, 1 (no signal), group 1 scores 0 and
+    None (one scorable completion: no signal either)."""
+    from rewardkit.trainers.dynamic_sampling import reward_metrics
+
+    rows = torch.tensor([[1.0], [1.0], [0.0], [float("nan")]])
+    m = reward_metrics(rows, torch.tensor([2.0]), ["acc"], num_generations=2)
+    assert m["rewards/acc/mean"] == pytest.approx(2 / 3) and m["reward"] == pytest.approx(4 / 3)
+    assert m["frac_reward_zero_std"] == 1.0
+    assert m["reward_std"] == pytest.approx(torch.tensor([2.0, 2.0, 0.0]).std().item())
 
 
 def test_out_of_rounds_the_rollout_is_completed_with_zero_variance_groups(setup, tmp_path):

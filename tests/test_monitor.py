@@ -68,6 +68,16 @@ def test_monitor_fires_each_alarm_once_and_stops_on_request():
     assert mon.observe(60, {"train_runtime": 1.0}) == []  # the final summary record is not a training record
 
 
+def test_zero_variance_alarm_reads_what_dynamic_sampling_generated():
+    """Under dynamic sampling the trained groups carry signal by construction (frac_reward_zero_std ~ 0), so the
+    alarm reads dynamic_sampling/generated_frac_reward_zero_std: a rise there fires it."""
+    mon = m.HealthMonitor(m.resolve({}), {"a": 1.0})
+    rows = [{"reward": 0.5, "frac_reward_zero_std": 0.0, "dynamic_sampling/generated_frac_reward_zero_std": z,
+             "rewards/a/mean": 0.5} for z in (0.1, 0.1, 0.9, 0.9, 0.9)]
+    fired = [a["alarm"] for i, r in enumerate(rows) for a in mon.observe(10 * i, r)]
+    assert fired == ["zero_variance_groups"]
+
+
 def test_replay_of_a_log(tmp_path):
     path = tmp_path / "log.jsonl"
     rows = [{"step": s, "reward": 0.5, "completions/mean_length": 3.0, "entropy": e, "rewards/c/mean": 0.5}

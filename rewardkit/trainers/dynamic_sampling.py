@@ -16,7 +16,10 @@ Refill prompts come from a second seeded stream over the training set (its own o
 prompts the next rollouts will draw), whose position is saved with each checkpoint. Logged per rollout (means
 over the logging interval): ``dynamic_sampling/rounds``, ``dropped_groups`` (zero-variance groups not trained
 on), ``extra_completions`` (generated beyond the configured rollout), ``filled_zero_var_groups``; totals are in
-``trainer.dynamic_sampling_totals``.
+``trainer.dynamic_sampling_totals``. TRL's reward metrics (``reward``, ``reward_std``, ``rewards/<name>/mean``
+and ``/std``, ``frac_reward_zero_std``) describe the groups trained on; the same statistics of everything
+generated, discarded rounds included, are ``dynamic_sampling/generated_<metric>``, and the health monitor's
+zero-variance alarm reads the generated one (the trained groups carry signal by construction).
 """
 
 from __future__ import annotations
@@ -83,6 +86,23 @@ def zero_signal_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, nu
     return (torch.isnan(std) | torch.isclose(std, torch.zeros_like(std))).all(-1)
 
 
+def reward_metrics(rewards_per_func: torch.Tensor, weights: torch.Tensor, names: list[str], num_generations: int,
+                   aggregation: str = "sum_then_normalize") -> dict[str, float]:
+    """TRL's logged reward statistics of a set of whole groups, ``rewards_per_func`` (N, F) with NaN where a
+    reward could not judge: per function mean and std, the weighted sum's mean and std (rows no function judged
+    left out), and the share of groups without signal (:func:`zero_signal_groups`)."""
+    out = {}
+    for i, name in enumerate(names):
+        out[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
+        out[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
+    total = (rewards_per_func * weights.to(rewards_per_func.device)).nansum(1)
+    total[torch.isnan(rewards_per_func).all(1)] = torch.nan
+    out["reward"], out["reward_std"] = torch.nanmean(total).item(), nanstd(total).item()
+    out["frac_reward_zero_std"] = zero_signal_groups(rewards_per_func, weights, num_generations,
+                                                     aggregation).float().mean().item()
+    return out
+
+
 def _pad(t: torch.Tensor, length: int, value, left: bool) -> torch.Tensor:
     extra = length - t.shape[1]
     if extra == 0:
@@ -125,6 +145,7 @@ class DynamicSamplingMixin:
         self._ds_stream = None
         self._ds_drawn = 0  # indices pulled from the refill stream (all processes), for resume
         self._ds_rewards = None
+        self._ds_round_rewards = []  # (all processes' rows, this process's rows) per round of the current rollout
         self.dynamic_sampling_totals = {"rollouts": 0, "rounds": 0, "dropped_groups": 0, "extra_completions": 0,
                                         "filled_zero_var_groups": 0}
         if getattr(self.args, "dynamic_sampling", False) and not hasattr(self.train_dataset, "__getitem__"):
@@ -142,7 +163,26 @@ class DynamicSamplingMixin:
         local = self._ds_rewards[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
         zero = zero_signal_groups(local, self.reward_weights, self.num_generations,
                                   self.multi_objective_aggregation)
+        self._ds_round_rewards.append((self._ds_rewards, local))
         return out, zero.cpu()
+
+    def _log_reward_metrics(self, logged_before: dict, pieces: list[tuple[dict, list[int]]]) -> None:
+        """Replace the reward metrics TRL logged for every round by those of the groups trained on, and log the
+        statistics of everything generated under ``dynamic_sampling/generated_*``."""
+        metrics, g = self._metrics["train"], self.num_generations
+        keys = ["reward", "reward_std", "frac_reward_zero_std"] + [
+            f"rewards/{n}/{s}" for n in self.reward_func_names for s in ("mean", "std")]
+        for k in keys:
+            del metrics[k][logged_before.get(k, 0):]
+        stats = lambda rows: reward_metrics(rows, self.reward_weights, self.reward_func_names, g,  # noqa: E731
+                                            self.multi_objective_aggregation)
+        generated = stats(torch.cat([glob for glob, _ in self._ds_round_rewards]))
+        kept = torch.cat([local[[grp * g + i for grp in groups for i in range(g)]]
+                          for (_, local), (_, groups) in zip(self._ds_round_rewards, pieces)])
+        for k, v in stats(self.accelerator.gather(kept)).items():
+            metrics[k].append(v)
+        for k, v in generated.items():
+            metrics[f"dynamic_sampling/generated_{k}"].append(v)
 
     def _refill_prompts(self, groups: int) -> list[dict]:
         """``groups`` groups of fresh prompts for this process (every process draws the same global chunk of
@@ -172,6 +212,8 @@ class DynamicSamplingMixin:
         g = self.num_generations
         need = len(inputs) // g  # groups this process's rollout holds
         prompts, pieces, spare = inputs, [], []
+        logged_before = {k: len(v) for k, v in self._metrics["train"].items()}
+        self._ds_round_rewards = []  # (all processes' rows, this process's rows) of each round
         have = seen = signal_seen = rounds = generated = 0
         while True:
             out, zero = self._ds_round(prompts)
@@ -194,6 +236,7 @@ class DynamicSamplingMixin:
                 pieces[k] = (batch, pieces[k][1] + use)
                 have += len(use)
         dropped = sum(len(z) for _, z in spare) - filled
+        self._log_reward_metrics(logged_before, pieces)
         if len(pieces) == 1 and len(pieces[0][1]) == need:
             merged = out  # one round, every group kept: TRL's rollout untouched
         else:
