@@ -11,7 +11,7 @@ alarm                  metric (first one logged)           fires when (defaults)
 length_drift           completions/mean_length             now / start >= length_ratio (2.0) or <= 1/length_ratio
 reward_dominance       rewards/<alias>/mean x weight       one component's share of sum |weight x mean| >=
                                                            dominance (0.9), having started below it (>= 2 rewards)
-kl_acceleration        kl, ppo/kl                          KL >= kl_min (0.01), rising, and it grew by >= kl_growth
+kl_acceleration        kl (per token, TRL and PPO)         KL >= kl_min (0.01), rising, and it grew by >= kl_growth
                                                            (x2) over the last window, faster than the one before
 entropy_collapse       entropy, ppo/entropy                now <= entropy_ratio (0.1) x start
 zero_variance_groups   frac_reward_zero_std                now - start >= zero_std_rise (0.5)
@@ -57,7 +57,9 @@ MONITOR_KEYS = {
 LENGTH, ZERO_STD, REWARD = "completions/mean_length", "frac_reward_zero_std", "reward"
 # Under dynamic sampling the trained groups carry signal by construction: the alarm reads what was generated.
 ZERO_STD_KEYS = ("dynamic_sampling/generated_frac_reward_zero_std", ZERO_STD)
-KL_KEYS, ENTROPY_KEYS = ("kl", "ppo/kl"), ("entropy", "ppo/entropy")
+# KL to the reference in nats per token, as TRL logs it (PPO logs it too, beside its per-sequence ppo/kl);
+# entropy in nats per token (TRL's entropy, PPO's ppo/entropy).
+KL_KEYS, ENTROPY_KEYS = ("kl",), ("entropy", "ppo/entropy")
 
 
 class HealthStop(RewardkitError):

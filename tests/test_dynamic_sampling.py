@@ -175,8 +175,8 @@ def test_refill_stream_position_resumes(setup, tmp_path):
     first.train()
     resumed, _ = make(setup, tmp_path / "cut", dynamic_sampling=True, max_steps=4, lr_scheduler_type="constant")
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "grpo" / "checkpoint-2"))
-    assert first._ds_drawn > 0
-    assert resumed._ds_drawn == full._ds_drawn
+    assert first._ds_stream.position > 0
+    assert resumed._ds_stream.position == full._ds_stream.position
     assert resumed.dynamic_sampling_totals["rollouts"] == full.dynamic_sampling_totals["rollouts"] == 4
 
 

@@ -109,7 +109,7 @@ def test_mu1_loss_and_gradients_match_trl(pair, loss_type, level, old):
     batch = synthetic_batch(trl.model)
     if not old:  # TRL's μ = 1 aligned case: no old log-probs, ratio = 1 with the policy's own detached log-probs
         del batch["old_per_token_logps"]
-    ours._cursor = (0, 0)
+    ours.buffer.cursor = (0, 0)
     l_ours, g_ours = loss_and_grads(ours, batch)
     l_trl, g_trl = loss_and_grads(trl, batch)
     assert torch.allclose(l_ours, l_trl, atol=1e-6, rtol=0), (l_ours.item(), l_trl.item())
@@ -126,7 +126,7 @@ def test_kl_term_uses_the_token_ratio_at_sequence_level(pair):
     is the same at both levels (TRL multiplies by the sequence ratio there)."""
     ours, _ = pair
     batch = synthetic_batch(ours.model)
-    ours._cursor = (0, 0)
+    ours.buffer.cursor = (0, 0)
 
     def kl_part(level):
         ours.importance_sampling_level = level
@@ -149,7 +149,7 @@ def test_trls_entropy_bonus_and_off_policy_mask_are_in_grpo_is(pair, option):
     with either set it still equals TRL's (and differs from the loss without it: the option acts)."""
     ours, trl = pair
     batch = synthetic_batch(trl.model, seed=2)
-    ours._cursor = (0, 0)
+    ours.buffer.cursor = (0, 0)
     for t in (ours, trl):
         t.loss_type, t.importance_sampling_level, t.beta = "dapo", "token", BASE["beta"]
     plain = loss_and_grads(ours, batch)[0]
@@ -177,7 +177,7 @@ def test_kl_in_the_reward_is_a_reward_to_go_in_the_advantage(setup, tmp_path):
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     trainer.model.train()
     trainer._prepare_inputs(None)
-    r = trainer._rollout
+    r = trainer.buffer.batch
     adv, mask = r["advantages"], r["completion_mask"].float()
     k1 = (r["old_per_token_logps"] - r["ref_per_token_logps"]) * mask
     assert adv.shape == mask.shape and k1.abs().max() > 1e-3
@@ -224,7 +224,7 @@ def test_a_mixture_of_experts_keeps_trls_router_aux_loss(setup, tmp_path):
     batch = synthetic_batch(trl.model)
     for t in (ours, trl):
         t.current_gradient_accumulation_steps = 1
-    ours._cursor = (0, 0)
+    ours.buffer.cursor = (0, 0)
     (l_ours, g_ours), (l_trl, g_trl) = loss_and_grads(ours, batch), loss_and_grads(trl, batch)
     assert torch.allclose(l_ours, l_trl, atol=1e-6, rtol=0), (l_ours.item(), l_trl.item())
     assert max((g_ours[k] - g_trl[k]).abs().max().item() for k in g_ours) <= 1e-6
@@ -303,7 +303,7 @@ def test_early_stop_accounting(setup, tmp_path, early_stop_kl):
         assert t.rollouts == steps // 2
         assert [(r["early_stop"], r["epochs_used"]) for r in finished] == [(False, 2.0)] * 2
     assert t.completions_generated == t.rollouts * 8
-    assert sum(r["optimizer_steps"] for r in finished) + (0 if t._exhausted else 1) == steps
+    assert sum(r["optimizer_steps"] for r in finished) + (0 if t.buffer.retired else 1) == steps
 
 
 @pytest.mark.slow
@@ -316,7 +316,7 @@ def test_resume_continues_the_same_rollout(setup, tmp_path, early_stop_kl):
     full = make(setup, tmp_path / "full", **kw)
     full.train()
     ckpt = tmp_path / "full" / "ours" / "checkpoint-3"
-    assert (ckpt / "grpo_is_state.pt").exists()
+    assert (ckpt / "rollout_state.pt").exists()
     resumed = make(setup, tmp_path / "resumed", **kw)
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert resumed.state.global_step == full.state.global_step == 4
@@ -374,5 +374,5 @@ def test_qlora_recipe_trains_on_cpu(tmp_path, registry):
     summary = run(recipe, registry)
     assert summary["stages"][-1]["steps"] == 4
     rows = [__import__("json").loads(x) for x in open(tmp_path / "grpo_is" / "log.jsonl")]
-    assert any("kl" in r for r in rows) and any("is/approx_kl" in r for r in rows)
+    assert any("kl" in r for r in rows) and any("rollout/approx_kl" in r for r in rows)
     assert os.path.isdir(tmp_path / "grpo_is" / "model" / "adapter")

@@ -38,7 +38,7 @@ def test_proportional_beta_uses_sequences_and_episodes(tmp_path, target, sign, r
     trainer.kl_fn = one_per_token
     trainer.train()
     assert trainer.rollouts == 1 and args.generation_batch_size == 16
-    mask = trainer._rollout["completion_mask"]
+    mask = trainer.buffer.batch["completion_mask"]
     mean_length = (mask.sum() / mask.size(0)).item()
     (record,) = trainer.rollout_history
     assert record["ref_kl"] == pytest.approx(mean_length)  # per sequence, not 1 (per token)

@@ -40,7 +40,7 @@ def by_rank(prompts, completions, **kwargs):
 
 
 class Probe(PPOTrainer):
-    rollouts = 0
+    probe_rollouts = 0
 
     def _old_values_and_kl(self, out, mask):
         result = super()._old_values_and_kl(out, mask)
@@ -58,14 +58,14 @@ class Probe(PPOTrainer):
         torch.save({"advantages": out["advantages"], "mask": out["loss_mask"], "kl": self.probe_kl,
                     "score": self.probe_score[0], "scorable": self.probe_score[1],
                     "logged_kl": m["ppo/kl"][-1], "logged_score": m["ppo/score"][-1]},
-                   os.path.join(OUT, f"rank{RANK}_rollout{self.rollouts}.pt"))
-        self.rollouts += 1
+                   os.path.join(OUT, f"rank{RANK}_rollout{self.probe_rollouts}.pt"))
+        self.probe_rollouts += 1
         return out
 
 
 path = models.resolve("tiny-llama", get_registry())
 cfg = PPOConfig(output_dir=os.path.join(OUT, "run"), max_steps=2, learning_rate=1e-2, per_device_train_batch_size=4,
-                steps_per_generation=1, rollout_epochs=1, max_completion_length=4, beta=0.1, kl_estimator="k3",
+                steps_per_generation=1, rollout_epochs=1, max_completion_length=4, beta=0.1, kl_estimator="k1",
                 report_to="none", save_strategy="no", logging_steps=1, bf16=False, seed=0, disable_tqdm=True)
 trainer = Probe(model=path, reward_funcs=[by_rank], args=cfg, train_dataset=arithmetic(n_train=64, n_test=8)["train"],
                 processing_class=AutoTokenizer.from_pretrained(path))
@@ -104,4 +104,4 @@ def test_ppo_whitening_and_kl_statistics_are_global(tmp_path):
         for r in (r0, r1):  # both processes log the statistics of all 7 scorable episodes
             assert r["logged_kl"] == pytest.approx(seq_kl.mean().item(), abs=1e-6)
             assert r["logged_score"] == pytest.approx(scores.mean().item(), abs=1e-6)
-    assert r0["logged_kl"] > 0  # the second rollout's policy has moved, so the KL check is not vacuous
+    assert r0["logged_kl"] != 0  # (k1: either sign) the second rollout's policy has moved, so the KL check is not vacuous

@@ -50,7 +50,7 @@ def test_tool_mask_is_a_loss_mask_not_an_attention_mask(tiny, registry, tmp_path
     trainer = ToolPPO(model=path, reward_funcs=[digits], args=config(tmp_path), train_dataset=ds["train"],
                       processing_class=tok, kl_estimator_fn=registry.kl_estimator("k1"))
     trainer.train()
-    rollout = trainer._rollout
+    rollout = trainer.buffer.batch
     # the attention mask the policy is trained with is TRL's, the one old log-probs and values were computed with
     assert torch.equal(rollout["completion_mask"].sort(0).values, trainer.trl_completion_mask.sort(0).values)
     assert (rollout["loss_mask"][:, 1] == 0).all()

@@ -62,11 +62,11 @@ def test_early_stop_kl_retires_rollouts_without_skipping_steps(tiny, tmp_path, t
     assert t.state.global_step == 4
     rollouts = len(logged(t, "ppo/score"))  # logged once per generated rollout
     if threshold < 1:
-        assert rollouts == 4 and logged(t, "ppo/early_stop") == [1.0, 1.0, 1.0]  # each stopped at its first reuse
-        assert logged(t, "ppo/rollout_epochs_used") == [1.0, 1.0, 1.0]
+        assert rollouts == 4 and logged(t, "rollout/early_stop") == [1.0, 1.0, 1.0]  # each stopped at its first reuse
+        assert logged(t, "rollout/epochs_used") == [1.0, 1.0, 1.0]
     else:
-        assert rollouts == 2 and logged(t, "ppo/early_stop") == [0.0]
-        assert logged(t, "ppo/rollout_epochs_used") == [2.0]
+        assert rollouts == 2 and logged(t, "rollout/early_stop") == [0.0, 0.0]  # logged as each rollout finishes
+        assert logged(t, "rollout/epochs_used") == [2.0, 2.0]
 
 
 @pytest.mark.parametrize("target,factor", [(1e-9, 2.0), (1e3, 0.5)], ids=["kl_above", "kl_below"])
@@ -98,7 +98,7 @@ def test_critic_learning_rate_and_warmup(tiny, tmp_path):
 
 def test_missing_eos_penalty_scores_truncated_completions(tiny, tmp_path):
     t = train(tiny, tmp_path, reward=zero, max_steps=1, missing_eos_penalty=1.0)
-    r = t._rollout
+    r = t.buffer.batch
     truncated = (~ends_with(r["completion_ids"], r["completion_mask"], t.eos_token_ids)).float()
     assert truncated.sum() > 0  # an untrained model runs out of its 4 tokens
     assert logged(t, "ppo/score")[0] == pytest.approx(-truncated.mean().item())
@@ -152,7 +152,7 @@ def test_resume_keeps_adapted_beta_penalty_and_reward_statistics(tiny, tmp_path)
     kw = dict(max_steps=4, beta_target=1e3, beta_controller="halve_double", policy_loss="penalty",
               ppo_penalty_target=1e-9, reward_normalization="running", save_strategy="steps", save_steps=2)
     full = train(tiny, tmp_path / "full", **kw)
-    assert (tmp_path / "full" / "checkpoint-2" / "ppo_state.pt").exists()
+    assert (tmp_path / "full" / "checkpoint-2" / "rollout_state.pt").exists()
     path, tok, ds, reg = tiny
     cfg = PPOConfig(**{**dict(output_dir=str(tmp_path / "resumed"), learning_rate=3e-3, per_device_train_batch_size=8,
                               steps_per_generation=1, rollout_epochs=1, max_completion_length=4, report_to="none",

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import RepeatSampler, nanstd
+from trl.trainer.utils import nanstd
 
 from rewardkit.trainers.base import over_processes
+from rewardkit.trainers.rollout import PromptStream, checkpoint_folder
 
 STATE_FILE = "dynamic_sampling_state.json"
 LEFT_PADDED = {"prompt_ids", "prompt_mask"}
@@ -142,8 +143,8 @@ class DynamicSamplingMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._ds_stream = None
-        self._ds_drawn = 0  # indices pulled from the refill stream (all processes), for resume
+        # refill prompts: a second seeded stream over the training set (not the order the next rollouts draw)
+        self._ds_stream = PromptStream(self.train_dataset, self.num_generations, 1, self.args.seed + SEED_OFFSET)
         self._ds_rewards = None
         self._ds_round_rewards = []  # (all processes' rows, this process's rows) per round of the current rollout
         self.dynamic_sampling_totals = {"rollouts": 0, "rounds": 0, "dropped_groups": 0, "extra_completions": 0,
@@ -187,24 +188,8 @@ class DynamicSamplingMixin:
     def _refill_prompts(self, groups: int) -> list[dict]:
         """``groups`` groups of fresh prompts for this process (every process draws the same global chunk of
         the refill stream and takes its own part)."""
-        g = self.num_generations
-        if self._ds_stream is None:
-            self._ds_sampler = RepeatSampler(data_source=self.train_dataset, mini_repeat_count=g, batch_size=1,
-                                             repeat_count=1, shuffle=True, seed=self.args.seed + SEED_OFFSET)
-            self._ds_stream, drawn, self._ds_drawn = iter(self._ds_sampler), self._ds_drawn, 0
-            for _ in range(drawn):  # resume: replay the stream up to where it was
-                self._ds_pull()
-        idx = [self._ds_pull() for _ in range(groups * g * self.accelerator.num_processes)]
-        start = self.accelerator.process_index * groups * g
-        return [self.train_dataset[i] for i in idx[start:start + groups * g]]
-
-    def _ds_pull(self) -> int:
-        self._ds_drawn += 1
-        try:
-            return next(self._ds_stream)
-        except StopIteration:
-            self._ds_stream = iter(self._ds_sampler)
-            return next(self._ds_stream)
+        n = groups * self.num_generations * self.accelerator.num_processes
+        return self._ds_stream.draw(n, self.accelerator)
 
     def _generate_and_score_completions(self, inputs):
         if not (getattr(self.args, "dynamic_sampling", False) and self.model.training):
@@ -257,12 +242,10 @@ class DynamicSamplingMixin:
         super()._save_checkpoint(model, trial)
         if not (getattr(self.args, "dynamic_sampling", False) and self.args.should_save):
             return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: PLC0415
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        folder = checkpoint_folder(self, trial)
         if os.path.isdir(folder):
             with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump({"drawn": self._ds_drawn, "totals": self.dynamic_sampling_totals}, f)
+                json.dump({"drawn": self._ds_stream.position, "totals": self.dynamic_sampling_totals}, f)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -270,7 +253,8 @@ class DynamicSamplingMixin:
         if path and os.path.exists(path):
             with open(path) as f:
                 s = json.load(f)
-            self._ds_drawn, self.dynamic_sampling_totals, self._ds_stream = s["drawn"], s["totals"], None
+            self._ds_stream.load(s["drawn"])
+            self.dynamic_sampling_totals = s["totals"]
 
 
 @dataclass

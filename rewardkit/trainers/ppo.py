@@ -37,11 +37,12 @@ from rewardkit.algorithms import masked
 from rewardkit.algorithms import ppo as alg
 from rewardkit.algorithms.grpo_is import aggregate_loss
 from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, kl_controller
+from rewardkit.algorithms.grpo_is import clip_masks
 from rewardkit.trainers.ppo_config import GRPO_ONLY
+from rewardkit.trainers.rollout import RolloutReuseMixin
 from rewardkit.trainers.rollout_kl import estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
-STATE_FILE = "ppo_state.pt"  # controller state saved with every checkpoint
 # TRL's condition for its own old-log-prob pass at generation, which PPO skips (``_without_trl_old_logps``).
 TRL_OLD_LOGPS_RULE = "self.args.gradient_accumulation_steps % generate_every != 0"
 
@@ -106,17 +107,14 @@ class Critic(nn.Module):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
 
-class _StaleRollout(Exception):
-    """Raised in ``_compute_loss`` before any backward: the rollout drifted past ``early_stop_kl``."""
-
-
-class PPOTrainer(GRPOTrainer):
+class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
     """TRL's GRPOTrainer with PPO's critic, advantages and losses (see the module docstring).
 
-    Overrides: ``_prepare_inputs`` (the rollout buffer, epochs, early stop), ``_generate_and_score_completions``
-    (TRL's generation and rewards, then PPO's per-token rewards, values and advantages), ``_compute_loss``,
-    ``training_step`` (retries a step on a fresh rollout after an early stop), ``create_optimizer`` (the
-    critic's learning rate) and saving (the critic next to a plain causal LM).
+    The rollout buffer, prompt stream, epochs, early stop, statistics and checkpoint state are the rollout layer's
+    (:mod:`rewardkit.trainers.rollout`, shared with grpo_is). Overrides: ``_make_rollout`` and
+    ``_generate_and_score_completions`` (TRL's generation and rewards, then PPO's per-token rewards, values and
+    advantages), ``_compute_loss``, ``create_optimizer`` (the critic's learning rate) and saving (the critic next to
+    a plain causal LM).
     """
 
     _tag_names = ["trl", "ppo", "rewardkit"]
@@ -133,8 +131,6 @@ class PPOTrainer(GRPOTrainer):
         # TRL's beta only decided whether to build a reference model; PPO puts the KL into the reward with β from
         # self.kl_ctl, so GRPO's own KL term (and its reference pass) stay off.
         self.beta = 0.0
-        # TRL's step clock: its sampler repeats each generation batch steps_per_generation × num_iterations times.
-        self.num_iterations = cfg.rollout_epochs
         self.score_moments = alg.RunningMoments()
         policy = self._policy()
         self._hidden = None
@@ -153,10 +149,9 @@ class PPOTrainer(GRPOTrainer):
             load_critic_checkpoint(critic, cfg.critic_checkpoint)
         # A submodule of the trained model, so the Trainer's optimizer, device placement and checkpoints see it.
         self.model.critic = critic.to(self.accelerator.device)
-        self._rollout = None
-        self._minibatches = None
-        self._epoch, self._mb, self._cursor, self._retired, self._adapted = 0, 0, (0, 0), False, False
+        self._adapted = False  # β_pen's update for the current rollout is done
         self._rewards_per_func = None
+        self._init_rollout_reuse()
 
     # ------------------------------------------------------------------ plumbing
     def _policy(self):
@@ -167,12 +162,6 @@ class PPOTrainer(GRPOTrainer):
 
     def _keep_hidden(self, module, args, output):
         self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-    def _all_reduce(self):
-        """A sum over processes for ``rewardkit.algorithms``' global statistics (None with one process)."""
-        if self.accelerator.num_processes == 1:
-            return None
-        return lambda t: self.accelerator.reduce(t, reduction="sum")
 
     def _in_warmup(self) -> bool:
         return self.model.training and self.state.global_step < self.args.critic_warmup_steps
@@ -223,48 +212,16 @@ class PPOTrainer(GRPOTrainer):
         return self._rewards_per_func
 
     # ------------------------------------------------------------------ rollout
-    def _prepare_inputs(self, generation_batch):
-        """Train: the next minibatch of the current rollout; a new rollout after ``rollout_epochs`` epochs (or an
-        early stop); minibatches reshuffled each epoch. Eval: TRL's (one generation per batch)."""
-        if not self.model.training:
-            return super()._prepare_inputs(generation_batch)
-        spg = self.args.steps_per_generation
-        if self._rollout is None or self._retired:
-            self._start_rollout(generation_batch)
-        elif self._mb == spg:
-            self._epoch, self._mb = self._epoch + 1, 0
-            if self._epoch == self.args.rollout_epochs:
-                self._start_rollout(generation_batch)
-            else:
-                self._split_epoch()
-        self._cursor = (self._epoch, self._mb)
-        self._mb += 1
-        return self._minibatches[self._cursor[1]]
-
-    def _start_rollout(self, generation_batch) -> None:
-        if self._rollout is not None and not self._retired:  # the previous rollout ran all its epochs
-            self._metrics["train"]["ppo/early_stop"].append(0.0)
-            self._metrics["train"]["ppo/rollout_epochs_used"].append(float(self.args.rollout_epochs))
-        self._adapt_penalty_once()
-        self._rollout = self._generate_and_score_completions(generation_batch)
-        self._epoch, self._mb, self._retired, self._adapted = 0, 0, False, False
-        self._split_epoch()
-
-    def _split_epoch(self) -> None:
-        from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict  # noqa: PLC0415
-
-        if self._epoch == 0 or self.args.reshuffle:
-            self._minibatches = split_tensor_dict(shuffle_sequence_dict(self._rollout), self.args.steps_per_generation)
-
-    def _rollout_done(self) -> bool:
-        """Whether the current rollout has had all its updates (or was retired by the early stop)."""
-        last = self._epoch == self.args.rollout_epochs - 1 and self._mb == self.args.steps_per_generation
-        return self._rollout is not None and (self._retired or last)
+    def _make_rollout(self, prompts: list[dict]) -> dict:
+        self._adapt_penalty_once()  # the finished rollout's β_pen update, before the next one is generated
+        out = self._generate_and_score_completions(prompts)
+        self._adapted = False
+        return out
 
     def _adapt_penalty_once(self) -> None:
         """β_pen's update for the current rollout, once: when the next rollout starts, or earlier at a checkpoint
         taken right after the rollout's last update (so a resumed run has it)."""
-        if self.args.policy_loss == "penalty" and self._rollout is not None and not self._adapted:
+        if self.args.policy_loss == "penalty" and self.buffer.batch is not None and not self._adapted:
             self._adapt_penalty()
             self._adapted = True
 
@@ -272,7 +229,7 @@ class PPOTrainer(GRPOTrainer):
         """PPO-penalty (Schulman et al. 2017 §4): after the policy update on a rollout, d = KL(old‖new) on its
         tokens (k3, all processes) with the updated policy; β_pen ← β_pen/2 if d < d_targ/1.5, ×2 if d > 1.5·d_targ.
         One extra no-grad pass over the finished rollout, as the paper's rule needs the KL after the update."""
-        r = self._rollout
+        r = self.buffer.batch
         ids = torch.cat([r["prompt_ids"], r["completion_ids"]], dim=1)
         attn = torch.cat([r["prompt_mask"], r["completion_mask"]], dim=1)
         k, bs = r["completion_ids"].size(1), self.args.per_device_train_batch_size
@@ -282,14 +239,6 @@ class PPOTrainer(GRPOTrainer):
             d = masked.kl_old_new(new, r["old_per_token_logps"], r["loss_mask"], self._all_reduce())
         self.penalty_ctl.update(d.item())
         self._metrics["train"]["ppo/policy/penalty_kl"].append(d.item())
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > early_stop_kl), the rollout
-        is retired before any backward pass and the same optimizer step is taken on a fresh rollout."""
-        try:
-            return super().training_step(model, inputs, num_items_in_batch)
-        except _StaleRollout:
-            return super().training_step(model, inputs, num_items_in_batch)
 
     def _generate_and_score_completions(self, inputs):
         with self._without_trl_old_logps():
@@ -363,6 +312,8 @@ class PPOTrainer(GRPOTrainer):
         n_episodes = float(seq.sum() if red is None else red(seq.sum()))
         if mode == "train":
             self.kl_ctl.update(seq_kl, n_steps=int(n_episodes))
+        # per token, under TRL's name (what the health monitor reads); ppo/kl is per sequence (what β adapts to)
+        self._metrics[mode]["kl"].append(masked.global_masked_mean(kl, mask, red).item())
         adv_mean = masked.global_masked_mean(raw_adv, mask, red)
         stats = {"score": masked.global_masked_mean(score, seq, red).item(), "kl": seq_kl, "beta": beta,
                  "non_score_reward": 0.0 if self.kl_in_loss else -beta * seq_kl, "advantages/mean": adv_mean.item(),
@@ -384,8 +335,7 @@ class PPOTrainer(GRPOTrainer):
         k = inputs["completion_ids"].size(1)
         logp, entropy, values = self._forward(model, ids, attn, k, entropy=True)
         old = inputs["old_per_token_logps"]
-        if mode == "train":
-            self._check_stale(logp, old, mask)
+        self._stale_check(logp, old, mask)
         reduce = self._reduce(inputs, mode)
         if cfg.policy_loss == "penalty":
             pg_loss, pg = alg.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta,
@@ -415,7 +365,22 @@ class PPOTrainer(GRPOTrainer):
             stats["loss/kl"] = kl_loss.item()
         for key, val in stats.items():
             self._metrics[mode][f"ppo/{key}"].append(val)
+        if mode == "train":
+            self._record_rollout_stats(logp, old, inputs["advantages"], mask)
         return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1)
+
+    def _record_rollout_stats(self, logp, old, advantages, mask) -> None:
+        """The rollout layer's per-epoch statistics: the ratio the policy loss used and where its clip is active
+        (none under policy_loss: penalty)."""
+        with torch.no_grad():
+            level = self.args.importance_sampling_level
+            ratio = alg.sequence_level_ratio(logp, old, mask) if level == "sequence" else torch.exp(logp - old)
+            if self.args.policy_loss == "clip":
+                low, high = clip_masks(ratio, advantages, self.epsilon_low, self.epsilon_high)
+                region = low | high
+            else:
+                region = torch.zeros_like(mask, dtype=torch.bool)
+        self._record_minibatch(logp, old, region, ratio, mask)
 
     def _reduce(self, inputs, mode):
         """The per-token loss reduction for ``loss_type`` (before the division by gradient accumulation steps that
@@ -434,21 +399,6 @@ class PPOTrainer(GRPOTrainer):
         the token ratio is the one that makes k1/k3 unbiased (rewardkit/algorithms/kl.py)."""
         kl = self.kl_fn(logp, ref_logp)  # (B, T)
         return kl * torch.exp(logp - old) if self.args.use_bias_correction_kl else kl
-
-    def _check_stale(self, logp, old, mask) -> None:
-        """Target-KL early stop: on the minibatch that opens an optimizer step reusing the rollout, the global
-        KL(old‖new) (k3) is compared with ``early_stop_kl`` before any backward."""
-        epoch, mb = self._cursor
-        if self.args.early_stop_kl is None or (epoch, mb) == (0, 0) or mb % self.args.gradient_accumulation_steps:
-            return
-        with torch.no_grad():
-            kl_now = masked.kl_old_new(logp, old, mask, self._all_reduce()).item()
-        if kl_now > self.args.early_stop_kl:
-            used = epoch + mb / self.args.steps_per_generation
-            self._metrics["train"]["ppo/early_stop"].append(1.0)
-            self._metrics["train"]["ppo/rollout_epochs_used"].append(used)
-            self._retired = True
-            raise _StaleRollout
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the critic's parameters in their own groups at ``critic_learning_rate``
@@ -482,37 +432,35 @@ class PPOTrainer(GRPOTrainer):
             model._modules["critic"] = critic
         self.save_critic(output_dir)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """TRL's weights, then the critic saved beside them (``_save`` keeps it out of the model's weights file),
+        so a resumed run goes on with the critic it had, not a fresh zero head."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if os.path.isfile(os.path.join(resume_from_checkpoint, "critic.pt")):
+            load_critic_checkpoint(self.accelerator.unwrap_model(self.model).critic, resume_from_checkpoint)
+
     def save_critic(self, output_dir: str) -> str:
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, "critic.pt")
         torch.save(self.accelerator.unwrap_model(self.model).critic.state_dict(), path)
         return path
 
-    def _controller_state(self) -> dict:
+    def _rollout_extra_state(self) -> dict:
+        """What PPO adapts as it trains (β, β_pen, the running score statistics), saved with the rollout state so a
+        resumed run continues with them instead of the initial values."""
         m = self.score_moments
-        return {"beta": self.kl_ctl.beta, "penalty_coef": self.penalty_ctl.beta,
+        return {"beta": self.kl_ctl.beta, "penalty_coef": self.penalty_ctl.beta, "adapted": self._adapted,
                 "score_moments": [m.count, m.mean, m.m2]}
 
+    def _load_rollout_extra_state(self, s: dict) -> None:
+        self.kl_ctl.beta, self.penalty_ctl.beta, self._adapted = s["beta"], s["penalty_coef"], s["adapted"]
+        m = self.score_moments
+        m.count, m.mean, m.m2 = s["score_moments"]
+
     def _save_checkpoint(self, model, trial):
-        """TRL's checkpoint plus what PPO adapts as it trains (β, β_pen, the running score statistics), so a
-        resumed run continues with them instead of the initial values. They are the same on every process."""
-        super()._save_checkpoint(model, trial)
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: PLC0415
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self._rollout_done():
+        if self.buffer.retired:  # a checkpoint right after a rollout's last update holds its β_pen update
             self._adapt_penalty_once()  # every process: it reduces over them
-        if self.args.should_save and os.path.isdir(folder):
-            torch.save(self._controller_state(), os.path.join(folder, STATE_FILE))
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, STATE_FILE) if checkpoint else None
-        if path and os.path.exists(path):
-            s = torch.load(path, weights_only=True)
-            self.kl_ctl.beta, self.penalty_ctl.beta = s["beta"], s["penalty_coef"]
-            m = self.score_moments
-            m.count, m.mean, m.m2 = s["score_moments"]
+        super()._save_checkpoint(model, trial)
 
     def train(self, *args, **kwargs):
         if self.accelerator.is_main_process:
