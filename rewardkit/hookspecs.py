@@ -66,12 +66,31 @@ def register_rewards(register) -> None:
     - ``probe_completions(rows: list[dict]) -> dict[str, list[str | None]]``: extra adversarial completions,
       probe name -> one completion text per row (``None`` where a probe does not apply to a row), e.g. the
       code plugin's programs that exit 0 early, print success markers, raise, or return objects that compare
-      equal to anything. Each is scored like the built-in probes: an exploit when it earns at least half of
-      the gold control's mean and more than a wrong answer's.
+      equal to anything. Each is scored like the built-in probes: an exploit when it earns what the gold
+      earns (below) and more than a wrong answer's.
+
+    **What a reward judges** (optional attribute ``judges_only`` of the reward function, or of the factory that
+    builds it: a class attribute serves both; read by ``rewardkit probe``, see :data:`REWARD_JUDGES_ONLY`):
+
+    - absent or ``None``: the reward judges correctness. ``rewardkit probe`` then reports it when a wrong answer
+      in the gold's format earns what the gold earns (at least half the gold control's mean; as much as the
+      gold's where that is 0 or a penalty), and when the gold completions do not score lower once the columns
+      the reward declares (``columns``) are taken from other rows.
+    - ``"format"``: it judges only the completion's form (``math.format``); a wrong answer may score as the gold
+      does. Instead, a completion without content (empty, blank, the gold's format with the answer cut out,
+      empty tags, an empty ``\\boxed{}`` or code fence) must not earn what the gold earns.
+    - ``"length"``: it judges only length (``math.length_penalty``). Instead, a 1 MB completion must not earn what
+      the gold earns.
+
+    Any other value is an error. Whatever it judges, a reward's score of a completion depends on that completion
+    and its row only: ``rewardkit probe`` reports a score that changes when the batch is split, reordered, scored
+    again or scored in another process.
     """
 
 
 REWARD_PROBE_ATTRIBUTES = ("probe_gold", "probe_completions")  # documented in register_rewards above
+REWARD_JUDGES_ONLY = "judges_only"  # documented in register_rewards above, with its values:
+JUDGES_ONLY_VALUES = ("format", "length")
 
 
 @hookspec

@@ -24,6 +24,8 @@ class MathFormat(ChecksParams):
     ``<answer>...</answer>`` also scores 1.0.
     """
 
+    judges_only = "format"  # a wrong answer scores as a right one (rewardkit.hookspecs: what a reward judges)
+
     def __init__(self, think_tag: str = "think", answer_tag: str = "answer", require_think: bool = True,
                  allow_trailing: bool = False, prefilled_think: bool | None = None):
         for name, tag in (("think_tag", think_tag), ("answer_tag", answer_tag)):
@@ -71,6 +73,8 @@ class LengthPenalty(ChecksParams):
     ``auto`` or ``tokens``; otherwise in characters of the completion text (``unit: chars``, or ``auto``
     called without ``completion_ids``). ``unit: tokens`` without ``completion_ids`` is an error.
     """
+
+    judges_only = "length"  # rewardkit.hookspecs: what a reward judges
 
     def __init__(self, max_length: int = 1024, cache_length: int = 256, unit: str = "auto"):
         for name, v in (("max_length", max_length), ("cache_length", cache_length)):
