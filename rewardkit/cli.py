@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from rewardkit.errors import RewardkitError
@@ -60,9 +61,19 @@ def cmd_probe(args) -> int:
     return 1 if exploits else 0
 
 
+def _writable(path: str, option: str) -> None:
+    from rewardkit.run_state import dir_problem  # noqa: PLC0415
+
+    bad = dir_problem(path)
+    if bad:
+        raise RewardkitError(f"{option}: {bad}")
+
+
 def cmd_plot(args) -> int:
     from rewardkit.plot import plot_run, why_missing  # noqa: PLC0415
 
+    if args.out:
+        _writable(args.out, "--out")
     written = plot_run(args.run_dir, args.out)
     for metric, path in written.items():
         print(f"{metric:<9} {path}" if path else f"{metric:<9} - ({why_missing(metric)})")
@@ -72,6 +83,7 @@ def cmd_plot(args) -> int:
 def cmd_new_plugin(args) -> int:
     from rewardkit.scaffold import new_plugin  # noqa: PLC0415
 
+    _writable(args.dir, "--dir")
     path, files = new_plugin(args.name, args.dir)
     print(f"wrote {path}:")
     for f in files:
@@ -147,7 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# bitsandbytes (which transformers imports through peft) logs this on every start on a CPU with AVX512-BF16 when
+# the optional `kernels` package is missing. That kernel only speeds up 4-bit matmuls on CPU; training runs the
+# same without it, and nothing a user of rewardkit must do follows. Only this record is dropped.
+_BNB_KERNELS = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def _not_bnb_kernels_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_BNB_KERNELS[1])
+
+
+def _quiet_third_party() -> None:
+    logging.getLogger(_BNB_KERNELS[0]).addFilter(_not_bnb_kernels_notice)  # once: the same filter is not re-added
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command in ("run", "validate", "probe"):  # options and overrides in any order

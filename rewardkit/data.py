@@ -47,6 +47,41 @@ def file_columns(path: str) -> list[str]:
     return list(pq.read_schema(path).names)
 
 
+def splits(data: dict, registry) -> list[str] | None:
+    """The splits :func:`load_data` returns for a data section, known without loading anything; None when a
+    registered dataset does not say (its loader has no ``splits(**params) -> list[str]`` attribute)."""
+    if data.get("name"):
+        try:
+            declared = getattr(registry.load("datasets", data["name"]), "splits", None)
+            found = list(declared(**(data.get("params") or {}))) if callable(declared) else None
+        except Exception:  # noqa: BLE001 - a bad name or params is reported by validation; unknown here
+            return None
+    elif data.get("path"):
+        found = ["train"] + (["test"] if data.get("test_path") else [])
+    elif data.get("hub"):
+        found = ["train"] + (["test"] if data.get("test_split") else [])
+    else:
+        return None
+    if found is not None and "test" not in found and data.get("test_size"):
+        found = ["train", "test"]  # load_data keeps only the two halves of train
+    return found
+
+
+def missing_split(data: dict, split: str, where: str, registry) -> str | None:
+    """Why ``split`` is not among the splits ``data`` loads, or None (also when they are not known)."""
+    found = splits(data, registry)
+    return None if found is None else split_problem(found, split, where)
+
+
+def split_problem(found, split: str, where: str) -> str | None:
+    """Why ``split`` is not among the splits ``found`` (a DatasetDict or names), or None."""
+    if split in found:
+        return None
+    hint = {"validation": "; add data.params.n_val (built-in arithmetic)",
+            "test": "; add data.test_size or data.test_path"}.get(split, "")
+    return f"{where}: the dataset has no '{split}' split (it has {', '.join(found)}){hint}"
+
+
 def _load_file(path: str, where: str):
     from datasets import load_dataset  # noqa: PLC0415
 

@@ -47,11 +47,15 @@ def build_once(path: str, build, wait_s: float = 3600.0) -> str:
 def resolve(name: str, registry, recipe=None) -> str:
     """A registered model's cached directory (built on first use), a local directory, or the hub id."""
     if name in registry.names("models"):
-        comp = registry.get("models", name)
-        return build_once(os.path.join(cache_dir(), "models", f"{name}-{comp.version}-{BUILD_VERSION}"), comp.load())
+        return build_once(cached_path(name, registry), registry.get("models", name).load())
     if recipe is not None and os.path.isdir(recipe.resolve_path(name)):
         return recipe.resolve_path(name)
     return name
+
+
+def cached_path(name: str, registry) -> str:
+    """Where registered model ``name`` is built (once) in the cache."""
+    return os.path.join(cache_dir(), "models", f"{name}-{registry.get('models', name).version}-{BUILD_VERSION}")
 
 
 def _dtype(name: str | None):

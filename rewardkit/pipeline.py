@@ -9,7 +9,7 @@ import warnings
 
 from rewardkit import engines, models, plot
 from rewardkit import run_state as state
-from rewardkit.data import load_data
+from rewardkit.data import load_data, split_problem, splits
 from rewardkit.errors import RecipeError, RewardkitError
 from rewardkit.registry import import_target
 from rewardkit.trainers.base import LogHistoryCallback, StageContext
@@ -30,10 +30,11 @@ class _DataCache:
         return self._cache[key]
 
 
-def _require_split(dataset, split: str, where: str) -> None:
-    if split not in dataset:
-        hint = "data.params.n_val (built-in arithmetic)" if split == "validation" else "data.test_size or data.test_path"
-        raise RecipeError(f"{where}: the dataset has no '{split}' split (has {', '.join(dataset)}); add {hint}")
+def _require_split(dataset, split: str, where: str, source: str | None = None) -> None:
+    """Validation checks the splits of every dataset that declares them; this catches the others before use."""
+    bad = split_problem(dataset, split, where)
+    if bad:
+        raise RecipeError(bad, source=source)
 
 
 def _evaluator(recipe, registry):
@@ -154,16 +155,24 @@ class _Run:
             state.write_json(self.summary_path, self.summary)
 
     def plan(self, resume: str) -> list:
-        """What is on disk, checked against the recipe before anything loads."""
-        problems = engines.problems(self.recipe)
+        """What is on disk, checked against the recipe before anything loads; every refusal comes before the
+        first change on disk (``--fresh`` removing the previous stages, the output directory made)."""
+        problems = engines.problems(self.recipe) + state.output_problems(self.recipe)  # again: --smoke's -smoke dir
         if problems:
             raise RecipeError(problems, source=self.recipe.path)
+        if self.evaluate and splits(self.recipe.data, self.registry) is None:  # not declared: load it to know
+            _require_split(self.data.get(self.recipe.data, "data"), self.recipe.eval.get("split", "test"),
+                           "eval.split", self.recipe.path)
         if resume == "never" and self.dist.main:
             state.clear_previous(self.recipe)
         self.dist.barrier()
         plans, resuming = state.plan(self.recipe, resume)
         if self.dist.main:
-            os.makedirs(self.out, exist_ok=True)
+            try:
+                os.makedirs(self.out, exist_ok=True)
+            except OSError as exc:  # checked above; something changed on disk since
+                raise RecipeError(f"output_dir: cannot create {self.out}: {exc.strerror or exc}",
+                                  source=self.recipe.path) from None
         self.previous_summary = (state.read_json(self.summary_path) or {}) if resuming else {}
         return plans
 
@@ -225,10 +234,10 @@ class _Run:
         stage_start, spec = time.time(), p.spec
         if self.trained_earlier:
             p.ckpt = None
+        stage_cls, ctx, log_cb, stopper = self._context(p)  # may refuse (a split): before the stage dir changes
         if self.dist.main:
             state.prepare_resume(p, self.log)
         self.dist.barrier()
-        stage_cls, ctx, log_cb, stopper = self._context(p)
         stage = stage_cls()
         trainer = stage.build_trainer(ctx)
         models.keep_4bit_trainable(trainer.model)

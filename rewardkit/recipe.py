@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewardkit import monitor as _monitor
-from rewardkit import values
+from rewardkit import run_state, values
 from rewardkit.errors import PluginError, RecipeError
 from rewardkit.recipe_file import apply_overrides, load_yaml, not_a_file
-from rewardkit.recipe_schema import (DATA_KEYS, EVAL_KEYS, FAULT_KEYS, MODEL_KEYS, MONITOR_KEYS, QUANT_KEYS,
-                                     REWARD_KEYS, STAGE_KEYS, TOP_KEYS)
+from rewardkit.recipe_schema import (DATA_KEYS, DATA_RANGES, EVAL_KEYS, EVAL_RANGES, FAULT_KEYS, MODEL_KEYS,
+                                     MONITOR_KEYS, QUANT_KEYS, REWARD_KEYS, STAGE_KEYS, TOP_KEYS, TOP_RANGES)
 from rewardkit.registry import Registry, get_registry
 from rewardkit.reward_checks import FaultPolicy
 
@@ -69,9 +69,10 @@ class Recipe:
         return candidate if os.path.exists(candidate) or not os.path.exists(p) else p
 
 
-def _check_keys(section: Any, schema: dict, where: str, problems: list[str]) -> dict:
-    """Report unknown keys and values of the wrong type (NaN and infinity are not numbers here); return the
-    section without them, so later checks only see values of the declared types."""
+def _check_keys(section: Any, schema: dict, where: str, problems: list[str], ranges: dict | None = None) -> dict:
+    """Report unknown keys, values of the wrong type (NaN and infinity are not numbers here) and numbers out of
+    their ``ranges`` (key -> (test, what it must be)); return the section without them, so later checks only see
+    values of the declared types and ranges."""
     if not isinstance(section, dict):
         problems.append(f"{where}: expected a mapping, got {type(section).__name__}")
         return {}
@@ -90,6 +91,10 @@ def _check_keys(section: Any, schema: dict, where: str, problems: list[str]) -> 
             continue
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{where}.{key}: expected a finite number, got {value!r}")
+            continue
+        test, what = (ranges or {}).get(key, (None, ""))
+        if test and isinstance(value, (int, float)) and not isinstance(value, bool) and not test(value):
+            problems.append(f"{where}.{key}: {what}, got {value!r}")
             continue
         clean[key] = value
     return clean
@@ -111,7 +116,7 @@ def _check_fault_keys(section: Any, where: str, problems: list[str]) -> dict:
 
 
 def _check_data_keys(section: Any, where: str, problems: list[str]) -> dict:
-    data = _check_keys(section, DATA_KEYS, where, problems)
+    data = _check_keys(section, DATA_KEYS, where, problems, DATA_RANGES)
     rename = data.get("rename")
     if isinstance(rename, dict):
         bad = [f"{k!r}: {v!r:.40}" for k, v in rename.items() if not (isinstance(k, str) and isinstance(v, str))]
@@ -150,14 +155,14 @@ def _check_monitor(section: Any, where: str, problems: list[str]) -> dict:
 def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`. Sections and values of
     the wrong type are reported and left out, so :func:`validate` only meets the declared types."""
-    top = _check_keys(raw, TOP_KEYS, "recipe", problems)
+    top = _check_keys(raw, TOP_KEYS, "recipe", problems, TOP_RANGES)
     model = _required_section(top, raw, "model", "model: {name: tiny-llama}", problems)
     model = _check_keys(model, MODEL_KEYS, "model", problems) if model else {}
     data = _required_section(top, raw, "data", "data: {name: arithmetic}", problems)
     data = _check_data_keys(data, "data", problems) if data else {}
     ev = top.get("eval")
     if ev is not None:
-        ev = _check_keys(ev, EVAL_KEYS, "eval", problems)
+        ev = _check_keys(ev, EVAL_KEYS, "eval", problems, EVAL_RANGES)
     stages_raw, multi = _stages_section(raw, top, problems)
     faults = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
     defaults = {"model": model, "data": data, "eval": ev, "reward_faults": faults,
@@ -231,7 +236,7 @@ def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[st
         ev = defaults["eval"]
         early = _check_keys(stage["early_stop"], stopping.EARLY_STOP_KEYS, f"{at}early_stop", problems)
         problems.extend(stopping.check(early, ev.get("split", "test") if isinstance(ev, dict) else None,
-                                       f"{at}early_stop"))
+                                       f"{at}early_stop", args.get("max_steps")))
     smonitor = _check_monitor(stage.get("monitor"), f"{at}monitor", problems)
     return StageSpec(name, trainer.get("type"), args, rewards, _merge(defaults["model"], smodel),
                      _merge(defaults["data"], sdata), bool(stage.get("eval", True)), faults,
@@ -329,6 +334,14 @@ def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, pr
         if name.count("/") != 1 or name.startswith((".", "/")):
             problems.append(f"{where}.name: '{name}' is not a registered model, a local directory, or a hub id "
                             f"(org/name); {registry.unknown_message('models', name)}")
+    elif name in registry.names("models"):  # built on first use into the cache: a path the run writes to
+        from rewardkit import models  # noqa: PLC0415
+
+        bad = None if os.path.isdir(path := models.cached_path(name, registry)) else \
+            run_state.dir_problem(os.path.dirname(path))
+        if bad:
+            problems.append(f"{where}.name: '{name}' is built into the model cache ($REWARDKIT_CACHE, "
+                            f"{models.cache_dir()}), which cannot be written: {bad}")
     if model.get("dtype") not in (None, "float32", "bfloat16", "float16", "auto"):
         problems.append(f"{where}.dtype: '{model['dtype']}' is not one of float32, bfloat16, float16, auto")
     quant = model.get("quantization")
@@ -338,6 +351,9 @@ def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, pr
             problems.append(f"{where}.quantization.bits: must be 4 or 8, got {quant.get('bits')!r}")
         if quant.get("quant_type", "nf4") not in ("nf4", "fp4"):
             problems.append(f"{where}.quantization.quant_type: must be nf4 or fp4")
+        if quant.get("compute_dtype") not in (None, "float32", "bfloat16", "float16"):
+            problems.append(f"{where}.quantization.compute_dtype: '{quant['compute_dtype']}' is not one of "
+                            f"float32, bfloat16, float16")
     lora = model.get("lora")
     if isinstance(lora, dict):
         from peft import LoraConfig  # noqa: PLC0415
@@ -358,9 +374,13 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
     registry = registry or get_registry()
     problems = [] if problems is None else problems
     problems.extend(f"plugins: {c}" for c in registry.conflicts())
+    problems.extend(run_state.output_problems(recipe))
     multi = "stages" in recipe.raw
     _check_model(recipe, recipe.model, "model", registry, problems)
     base_cols = _dataset_columns(recipe, recipe.data, "data", registry, problems) if recipe.data else None
+    eval_split = (recipe.eval or {}).get("split", "test")
+    # (data, split, where): the splits the run reads, checked when a dataset's splits are known without loading it
+    reads = [(recipe.data, eval_split, "eval.split")] if recipe.eval and recipe.data else []
 
     for stage in recipe.stages:
         where = f"stages.{stage.name}" if multi else ""
@@ -390,6 +410,15 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
                 if missing:
                     problems.append(f"{where + '.' if multi else ''}data: trainer '{stage.trainer_type}' needs "
                                     f"{missing}; dataset columns are {', '.join(cols)}")
+            if recipe.eval and stage.evaluate and stage_cls.produces_policy and stage.data != recipe.data:
+                reads.append((stage.data, eval_split, f"eval.split (after stage {stage.name})"))
+        reads.append((stage.data, "train", f"{where + '.' if multi else ''}data"))
+        if stage.early_stop:
+            ew = f"{where + '.' if multi else ''}early_stop"
+            reads.append((stage.data, stage.early_stop.get("split", "validation"), f"{ew}.split"))
+            from rewardkit import stopping  # noqa: PLC0415
+
+            problems.extend(stopping.check_scores(stage.early_stop, recipe.eval, registry, ew))
         aliases: dict[str, int] = {}
         for i, block in enumerate(stage.rewards):
             bw = f"{rw}[{i}]"
@@ -398,6 +427,9 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
                                 f"give one an alias")
             aliases[block.alias] = i
             problems.extend(_reward_problems(registry, block.name, block.params, bw, cols))
+    from rewardkit.data import missing_split  # noqa: PLC0415
+
+    problems.extend(p for data, split, w in reads if (p := missing_split(data, split, w, registry)))
     if recipe.eval:
         rew = recipe.eval.get("reward")
         if rew is None:

@@ -82,3 +82,21 @@ EVAL_KEYS = {
     "temperature": ((int, float), "sampling temperature for `samples` (default 1.0, as GRPO samples)"),
 }
 MONITOR_KEYS = {k: (types, help_) for k, (types, help_, _) in _monitor.MONITOR_KEYS.items()}
+
+# key -> (test, what the value must be): the ranges of the numbers above, checked with the types. Those of
+# monitor, reward_faults and early_stop are checked by the modules that use them (monitor.check_config,
+# reward_checks.FaultPolicy.problems, stopping.check), quantization.bits by recipe._check_model.
+AT_LEAST_1 = (lambda v: v >= 1, "must be at least 1")
+TOP_RANGES = {"seed": (lambda v: 0 <= v < 2**32, "must be between 0 and 2**32 - 1 (numpy's seed range)")}
+DATA_RANGES = {
+    "limit": AT_LEAST_1,
+    "test_size": (lambda v: v >= 1 if isinstance(v, int) else 0 < v < 1,
+                  "must be a count of rows (at least 1) or a fraction between 0 and 1"),
+}
+EVAL_RANGES = {
+    "n": AT_LEAST_1,
+    "max_new_tokens": AT_LEAST_1,
+    "batch_size": AT_LEAST_1,
+    "samples": (lambda v: v >= 0, "must be at least 0 (0: greedy only)"),
+    "temperature": (lambda v: v > 0, "must be above 0 (sampling at temperature 0 is greedy decoding)"),
+}

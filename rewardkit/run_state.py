@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from rewardkit.errors import RecipeError
 STAGE_FILE = "stage.json"  # {"status": "running" | "done", "fingerprint", "config", "info", "eval", ...}
 SUMMARY_FILE = "summary.json"
 RESUME_MODES = ("auto", "require", "never")
+PLOTS_DIR = "plots"  # rewardkit.plot writes a run's PNGs into output_dir/plots
+RESERVED = (SUMMARY_FILE, PLOTS_DIR, "smoke.json")  # what output_dir holds besides one directory per stage
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -38,6 +41,64 @@ def write_json(path: str, data) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, default=str)
     os.replace(tmp, path)
+
+
+def dir_problem(path: str) -> str | None:
+    """Why no directory can be created and written at ``path``, or None. Creates nothing that stays: it makes
+    (and removes) a temporary directory in the deepest part of ``path`` that exists, which also catches paths
+    ``os.access`` passes for root, under /proc or on a read-only mount."""
+    if "\0" in path:
+        return f"{path!r} contains a NUL byte"
+    if any(len(os.fsencode(part)) > 255 for part in path.split(os.sep)):
+        return f"{path}: a part of the path is longer than 255 bytes"
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return f"{path} is {_what(path)}, not a directory"
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is {_what(probe)}, not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".rewardkit-write-check-", dir=probe))
+    except OSError as exc:
+        return f"cannot create a directory in {probe}: {exc.strerror or exc}"
+    return None
+
+
+def _plain_name(name: str) -> bool:
+    """A name that is one directory entry on every platform: no separator, not . or .., no NUL, <= 255 bytes."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and len(os.fsencode(name)) <= 255
+
+
+def _what(path: str) -> str:
+    return "a broken symbolic link" if os.path.islink(path) and not os.path.exists(path) else "a file"
+
+
+def output_problems(recipe) -> list[str]:
+    """What stops a run from writing its outputs: ``output_dir`` that cannot be a writable directory, a stage
+    whose name is not a plain directory name (``../x``) or is one of ``RESERVED``, or one of those paths taken by
+    something of the wrong kind. Checked by validation and again before a run changes anything on disk."""
+    bad = dir_problem(recipe.output_dir)
+    if bad:
+        return [f"output_dir: {bad}"]
+    problems = []
+    for spec in recipe.stages:
+        path = os.path.join(recipe.output_dir, spec.name)
+        if not _plain_name(spec.name):
+            problems.append(f"stage name {spec.name!r}: a stage's name is its directory in output_dir; use a "
+                            f"plain name (letters, digits, '_', '-', '.'), not a path")
+        elif spec.name in RESERVED:
+            problems.append(f"stage name {spec.name!r}: taken in output_dir (the run writes {', '.join(RESERVED)} "
+                            f"there); rename the stage")
+        elif os.path.lexists(path) and not os.path.isdir(path):
+            problems.append(f"stages.{spec.name}: {path} is {_what(path)}; the stage writes its checkpoints and "
+                            f"model into that directory")
+    for name, want_dir in ((SUMMARY_FILE, False), (PLOTS_DIR, True)):
+        path = os.path.join(recipe.output_dir, name)
+        if os.path.lexists(path) and os.path.isdir(path) != want_dir:
+            problems.append(f"output_dir: {path} is {'not ' if want_dir else ''}a directory; the run writes "
+                            f"{'its plots into it' if want_dir else 'its summary there'}")
+    return problems
 
 
 def checkpoints(stage_dir: str) -> list[tuple[int, str, bool]]:

@@ -28,28 +28,60 @@ EARLY_STOP_KEYS = {
 }
 
 
-def check(section: dict, eval_split: str | None, where: str) -> list[str]:
-    """Meaning checks of an ``early_stop`` section whose keys and types were already checked."""
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check(section: dict, eval_split: str | None, where: str, max_steps=None) -> list[str]:
+    """Meaning checks of an ``early_stop`` section whose keys and types were already checked; ``max_steps`` is
+    the stage's trainer budget (when the recipe gives one)."""
     problems = []
     every = section.get("every")
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+    if not _int(every) or every < 1:
         problems.append(f"{where}.every: required, a positive number of steps (got {every!r})")
+    elif _int(max_steps) and 0 < max_steps < every:
+        problems.append(f"{where}.every: {every} is beyond the stage's trainer.max_steps ({max_steps}): the "
+                        f"criterion would never be checked and the stage would run its whole budget")
     target, patience = section.get("target"), section.get("patience")
     if target is None and patience is None:
         problems.append(f"{where}: give target (stop at a score) or patience (stop when it stops improving)")
     if isinstance(target, (int, float)) and not isinstance(target, bool) and not math.isfinite(target):
         problems.append(f"{where}.target: must be a finite number, got {target!r}")
-    if isinstance(patience, int) and not isinstance(patience, bool) and patience < 1:
-        problems.append(f"{where}.patience: must be >= 1, got {patience!r}")
-    anneal = section.get("anneal_steps")
-    if isinstance(anneal, int) and not isinstance(anneal, bool) and anneal < 1:
-        problems.append(f"{where}.anneal_steps: must be >= 1, got {anneal!r}")
+    for key in ("patience", "anneal_steps", "n"):
+        if _int(section.get(key)) and section[key] < 1:
+            problems.append(f"{where}.{key}: must be >= 1, got {section[key]!r}")
+    min_delta = section.get("min_delta")
+    if isinstance(min_delta, (int, float)) and not isinstance(min_delta, bool) and min_delta < 0:
+        problems.append(f"{where}.min_delta: must be >= 0 (an improvement), got {min_delta!r}")
     if eval_split is None:
         problems.append(f"{where}: needs the recipe's eval: section (its reward scores the split)")
     elif section.get("split", "validation") == eval_split:
         problems.append(f"{where}.split: '{eval_split}' is the split eval: reports; choosing when to stop on it "
                         f"would tune on the held-out score (use a validation split, e.g. data.params.n_val)")
     return problems
+
+
+def check_scores(section: dict, eval_section: dict | None, registry, where: str) -> list[str]:
+    """``target`` against the range ``(low, high)`` the eval reward's scores lie in, when its factory declares
+    one (``score_range``): a target above it is never reached, and the stage would run its whole budget. (One at
+    the low end fires at the first evaluation, which the log says; with ``anneal_steps`` that is a schedule.)"""
+    from rewardkit.errors import PluginError  # noqa: PLC0415
+
+    reward = (eval_section or {}).get("reward")
+    reward = reward.get("name") if isinstance(reward, dict) else reward
+    try:
+        score_range = getattr(registry.load("rewards", reward), "score_range", None) if isinstance(reward, str) \
+            else None
+    except PluginError:
+        return []  # an unknown eval reward is reported by eval.reward's check
+    if not score_range:
+        return []
+    low, high = score_range
+    target = section.get("target")
+    if isinstance(target, (int, float)) and not isinstance(target, bool) and target > high:
+        return [f"{where}.target: {target!r} can never be reached (eval's reward '{reward}' scores between {low:g} "
+                f"and {high:g}); the stage would run its whole max_steps"]
+    return []
 
 
 class StopRule:

@@ -69,15 +69,13 @@ def test_early_stop_sections_are_checked_before_anything_loads(tmp_path, builtin
         load_recipe(no_eval, registry=builtin_registry)
 
 
-def test_a_missing_validation_split_is_named_before_training(tmp_path, builtin_registry):
-    from rewardkit.pipeline import run
-
+def test_a_missing_validation_split_is_named_before_any_model_loads(tmp_path, builtin_registry):
+    # arithmetic declares its splits (validation only with n_val), so validation finds it, not the run.
     path = write(tmp_path, RECIPE.format(out=tmp_path / "o", early_stop="{every: 5, target: 0.5}")
                  .replace(", n_val: 16", ""))
-    recipe = load_recipe(path, registry=builtin_registry)
     with pytest.raises(RecipeError, match="stages.sft.early_stop.split: the dataset has no 'validation' split"):
-        run(recipe, builtin_registry)
-    assert not os.path.exists(tmp_path / "o" / "sft" / "checkpoint-5")
+        load_recipe(path, registry=builtin_registry)
+    assert not os.path.exists(tmp_path / "o")
 
 
 def test_a_stage_stops_where_the_rule_says_and_records_why(tmp_path, builtin_registry):

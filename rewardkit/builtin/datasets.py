@@ -120,6 +120,14 @@ def arithmetic_preferences(n_train: int = 4000, n_test: int = 300, max_operand: 
     return DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})
 
 
+def _with_validation(n_val: int = 0, **_) -> list[str]:
+    return ["train", "test"] + (["validation"] if n_val else [])
+
+
+# The splits each loader returns for its params, read by validation (rewardkit.data.splits) without building them.
+arithmetic.splits = arithmetic_preferences.splits = _with_validation
+
+
 # --------------------------------------------------------------------------- string reversal (RLHF toy)
 REVERSE_COLUMNS = ["prompt", "completion", "answer"]
 REVERSE_PREFERENCE_COLUMNS = ["prompt", "chosen", "rejected", "answer"]
@@ -233,3 +241,10 @@ def reverse_policy_preferences(policy: str, samples: int = 4, temperature: float
         return out
 
     return DatasetDict(train=Dataset.from_dict(rows(train)), test=Dataset.from_dict(rows(test)))
+
+
+def _train_test(**_) -> list[str]:
+    return ["train", "test"]
+
+
+reverse.splits = reverse_preferences.splits = reverse_policy_preferences.splits = _train_test

@@ -18,6 +18,8 @@ class ExactMatch:
     Never returns ``None``: nothing here can fail to judge.
     """
 
+    score_range = (0.0, 1.0)  # every score lies here (validation checks early_stop.target against it)
+
     def __init__(self, column: str = "answer", first_line: bool = True, strip: bool = True,
                  partial_credit: float = 0.0):
         if not 0.0 <= partial_credit < 1.0:

@@ -33,3 +33,6 @@ def word_problems(test_size: int = 100, seed: int = 0):
         return {c: [r[c] for r in part] for c in COLUMNS}
 
     return DatasetDict(train=Dataset.from_dict(cols(data[test_size:])), test=Dataset.from_dict(cols(data[:test_size])))
+
+
+word_problems.splits = lambda **params: ["train", "test"]  # read by rewardkit's validation (no data built)

@@ -1,0 +1,185 @@
+"""Every bad run is one clean error: exit code 2, one message naming the field and the recipe file, no traceback,
+found by `rewardkit validate` as by `run` (before any model loads), and nothing a previous run wrote is touched.
+
+Each case is the quick start (a copy in tmp_path) with one override, run through the CLI's main function.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from rewardkit.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "recipes", "quickstart.yaml")
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "quickstart.yaml"
+    shutil.copy(QUICKSTART, path)
+    return str(path)
+
+
+def refused(capsys, *argv):
+    """Run the CLI; it must exit 2 with one error and no traceback. Returns its stderr."""
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err + out.out and "OK" not in out.out, out
+    assert out.err.startswith("rewardkit: error: "), out.err
+    return out.err
+
+
+# override -> what the one message must say (the field, and enough to know what is wrong)
+BAD_VALUES = {
+    "stages.sft.early_stop.target=2.0": "stages.sft.early_stop.target: 2.0 can never be reached",
+    "stages.sft.early_stop.target=1.01": "stages.sft.early_stop.target: 1.01 can never be reached",
+    "stages.sft.early_stop.every=5000": "stages.sft.early_stop.every: 5000 is beyond the stage's trainer.max_steps",
+    "stages.sft.early_stop.n=0": "stages.sft.early_stop.n: must be >= 1",
+    "stages.sft.early_stop.min_delta=-0.1": "stages.sft.early_stop.min_delta: must be >= 0",
+    "stages.sft.early_stop.split=nosuchsplit": "stages.sft.early_stop.split: the dataset has no 'nosuchsplit' split",
+    "data.params.n_val=0": "stages.sft.early_stop.split: the dataset has no 'validation' split",
+    "eval.samples=-3": "eval.samples: must be at least 0",
+    "eval.n=0": "eval.n: must be at least 1",
+    "eval.batch_size=0": "eval.batch_size: must be at least 1",
+    "eval.max_new_tokens=0": "eval.max_new_tokens: must be at least 1",
+    "eval.temperature=0": "eval.temperature: must be above 0",
+    "eval.split=nosuchsplit": "eval.split: the dataset has no 'nosuchsplit' split (it has train, test, validation)",
+    "seed=-1": "recipe.seed: must be between 0 and 2**32 - 1",
+    "data.limit=0": "data.limit: must be at least 1",
+    "data.test_size=-5": "data.test_size: must be a count of rows (at least 1) or a fraction between 0 and 1",
+    "stages.grpo.data.test_size=1.5": "stages.grpo.data.test_size: must be a count",
+    "reward_faults.max_rate=2": "reward_faults.max_rate: must be between 0 and 1",
+    "monitor.window=0": "monitor.window: must be at least 1",
+    "model.quantization.compute_dtype=float8": "model.quantization.compute_dtype: 'float8' is not one of",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD_VALUES))
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_bad_value_is_one_message_naming_the_field(capsys, builtin_registry, recipe, tmp_path, command, override):
+    out = tmp_path / "out"
+    err = refused(capsys, command, recipe, f"output_dir={out}", override)
+    assert BAD_VALUES[override] in err and recipe in err, err
+    assert not out.exists()  # refused before the run made anything
+
+
+def test_a_split_only_a_run_could_see_is_refused_before_a_previous_run_is_touched(tmp_path, builtin_registry):
+    # A dataset whose loader does not declare its splits: validation cannot know them, so the run loads the data
+    # and refuses before --fresh removes anything.
+    from rewardkit.builtin.datasets import arithmetic
+    from rewardkit.errors import RecipeError
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    builtin_registry.add("datasets", "undeclared", lambda **params: arithmetic(**params))
+    out = tmp_path / "out"
+    previous = previous_run(out)
+    path = tmp_path / "r.yaml"
+    path.write_text(open(QUICKSTART).read().replace("name: arithmetic", "name: undeclared"))
+    loaded = load_recipe(str(path), [f"output_dir={out}", "eval.split=nosuchsplit"], registry=builtin_registry)
+    with pytest.raises(RecipeError, match=r"eval.split: the dataset has no 'nosuchsplit' split"):
+        run(loaded, builtin_registry, resume="never")
+    assert snapshot(out) == previous
+
+
+def previous_run(out):
+    """What a previous run leaves in output_dir (a finished stage, an interrupted one, the summary)."""
+    (out / "sft" / "model").mkdir(parents=True)
+    (out / "sft" / "stage.json").write_text(json.dumps({"status": "done", "fingerprint": "0" * 16}))
+    (out / "sft" / "model" / "config.json").write_text("{}")
+    (out / "grpo" / "checkpoint-25").mkdir(parents=True)
+    (out / "grpo" / "checkpoint-25" / "trainer_state.json").write_text("{}")
+    (out / "grpo" / "log.jsonl").write_text('{"step": 25}\n')
+    (out / "summary.json").write_text(json.dumps({"eval": []}))
+    return snapshot(out)
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flag", [[], ["--fresh"], ["--resume"]])
+def test_a_refused_run_leaves_a_previous_run_as_it_was(capsys, builtin_registry, recipe, tmp_path, flag):
+    out = tmp_path / "out"
+    before = previous_run(out)
+    for override in ("eval.split=nosuchsplit", "stages.sft.early_stop.target=2.0", "eval.samples=-3"):
+        refused(capsys, "run", recipe, f"output_dir={out}", override, *flag)
+        assert snapshot(out) == before
+
+
+def test_output_dir_that_is_a_file_is_refused_and_the_file_kept(capsys, builtin_registry, recipe, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("a user's file\n")
+    for argv in (["validate"], ["run"], ["run", "--fresh"], ["run", "--smoke"]):
+        err = refused(capsys, argv[0], recipe, f"output_dir={afile}", *argv[1:])
+        assert f"output_dir: {afile} is a file, not a directory" in err and recipe in err, err
+        # a path under the file
+        err = refused(capsys, argv[0], recipe, f"output_dir={afile}/run", *argv[1:])
+        assert f"output_dir: {afile} is a file, not a directory" in err, err
+    assert afile.read_text() == "a user's file\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (unwritable even for root)")
+def test_output_dir_under_an_unwritable_path_is_refused(capsys, builtin_registry, recipe):
+    for command in ("validate", "run"):
+        err = refused(capsys, command, recipe, "output_dir=/proc/rewardkit-test/run")
+        assert "output_dir: cannot create a directory in /proc" in err and recipe in err, err
+
+
+def test_paths_inside_output_dir_of_the_wrong_kind_are_refused(capsys, builtin_registry, recipe, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sft").write_text("not a stage directory")
+    (out / "summary.json").mkdir()
+    (out / "plots").write_text("not a directory")
+    err = refused(capsys, "validate", recipe, f"output_dir={out}")
+    assert f"stages.sft: {out / 'sft'} is a file; the stage writes its checkpoints" in err, err
+    assert f"{out / 'summary.json'} is a directory; the run writes its summary there" in err, err
+    assert f"{out / 'plots'} is not a directory; the run writes its plots into it" in err, err
+    assert (out / "sft").read_text() == "not a stage directory"
+
+
+@pytest.mark.parametrize("name, why", [("../escaped", "not a path"), ("a/b", "not a path"), ("..", "not a path"),
+                                       ("plots", "taken in output_dir"), ("summary.json", "taken in output_dir")])
+def test_a_stage_name_must_be_a_directory_name_inside_output_dir(capsys, builtin_registry, recipe, tmp_path,
+                                                                 name, why):
+    stages = json.dumps({name: {"trainer": {"type": "sft", "max_steps": 1}}})
+    for command in ("validate", "run"):
+        err = refused(capsys, command, recipe, f"output_dir={tmp_path / 'out'}", f"stages={stages}")
+        assert f"stage name {name!r}: " in err and why in err, err
+    assert os.listdir(tmp_path) == ["quickstart.yaml"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (unwritable even for root)")
+def test_an_unwritable_model_cache_is_refused_before_the_run(capsys, builtin_registry, recipe, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setenv("REWARDKIT_CACHE", "/proc/rewardkit-test")
+    err = refused(capsys, "run", recipe, f"output_dir={tmp_path / 'out'}")
+    assert "model.name: 'tiny-llama' is built into the model cache ($REWARDKIT_CACHE, /proc/rewardkit-test)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_plot_and_new_plugin_refuse_a_file_as_their_directory(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    assert "--out: " in refused(capsys, "plot", str(tmp_path), "--out", str(afile))
+    assert "--dir: " in refused(capsys, "new-plugin", "brevity", "--dir", str(afile))
+    assert afile.read_text() == "kept"
+
+
+def test_the_real_command_prints_one_message_and_exits_2(tmp_path, recipe):
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    proc = subprocess.run([sys.executable, "-m", "rewardkit.cli", "run", recipe, f"output_dir={afile}",
+                           "eval.samples=-3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.splitlines() == [f"rewardkit: error: {recipe}: 2 problems",
+                                        "  - eval.samples: must be at least 0 (0: greedy only), got -3",
+                                        f"  - output_dir: {afile} is a file, not a directory"]
+    assert afile.read_text() == "kept"
