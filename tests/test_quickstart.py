@@ -36,11 +36,12 @@ def test_quickstart_learns_on_the_ci_seed(tmp_path):
     # SFT stopped on its validation criterion, not at the step budget.
     stop = summary["stages"][0]["early_stop"]
     assert stop["stopped_at"] and stop["history"][-1][1] >= 0.7, stop
-    # The protocol's per-seed bars (README: median and worst of seeds 0-4 clear them with room).
+    # What RL adds to the warm start, with the protocol's per-seed bars (README: median and worst of seeds 0-4
+    # clear them with room). Nothing is asserted about base -> final: SFT alone takes the base from 0% past its
+    # 70% criterion, so a bar there says nothing about GRPO.
     error_reduction = (grpo["score"] - sft["score"]) / (1 - sft["score"])
     assert error_reduction >= 0.25, (sft["score"], grpo["score"])
     assert grpo["sampled_score"] > sft["sampled_score"], (sft["sampled_score"], grpo["sampled_score"])
-    assert grpo["score"] - ev["base"]["score"] >= 0.60, ev
     assert "held-out score" in stdout and "stopped early at step" in stdout and "model written to" in stdout
     assert os.path.exists(summary["stages"][-1]["reward_curve"])
 
