@@ -118,6 +118,28 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from rewardkit.replay import show  # noqa: PLC0415
+
+    order = "worst" if args.worst else "best" if args.best else None
+    print(show(args.run_dir, args.stage, args.step, order, args.groups))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from rewardkit.recipe_file import apply_overrides  # noqa: PLC0415
+    from rewardkit.registry import get_registry  # noqa: PLC0415
+    from rewardkit.replay import format_report, replay  # noqa: PLC0415
+
+    bad = [p for p in args.param if "=" not in p or p.startswith(("=", "~"))]
+    if bad:
+        raise RewardkitError(f"--param {bad[0]!r}: expected key=value")
+    params = apply_overrides({}, args.param, source="--param")
+    rep = replay(args.run_dir, get_registry(), args.reward, params, args.stage, args.alias)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardkit", description="RL fine-tuning of language models on TRL.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run's output_dir (holds <stage>/log.jsonl and summary.json)")
     p.add_argument("--out", help="where to write the PNGs (default RUN_DIR/plots)")
     p.set_defaults(fn=cmd_plot)
+    p = sub.add_parser("show", help="print what an RL stage generated and how each reward scored it (its rollout log)")
+    p.add_argument("run_dir", help="a run's output_dir")
+    p.add_argument("--stage", help="the stage (default: the last one that wrote rollouts.jsonl)")
+    p.add_argument("--step", type=int, help="only the rollout generated at this optimizer step")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--worst", action="store_true", help="the groups with the lowest mean reward first")
+    g.add_argument("--best", action="store_true", help="the groups with the highest mean reward first")
+    p.add_argument("--groups", type=int, default=3, help="groups to print (default 3)")
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("replay", help="re-score a run's logged completions with a reward and report what would "
+                                      "change (scores, group rankings, advantage signs)")
+    p.add_argument("run_dir", help="a run's output_dir")
+    p.add_argument("--reward", required=True, help="a registered reward name")
+    p.add_argument("--param", action="append", default=[], help="key=value (YAML value) for the reward's factory")
+    p.add_argument("--alias", help="the logged component it replaces (default: --reward's name)")
+    p.add_argument("--stage", help="the stage (default: the last one that wrote rollouts.jsonl)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_replay)
     p = sub.add_parser("new-plugin", help="write a ready rewardkit-NAME plugin package")
     p.add_argument("name", help="plugin name: lowercase letters, digits, '-' (e.g. 'brevity')")
     p.add_argument("--dir", default=".", help="directory to create rewardkit-NAME in (default: here)")

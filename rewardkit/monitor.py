@@ -14,14 +14,17 @@ reward_dominance       rewards/<alias>/mean x weight       one component's share
 kl_acceleration        kl (per token, TRL and PPO)         KL >= kl_min (0.01), rising, and it grew by >= kl_growth
                                                            (x2) over the last window, faster than the one before
 entropy_collapse       entropy, ppo/entropy                now <= entropy_ratio (0.1) x start
-zero_variance_groups   frac_reward_zero_std                now - start >= zero_std_rise (0.5)
+zero_variance_groups   frac_reward_zero_std (of what was   now - start >= zero_std_rise (0.5)
+                       generated, under dynamic sampling)
 reward_up_eval_down    reward + held-out score (greedy,     mean held-out score of the last window of evaluations
                        eval_n rows every eval_every steps)  <= the best earlier window's - eval_drop (0.1) while
                                                            the training reward is above what it was then
 ====================== =================================== ======================================================
 
 An alarm fires once per stage, the first time its condition holds, as a ``[rewardkit] health:`` log
-line with the step and the numbers; all of them end up in the ``health`` section of ``summary.json``.
+line with the step and the numbers, and with the stage's rollout log the latest logged completions that show it
+(``examples``: the longest for length drift, the best-paid for reward hacking); all of them end up in the
+``health`` section of ``summary.json``.
 ``stop_on: [alarm, ...]`` stops the run at that alarm after saving a checkpoint; the same command resumes it
 (an alarm that had already fired does not stop the resumed run again).
 """
@@ -339,8 +342,24 @@ def build_evaluator(ctx, n: int):
     return run
 
 
-def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str):
-    """The ``transformers.TrainerCallback`` that feeds ``monitor`` and stops training on ``stop_on`` alarms."""
+def examples(alarm: str, recent, n: int = 3) -> list[dict]:
+    """The logged completions that show an alarm (from the rollout log's latest records): the longest for
+    length_drift, the best-paid for reward hacking alarms, the latest otherwise; each trimmed to what a reader
+    needs."""
+    recs = list(recent)
+    if alarm == "length_drift":
+        recs = sorted(recs, key=lambda r: -r["length"])
+    elif alarm in ("reward_dominance", "reward_up_eval_down"):
+        recs = sorted(recs, key=lambda r: -(r["reward"] if r["reward"] is not None else float("-inf")))
+    else:
+        recs = recs[::-1]
+    keys = ("step", "prompt", "completion", "length", "rewards", "reward")
+    return [{k: r[k] for k in keys} for r in recs[:n]]
+
+
+def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str, rollout_log=None):
+    """The ``transformers.TrainerCallback`` that feeds ``monitor`` and stops training on ``stop_on`` alarms; with
+    the stage's ``rollout_log`` each alarm carries the logged completions that show it (``examples``)."""
     from transformers import TrainerCallback  # noqa: PLC0415
 
     class HealthCallback(TrainerCallback):
@@ -373,8 +392,13 @@ def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str):
 
         def _act(self, new, state, control):
             for alarm in new:
+                if rollout_log is not None and rollout_log.recent:
+                    alarm["examples"] = examples(alarm["alarm"], rollout_log.recent)
                 if state.is_world_process_zero:
                     print(f"[rewardkit] health: {format_alarm(stage, alarm)}", flush=True)
+                    for ex in alarm.get("examples", [])[:2]:
+                        print(f"[rewardkit] health:   step {ex['step']} reward {ex['reward']} length {ex['length']}: "
+                              f"{ex['completion'][:120]!r}", flush=True)
             hit = monitor.should_stop(new)
             if hit is not None:
                 control.should_save = True  # the checkpoint is written right after this step's log
@@ -394,7 +418,8 @@ def attach(trainer, ctx) -> HealthMonitor | None:
     monitor = HealthMonitor(cfg, {b.alias: b.weight for b in ctx.spec.rewards})
     evaluate = build_evaluator(ctx, cfg["eval_n"]) if cfg["eval_every"] != 0 and trainer.args.world_size == 1 \
         else None
-    trainer.add_callback(make_callback(monitor, evaluate, os.path.join(ctx.output_dir, "log.jsonl"), ctx.spec.name))
+    trainer.add_callback(make_callback(monitor, evaluate, os.path.join(ctx.output_dir, "log.jsonl"), ctx.spec.name,
+                                       getattr(trainer, "rollout_log", None)))
     trainer.health_monitor = monitor
     return monitor
 

@@ -47,6 +47,7 @@ class StageSpec:
     reward_faults: dict = dataclasses.field(default_factory=dict)  # rewardkit.registry.FaultPolicy fields
     early_stop: dict | None = None  # rewardkit.stopping: {every, split, n, target, patience, min_delta}
     monitor: dict = dataclasses.field(default_factory=dict)  # rewardkit.monitor keys; defaults filled there
+    rollout_log: dict = dataclasses.field(default_factory=dict)  # rewardkit.rollout_log keys; defaults filled there
 
 
 @dataclass
@@ -152,6 +153,14 @@ def _check_monitor(section: Any, where: str, problems: list[str]) -> dict:
     return section if isinstance(section, dict) else {}
 
 
+def _check_rollout_log(section: Any, where: str, problems: list[str]) -> dict:
+    from rewardkit import rollout_log  # noqa: PLC0415
+
+    found = rollout_log.problems(section, where)
+    problems.extend(found)
+    return section if isinstance(section, dict) and not found else {}
+
+
 def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`. Sections and values of
     the wrong type are reported and left out, so :func:`validate` only meets the declared types."""
@@ -166,7 +175,8 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     stages_raw, multi = _stages_section(raw, top, problems)
     faults = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
     defaults = {"model": model, "data": data, "eval": ev, "reward_faults": faults,
-                "monitor": _check_monitor(top.get("monitor"), "monitor", problems)}
+                "monitor": _check_monitor(top.get("monitor"), "monitor", problems),
+                "rollout_log": _check_rollout_log(top.get("rollout_log"), "rollout_log", problems)}
     stages = [spec for sname, sraw in stages_raw.items()
               if (spec := _stage_spec(str(sname), sraw, f"stages.{sname}." if multi else "", defaults, problems))]
     seed = top.get("seed", 42)
@@ -238,9 +248,11 @@ def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[st
         problems.extend(stopping.check(early, ev.get("split", "test") if isinstance(ev, dict) else None,
                                        f"{at}early_stop", args.get("max_steps")))
     smonitor = _check_monitor(stage.get("monitor"), f"{at}monitor", problems)
+    slog = _check_rollout_log(stage.get("rollout_log"), f"{at}rollout_log", problems)
     return StageSpec(name, trainer.get("type"), args, rewards, _merge(defaults["model"], smodel),
                      _merge(defaults["data"], sdata), bool(stage.get("eval", True)), faults,
-                     monitor=_merge(defaults["monitor"], smonitor), early_stop=early)
+                     monitor=_merge(defaults["monitor"], smonitor), early_stop=early,
+                     rollout_log=_merge(defaults["rollout_log"], slog))
 
 
 def _with_output_dir(value: Any, output_dir: str) -> Any:

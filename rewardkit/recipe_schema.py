@@ -18,6 +18,7 @@ TOP_KEYS = {
     "eval": (dict, "held-out evaluation before training and after each stage"),
     "reward_faults": (dict, "what a reward that raises or returns NaN/non-numbers does: fail or skip"),
     "monitor": (dict, "training health monitor of the RL stages (docs/monitor.md)"),
+    "rollout_log": (dict, "what RL stages write to <stage>/rollouts.jsonl: {enabled, every, groups, max_mb}"),
 }
 MODEL_KEYS = {
     "name": (str, "registered model (rewardkit plugins), local directory, or hub id"),
@@ -60,6 +61,7 @@ STAGE_KEYS = {
     "reward_faults": (dict, "overrides the recipe's reward_faults for this stage"),
     "early_stop": (dict, "stop on a held-out criterion: {every, split, n, target, patience, min_delta}"),
     "monitor": (dict, "overrides the recipe's monitor for this stage"),
+    "rollout_log": (dict, "overrides the recipe's rollout_log for this stage"),
 }
 FAULT_KEYS = {
     "policy": (str, "fail (default): stop at the first fault | skip: the sample gets None, counted"),

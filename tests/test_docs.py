@@ -3,7 +3,7 @@
 import os
 import re
 
-from rewardkit import hookspecs, stopping
+from rewardkit import hookspecs, rollout_log, stopping
 from rewardkit import recipe_schema as rs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def test_every_recipe_key_is_documented():
     doc = read("docs", "recipes.md")
     for schema in (rs.TOP_KEYS, rs.MODEL_KEYS, rs.QUANT_KEYS, rs.DATA_KEYS, rs.STAGE_KEYS,
                    rs.REWARD_KEYS, rs.EVAL_KEYS, rs.FAULT_KEYS, rs.MONITOR_KEYS,
-                   stopping.EARLY_STOP_KEYS):
+                   stopping.EARLY_STOP_KEYS, rollout_log.KEYS):
         for key in schema:
             assert f"`{key}`" in doc, f"docs/recipes.md does not document '{key}'"
 

@@ -147,6 +147,9 @@ class DynamicSamplingMixin:
         self._ds_stream = PromptStream(self.train_dataset, self.num_generations, 1, self.args.seed + SEED_OFFSET)
         self._ds_rewards = None
         self._ds_round_rewards = []  # (all processes' rows, this process's rows) per round of the current rollout
+        # the rollout last generated for training, for the rollout log: its prompts, per-reward scores (B, F) and
+        # dataset row ids (None where unknown); after dynamic sampling, those of the groups kept
+        self._last_rows, self._last_rewards, self._last_row_ids = [], None, None
         self.dynamic_sampling_totals = {"rollouts": 0, "rounds": 0, "dropped_groups": 0, "extra_completions": 0,
                                         "filled_zero_var_groups": 0}
         if getattr(self.args, "dynamic_sampling", False) and not hasattr(self.train_dataset, "__getitem__"):
@@ -157,19 +160,25 @@ class DynamicSamplingMixin:
         self._ds_rewards = rewards  # all processes' rows (TRL gathers them before normalising per group)
         return rewards
 
+    def _local_rewards(self, n: int):
+        """This process's rows of the last reward call (n rows each)."""
+        rank = self.accelerator.process_index
+        return self._ds_rewards[rank * n:(rank + 1) * n]
+
     def _ds_round(self, prompts: list[dict]) -> tuple[dict, torch.Tensor]:
         """One generation round: TRL's rollout dict and a zero-signal flag per local group."""
         out = super()._generate_and_score_completions(prompts)
         n = len(prompts)
-        local = self._ds_rewards[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
+        local = self._local_rewards(n)
         zero = zero_signal_groups(local, self.reward_weights, self.num_generations,
                                   self.multi_objective_aggregation)
         self._ds_round_rewards.append((self._ds_rewards, local))
         return out, zero.cpu()
 
-    def _log_reward_metrics(self, logged_before: dict, pieces: list[tuple[dict, list[int]]]) -> None:
+    def _log_reward_metrics(self, logged_before: dict, pieces: list[tuple[dict, list[int]]]):
         """Replace the reward metrics TRL logged for every round by those of the groups trained on, and log the
-        statistics of everything generated under ``dynamic_sampling/generated_*``."""
+        statistics of everything generated under ``dynamic_sampling/generated_*``; returns this process's kept
+        rows' rewards."""
         metrics, g = self._metrics["train"], self.num_generations
         keys = ["reward", "reward_std", "frac_reward_zero_std"] + [
             f"rewards/{n}/{s}" for n in self.reward_func_names for s in ("mean", "std")]
@@ -184,6 +193,7 @@ class DynamicSamplingMixin:
             metrics[k].append(v)
         for k, v in generated.items():
             metrics[f"dynamic_sampling/generated_{k}"].append(v)
+        return kept
 
     def _refill_prompts(self, groups: int) -> list[dict]:
         """``groups`` groups of fresh prompts for this process (every process draws the same global chunk of
@@ -192,13 +202,19 @@ class DynamicSamplingMixin:
         return self._ds_stream.draw(n, self.accelerator)
 
     def _generate_and_score_completions(self, inputs):
-        if not (getattr(self.args, "dynamic_sampling", False) and self.model.training):
+        if not self.model.training:
             return super()._generate_and_score_completions(inputs)
+        if not getattr(self.args, "dynamic_sampling", False):
+            out = super()._generate_and_score_completions(inputs)
+            self._last_rows, self._last_rewards = inputs, self._local_rewards(len(inputs))
+            self._last_row_ids = getattr(self, "_rollout_row_ids", None)
+            return out
         g = self.num_generations
         need = len(inputs) // g  # groups this process's rollout holds
         prompts, pieces, spare = inputs, [], []
         logged_before = {k: len(v) for k, v in self._metrics["train"].items()}
         self._ds_round_rewards = []  # (all processes' rows, this process's rows) of each round
+        round_rows, round_ids = [inputs], [getattr(self, "_rollout_row_ids", None)]  # each round's prompts
         have = seen = signal_seen = rounds = generated = 0
         while True:
             out, zero = self._ds_round(prompts)
@@ -214,6 +230,8 @@ class DynamicSamplingMixin:
                 break
             frac = max(signal_all / seen_all, 1.0 / need)
             prompts = self._refill_prompts(min(need, max(int(deficit), math.ceil(deficit / frac))))
+            round_rows.append(prompts)
+            round_ids.append(self._ds_stream.last_ids)
         filled = need - have
         if filled:  # out of rounds: complete the rollout with zero-variance groups of the first rounds
             for k, (batch, zero_groups) in enumerate(spare):
@@ -221,7 +239,11 @@ class DynamicSamplingMixin:
                 pieces[k] = (batch, pieces[k][1] + use)
                 have += len(use)
         dropped = sum(len(z) for _, z in spare) - filled
-        self._log_reward_metrics(logged_before, pieces)
+        kept = self._log_reward_metrics(logged_before, pieces)
+        rows = [[r[i] for grp in groups for i in range(grp * g, grp * g + g)] for r, (_, groups) in zip(round_rows, pieces)]
+        self._last_rows, self._last_rewards = [x for r in rows for x in r], kept
+        self._last_row_ids = None if round_ids[0] is None else [
+            ids[i] for ids, (_, groups) in zip(round_ids, pieces) for grp in groups for i in range(grp * g, grp * g + g)]
         if len(pieces) == 1 and len(pieces[0][1]) == need:
             merged = out  # one round, every group kept: TRL's rollout untouched
         else:
@@ -270,4 +292,12 @@ class DynamicSamplingGRPOConfig(DynamicSamplingConfig, GRPOConfig):
 
 class DynamicSamplingGRPOTrainer(DynamicSamplingMixin, GRPOTrainer):
     """TRL's ``GRPOTrainer``; with ``dynamic_sampling: true`` its rollouts hold only groups with reward variance.
-    With it off, TRL's trainer unchanged."""
+    With it off, TRL's trainer unchanged, plus the rollout log (``trainer.rollout_log``, when the stage gives one)."""
+
+    rollout_log = None
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training and self.rollout_log is not None:
+            self.rollout_log.write(self, self._last_rows, out, self._last_rewards, self._last_row_ids)
+        return out

@@ -241,6 +241,7 @@ class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
         self._metrics["train"]["ppo/policy/penalty_kl"].append(d.item())
 
     def _generate_and_score_completions(self, inputs):
+        self._last_rows, self._last_row_ids = inputs, getattr(self, "_rollout_row_ids", None)
         with self._without_trl_old_logps():
             out = super()._generate_and_score_completions(inputs)  # TRL generates and calls the reward functions
         mode = "train" if self.model.training else "eval"
@@ -271,6 +272,7 @@ class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
         n_local = out["completion_ids"].size(0)
         rank = self.accelerator.process_index
         per_func = self._rewards_per_func[rank * n_local:(rank + 1) * n_local]  # (B, n_funcs)
+        self._last_rewards = per_func  # for the rollout log
         scorable = ~torch.isnan(per_func).all(dim=1)  # every reward said "cannot judge": no episode
         score = (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)  # (B,)
         if cfg.missing_eos_penalty is not None:

@@ -69,6 +69,7 @@ class PromptStream:
 
     def __init__(self, dataset, num_generations: int, prompts_per_batch: int, seed: int, shuffle: bool = True):
         self.dataset, self.position = dataset, 0
+        self.last_ids: list[int] = []  # dataset indices of this process's rows of the last draw
         self._kwargs = dict(data_source=dataset, mini_repeat_count=num_generations, batch_size=prompts_per_batch,
                             repeat_count=1, shuffle=shuffle, seed=seed)
         self._it = None
@@ -93,7 +94,8 @@ class PromptStream:
         idx = [self._next() for _ in range(n)]
         local = n // accelerator.num_processes
         start = accelerator.process_index * local
-        return [self.dataset[i] for i in idx[start:start + local]]
+        self.last_ids = idx[start:start + local]
+        return [self.dataset[i] for i in self.last_ids]
 
     def load(self, position: int) -> None:
         self.position, self._it = int(position), None
@@ -211,7 +213,12 @@ class RolloutReuseMixin:
     def _start_rollout(self) -> None:
         from trl.trainer.utils import split_pixel_values_by_grid  # noqa: PLC0415
 
-        batch = self._make_rollout(self.prompts.draw(self.args.generation_batch_size, self.accelerator))
+        prompts = self.prompts.draw(self.args.generation_batch_size, self.accelerator)
+        self._rollout_row_ids = self.prompts.last_ids
+        batch = self._make_rollout(prompts)
+        log = getattr(self, "rollout_log", None)
+        if log is not None:  # what _make_rollout's generation left in _last_rows / _last_rewards / _last_row_ids
+            log.write(self, self._last_rows, batch, self._last_rewards, self._last_row_ids)
         self.buffer.start(split_pixel_values_by_grid(batch), self.buffer.index + 1)
         self._acc = _new_acc()
 

@@ -56,19 +56,23 @@ class GRPOStage(_TRLStage):
     def build_trainer(self, ctx: StageContext):
         """TRL's trainer with rewardkit's health monitor attached (``trainer.health_monitor``; also for the
         grpo_is and ppo stages, which derive from this one)."""
-        from rewardkit.monitor import attach  # noqa: PLC0415
+        from rewardkit import monitor, rollout_log  # noqa: PLC0415
 
         trainer = super().build_trainer(ctx)
-        self._monitor = attach(trainer, ctx)
+        rollout_log.attach(trainer, ctx)  # first: the monitor shows its records with its alarms
+        self._monitor = monitor.attach(trainer, ctx)
         return trainer
 
     def health_report(self, trainer):
         return self._monitor
 
     def result_metrics(self, trainer) -> dict:
-        """With dynamic sampling: its totals over the stage (rounds, dropped groups, extra completions, ...)."""
-        on = getattr(trainer.args, "dynamic_sampling", False)
-        return {"dynamic_sampling": dict(trainer.dynamic_sampling_totals)} if on else {}
+        """The rollout log's report (records, seconds spent writing); with dynamic sampling its totals over the
+        stage (rounds, dropped groups, extra completions, ...)."""
+        out = {"rollout_log": trainer.rollout_log.report()} if getattr(trainer, "rollout_log", None) else {}
+        if getattr(trainer.args, "dynamic_sampling", False):
+            out["dynamic_sampling"] = dict(trainer.dynamic_sampling_totals)
+        return out
 
     def trainer_kwargs(self, ctx):
         return {"reward_funcs": ctx.rewards}
