@@ -103,7 +103,9 @@ def register_kl_estimators(register) -> None:
     same shape, ``(B, T)``: log-probabilities of the *sampled* tokens under the policy being trained and
     under the reference, and returns the per-token KL estimate, same shape, differentiable with respect to
     ``logp``. ``fn`` may be a ``"module:attribute"`` string. Built-ins: ``k1``, ``k2``, ``k3``,
-    ``low_var_kl``, ``abs`` (see :mod:`rewardkit.algorithms.kl`).
+    ``low_var_kl``, ``k3_plus``, ``abs`` (see :mod:`rewardkit.algorithms.kl`). A trainer uses it with
+    ``kl_placement: loss`` (differentiated, times the token ratio); in the reward only ``k1`` is accepted, since a
+    detached penalty regularises only when E[∇k] = 0 (the module's docstring has the measurements).
     """
 
 
