@@ -85,12 +85,34 @@ def register_rewards(register) -> None:
     Any other value is an error. Whatever it judges, a reward's score of a completion depends on that completion
     and its row only: ``rewardkit probe`` reports a score that changes when the batch is split, reordered, scored
     again or scored in another process.
+
+    **The range of its scores** (optional attribute ``score_range = (low, high)`` of the reward function or its
+    factory; ``exact_match`` and ``math.accuracy``: ``(0.0, 1.0)``): every score lies in it. ``validate`` refuses an
+    ``early_stop.target`` above ``high`` and an ``eval.correct_at`` outside ``(low, high]``; held-out pass@k and
+    maj@k count a sampled completion correct when it scores ``high`` (unless ``eval.correct_at`` says otherwise),
+    and without a declared range and ``eval.correct_at`` they are reported as not available.
+
+    **The answer a completion gives** (optional attribute ``extract_answer`` of the reward function, i.e. of what a
+    factory returns: a method of the factory class serves; read by held-out evaluation, see
+    :data:`REWARD_ANSWER_EXTRACTOR`):
+
+    - ``extract_answer(completion: str) -> str | None``: the final answer in the completion's text, as a canonical
+      string (two ways of writing one answer give one string: the math plugin writes ``18.0`` and ``18`` as
+      ``18``), or ``None`` where the completion gives none. The contract with the reward's score: on one row,
+      completions whose extracted answers are equal earn equal scores (the answer decides the verdict). It must not
+      raise on any text; a raise is reported as a fault of the reward, never taken as "no answer".
+    - Held-out maj@k (``eval.maj_k``, docs/recipes.md) votes over the extracted answers of k sampled completions:
+      the most frequent answer wins, ties go to the answer sampled first, completions without an answer do not
+      vote, and the winner is judged by the score the reward gave the completions that gave it. Without
+      ``extract_answer`` maj@k is reported as not available (``null`` with the reason in ``summary.json``), never
+      as 0. ``exact_match`` (its first line, stripped) and ``math.accuracy`` (its extraction modes) define it.
     """
 
 
 REWARD_PROBE_ATTRIBUTES = ("probe_gold", "probe_completions")  # documented in register_rewards above
 REWARD_JUDGES_ONLY = "judges_only"  # documented in register_rewards above, with its values:
 JUDGES_ONLY_VALUES = ("format", "length")
+REWARD_ANSWER_EXTRACTOR = "extract_answer"  # documented in register_rewards above
 
 
 @hookspec

@@ -51,7 +51,8 @@ def _evaluator(recipe, registry):
             where="eval.split"):
         _require_split(dataset, split, where)
         return evaluate(model, tokenizer, dataset[split], fn, recipe.eval.get("max_new_tokens", 16),
-                        recipe.eval.get("batch_size", 64), n, samples, recipe.eval.get("temperature", 1.0))
+                        recipe.eval.get("batch_size", 64), n, samples, recipe.eval.get("temperature", 1.0),
+                        recipe.eval.get("pass_k"), recipe.eval.get("maj_k"), recipe.eval.get("correct_at"))
 
     return run
 
@@ -350,24 +351,32 @@ def _health_lines(summary: dict) -> list[str]:
 
 
 def print_summary(summary: dict, recipe) -> None:
+    from rewardkit.evaluate import k_cell, k_columns, k_notes  # noqa: PLC0415
+
     lines = ["", f"rewardkit: finished in {summary['seconds']:.0f}s"]
     if summary["eval"]:
         n = summary["eval"][0]["n"]
         sampled = "sampled_score" in summary["eval"][0]
+        ks = k_columns(summary["eval"])  # pass@k, maj@k: beside sampled accuracy, from the same samples
         head = f"held-out score ({recipe.eval.get('split', 'test')}, {n} examples):  greedy"
         if sampled:
             row0 = summary["eval"][0]
             head += f"       sampled ({row0['samples']} per prompt, temperature {row0['temperature']})"
         lines.append(head)
+        if ks:
+            lines.append(" " * 48 + "".join(f"{h:>13}" for h, *_ in ks))
         prev = None
         for row in summary["eval"]:
             line = f"  {row['after']:<12} {row['score']:6.1%}"
             line += f" ({(row['score'] - prev['score']) * 100:+5.1f})" if prev else " " * 8
             if sampled and "sampled_score" in row:
                 line += f"    {row['sampled_score']:6.1%}"
-                line += f" ({(row['sampled_score'] - prev['sampled_score']) * 100:+5.1f})" if prev else ""
+                line += f" ({(row['sampled_score'] - prev['sampled_score']) * 100:+5.1f})" if prev else " " * 8
+            if ks:
+                line = f"{line:<48}" + "".join(f"{k_cell(row, c):>13}" for c in ks)
             lines.append(line)
             prev = row
+        lines += k_notes(summary["eval"])
     for st in summary["stages"]:
         extra = f", reward curve {st['reward_curve']}" if st.get("reward_curve") else ""
         when = " (previous run)" if st.get("previous_run") else ""

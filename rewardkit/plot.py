@@ -1,8 +1,9 @@
 """Curves of a run from its logs: reward (per component), KL, accuracy and loss, as PNG files.
 
 Reads what a run writes: ``<run>/<stage>/log.jsonl`` (every Trainer log record) and ``<run>/summary.json``
-(held-out scores). ``rewardkit plot RUN_DIR`` writes ``RUN_DIR/plots/{reward,kl,accuracy,loss}.png``, one panel
-per stage that logged the metric; a metric no stage logged gets no file, and the reason is reported.
+(held-out scores: greedy, sampled, pass@k and maj@k, on the accuracy plot's "held-out" panel). ``rewardkit plot
+RUN_DIR`` writes ``RUN_DIR/plots/{reward,kl,accuracy,loss}.png``, one panel per stage that logged the metric; a
+metric no stage logged gets no file, and the reason is reported.
 """
 
 from __future__ import annotations
@@ -109,9 +110,12 @@ def _pyplot():
 def _figure(panels: list[tuple[str, dict]], ylabel: str, path: str, plt) -> str:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels):
-        for label, (xs, ys) in curves.items():
+        for label, (xs, ys, *err) in curves.items():
             marker = "o" if len(xs) < 20 else None
-            ax.plot(xs, ys, label=label, marker=marker)
+            if err:  # held-out pass@k/maj@k: ± one standard error over problems
+                ax.errorbar(xs, ys, yerr=err[0], label=label, marker=marker, capsize=3)
+            else:
+                ax.plot(xs, ys, label=label, marker=marker)
         ax.set_title(title)
         ax.set_xlabel("step" if title != "held-out" else "after stage")
         ax.set_ylabel(ylabel)
@@ -133,13 +137,32 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> dict[str, str | None]:
     for metric in METRICS:
         panels = [(name, curves) for name, rows in stages if (curves := series(rows, metric))]
         if metric == "accuracy" and (summary or {}).get("eval"):
-            rows = [r for r in summary["eval"] if isinstance(r.get("score"), (int, float))]
-            if rows:
-                panels.append(("held-out", {"held-out score": ([r["after"] for r in rows],
-                                                               [r["score"] for r in rows])}))
+            curves = held_out(summary["eval"])
+            if curves:
+                panels.append(("held-out", curves))
         path = os.path.join(out_dir, f"{metric}.png")
         written[metric] = _figure(panels, metric, path, plt) if panels else None
     return written
+
+
+def held_out(rows: list[dict]) -> dict[str, tuple]:
+    """The held-out panel's curves over the evaluated stages: greedy and sampled score, and pass@k and maj@k with
+    their standard errors (``(stages, values[, errors])``); a stage that did not report one is left off its curve."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    curves: dict[str, tuple] = {}
+    for key, label in (("score", "greedy"), ("sampled_score", "sampled")):
+        pts = [(r["after"], r[key]) for r in rows if number(r.get(key))]
+        if pts:
+            curves[label] = ([a for a, _ in pts], [v for _, v in pts])
+    for field, name in (("pass_at_k", "pass"), ("maj_at_k", "maj")):
+        for k in sorted({int(k) for r in rows for k in (r.get(field) or {})}):
+            pts = [(r["after"], m["value"], m.get("se") or 0.0) for r in rows
+                   if number((m := (r.get(field) or {}).get(str(k)) or {}).get("value"))]
+            if pts:
+                curves[f"{name}@{k}"] = tuple(list(c) for c in zip(*pts))
+    return curves
 
 
 def reward_curve(log_path: str, png_path: str) -> str | None:

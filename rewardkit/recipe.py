@@ -17,6 +17,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from rewardkit import evaluate as _evaluate
 from rewardkit import monitor as _monitor
 from rewardkit import run_state, values
 from rewardkit.errors import PluginError, RecipeError
@@ -172,6 +173,7 @@ def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
     ev = top.get("eval")
     if ev is not None:
         ev = _check_keys(ev, EVAL_KEYS, "eval", problems, EVAL_RANGES)
+        problems.extend(_evaluate.check(ev))
     stages_raw, multi = _stages_section(raw, top, problems)
     faults = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
     defaults = {"model": model, "data": data, "eval": ev, "reward_faults": faults,
@@ -454,6 +456,7 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
             else:
                 problems.extend(_reward_problems(registry, block["name"], block.get("params") or {},
                                                  "eval.reward", base_cols))
+        problems.extend(_evaluate.check_threshold(recipe.eval, registry))
     return problems
 
 

@@ -82,6 +82,10 @@ EVAL_KEYS = {
     "batch_size": (int, "generation batch size (default 64)"),
     "samples": (int, "also score this many sampled completions per prompt (default 0: greedy only)"),
     "temperature": ((int, float), "sampling temperature for `samples` (default 1.0, as GRPO samples)"),
+    "pass_k": (list, "pass@k for these k, each <= samples (default [1, samples]; []: none)"),
+    "maj_k": (list, "maj@k (majority vote of extracted answers) for these k, each <= samples (default [samples])"),
+    "correct_at": ((int, float), "a sample is correct when its score is at least this (default: the top of the "
+                                 "reward's score_range)"),
 }
 MONITOR_KEYS = {k: (types, help_) for k, (types, help_, _) in _monitor.MONITOR_KEYS.items()}
 

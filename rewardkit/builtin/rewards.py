@@ -15,7 +15,8 @@ class ExactMatch:
     With ``partial_credit=p`` (0 < p < 1) a wrong answer earns ``p`` times the share of characters that match
     the gold answer aligned from the right (the units digit with the units digit), over the longer of the two:
     a denser signal for digit-by-digit tasks, still strictly below an exact answer's 1.0.
-    Never returns ``None``: nothing here can fail to judge.
+    Never returns ``None``: nothing here can fail to judge. ``extract_answer`` gives held-out maj@k the answer it
+    compares (hookspecs: the answer a completion gives).
     """
 
     score_range = (0.0, 1.0)  # every score lies here (validation checks early_stop.target against it)
@@ -42,6 +43,10 @@ class ExactMatch:
         if self.first_line:
             text = text.split("\n", 1)[0]
         return text.strip() if self.strip else text
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The answer scored: the first line (``first_line``), stripped (``strip``); None when that is empty."""
+        return self._normalize(completion) or None
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         gold = kwargs[self.column]

@@ -59,7 +59,12 @@ def accuracy_columns(params: dict) -> list[str]:
 
 
 class MathAccuracy(ChecksParams):
-    """Reward factory for ``math.accuracy``; every param is checked here, errors name the param."""
+    """Reward factory for ``math.accuracy``; every param is checked here, errors name the param.
+
+    ``extract_answer`` gives held-out maj@k the answer each completion gives (rewardkit's hookspecs).
+    """
+
+    score_range = (0.0, 1.0)  # per instance: None with a timeout_verdict outside it (then no range is declared)
 
     def __init__(self, gold_column: str = "answer", extract=DEFAULT_MODES, multiple: str = "last",
                  rel_tol: float = 0.0, precision: int | None = None, partial_credit: bool = False,
@@ -93,6 +98,8 @@ class MathAccuracy(ChecksParams):
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.warn_unchecked, self.metric_prefix = float(warn_unchecked), metric_prefix
         self.__name__ = "math.accuracy"
+        if timeout_verdict is not None and not 0.0 <= timeout_verdict <= 1.0:
+            self.score_range = None
         self._setup()
 
     def _setup(self) -> None:
@@ -148,6 +155,15 @@ class MathAccuracy(ChecksParams):
                 status, score, gold_str, pred_str = result
                 out[i] = (status, score, key[1], gold_str, pred_str)
         return out
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The answer this reward checks (its extraction modes), canonical for plain numbers (``18.0`` -> ``18``,
+        ``0.50`` -> ``1/2``); None for no answer, disagreeing boxed answers under ``multiple="reject"``, or an
+        answer over 1000 characters (each a 0.0, as ``judge`` scores them)."""
+        answer = extract_answer(completion_text(completion), self.modes, self.multiple)
+        if answer is None or answer is REJECTED or len(answer) > MAX_ANSWER_CHARS:
+            return None
+        return str(Fraction(answer)) if PLAIN_NUMBER.match(answer) else answer
 
     def _gold_latex(self, gold) -> str:
         raw = str(gold)
