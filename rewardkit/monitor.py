@@ -357,10 +357,13 @@ def examples(alarm: str, recent, n: int = 3) -> list[dict]:
     return [{k: r[k] for k in keys} for r in recs[:n]]
 
 
-def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str, rollout_log=None):
+def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str, rollout_log=None, report=None):
     """The ``transformers.TrainerCallback`` that feeds ``monitor`` and stops training on ``stop_on`` alarms; with
-    the stage's ``rollout_log`` each alarm carries the logged completions that show it (``examples``)."""
+    the stage's ``rollout_log`` each alarm carries the logged completions that show it (``examples``); with
+    ``report`` (rewardkit.report) held-out scores and alarms also go to the trainer's ``report_to`` backends."""
     from transformers import TrainerCallback  # noqa: PLC0415
+
+    report = report or (lambda metrics: None)
 
     class HealthCallback(TrainerCallback):
         every = 0
@@ -385,6 +388,7 @@ def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str, r
                 if state.is_world_process_zero:
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": state.global_step, EVAL_KEY: score}) + "\n")
+                report({"rewardkit/heldout_score": score})
                 self._act(monitor.observe_eval(state.global_step, score), state, control)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -392,6 +396,7 @@ def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str, r
 
         def _act(self, new, state, control):
             for alarm in new:
+                report({f"rewardkit/alarm/{alarm['alarm']}": 1.0})
                 if rollout_log is not None and rollout_log.recent:
                     alarm["examples"] = examples(alarm["alarm"], rollout_log.recent)
                 if state.is_world_process_zero:
@@ -419,7 +424,7 @@ def attach(trainer, ctx) -> HealthMonitor | None:
     evaluate = build_evaluator(ctx, cfg["eval_n"]) if cfg["eval_every"] != 0 and trainer.args.world_size == 1 \
         else None
     trainer.add_callback(make_callback(monitor, evaluate, os.path.join(ctx.output_dir, "log.jsonl"), ctx.spec.name,
-                                       getattr(trainer, "rollout_log", None)))
+                                       getattr(trainer, "rollout_log", None), getattr(ctx, "report", None)))
     trainer.health_monitor = monitor
     return monitor
 

@@ -12,6 +12,7 @@ from rewardkit import run_state as state
 from rewardkit.data import load_data, split_problem, splits
 from rewardkit.errors import RecipeError, RewardkitError
 from rewardkit.registry import import_target
+from rewardkit.report import Reporter
 from rewardkit.trainers.base import LogHistoryCallback, StageContext
 
 
@@ -85,7 +86,7 @@ class _Dist:
                 dist.barrier()
 
 
-def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
+def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log, report=None):
     """The stage's held-out stopping callback (rewardkit.stopping), or None without ``early_stop:``."""
     if not spec.early_stop:
         return None
@@ -99,7 +100,7 @@ def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log):
         return evaluate(model, tokenizer, dataset, split=split, n=block.get("n"), samples=0, where=where)["score"]
 
     return stopping.callback(block, score, lambda msg: log(f"stage '{spec.name}' early_stop: {msg}"),
-                             os.path.join(out_dir, "early_stop.json"), ckpt[0] if ckpt else None)
+                             os.path.join(out_dir, "early_stop.json"), ckpt[0] if ckpt else None, report)
 
 
 # --------------------------------------------------------------------------- the run
@@ -241,6 +242,7 @@ class _Run:
         self.dist.barrier()
         stage = stage_cls()
         trainer = stage.build_trainer(ctx)
+        ctx.report.bind(trainer)  # report_to's integrations: rewardkit's own metrics go to them too
         models.keep_4bit_trainable(trainer.model)
         trainer.train(resume_from_checkpoint=p.ckpt[1] if p.ckpt else None)
         self.trained_earlier = True
@@ -284,10 +286,13 @@ class _Run:
         log_cb = LogHistoryCallback(os.path.join(p.dir, "log.jsonl"))
         dataset = self.data.get(spec.data, f"stages.{spec.name}.data")
         callbacks = [log_cb.callback]
-        stopper = _early_stop(spec, self.evaluate, tokenizer, dataset, p.dir, p.ckpt, self.log)
+        reporter = Reporter(spec.name, p.dir, spec.trainer_args.get("report_to"), self.log)
+        reporter.prepare()
+        stopper = _early_stop(spec, self.evaluate, tokenizer, dataset, p.dir, p.ckpt, self.log, reporter)
         if stopper:
             callbacks.append(stopper)
-        ctx = StageContext(self.recipe, spec, registry, stage_model, tokenizer, dataset, p.dir, rewards, callbacks)
+        ctx = StageContext(self.recipe, spec, registry, stage_model, tokenizer, dataset, p.dir, rewards, callbacks,
+                           reporter)
         return stage_cls, ctx, log_cb, stopper
 
     def _record_faults(self, info: dict, rewards: list) -> None:
@@ -308,6 +313,8 @@ class _Run:
         row = {"after": p.spec.name, **result, "key": state.eval_key(self.recipe, p.spec.data)}
         self.summary["eval"].append(row)
         self.log(f"after '{p.spec.name}': held-out score {result['score']:.1%}")
+        ctx.report.log_eval(result)
+        ctx.report.close()
         return row
 
     def finish(self) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewardkit.errors import RecipeError
+from rewardkit.report import REPORT_KEYS
 
 STAGE_FILE = "stage.json"  # {"status": "running" | "done", "fingerprint", "config", "info", "eval", ...}
 SUMMARY_FILE = "summary.json"
@@ -123,8 +124,10 @@ def last_checkpoint(stage_dir: str) -> tuple[int, str] | None:
 
 
 def stage_config(recipe, spec, previous: str | None) -> dict:
-    """Everything that decides what a stage trains; a finished stage is reused only if this is unchanged."""
-    return {"trainer": spec.trainer_type, "trainer_args": spec.trainer_args,
+    """Everything that decides what a stage trains; a finished stage is reused only if this is unchanged. Where
+    training is reported (``report_to``, rewardkit.report) does not decide it."""
+    args = {k: v for k, v in spec.trainer_args.items() if k not in REPORT_KEYS}
+    return {"trainer": spec.trainer_type, "trainer_args": args,
             "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
             "reward_faults": spec.reward_faults, "seed": recipe.seed, "after": previous,
             **({"early_stop": spec.early_stop, "eval": recipe.eval} if spec.early_stop else {})}

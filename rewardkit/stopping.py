@@ -114,8 +114,10 @@ class StopRule:
                 self.update(step, score)
 
 
-def callback(section: dict, score, log, state_path: str, resume_step: int | None = None):
-    """A ``TrainerCallback`` applying ``section`` (an ``early_stop`` block); ``score(model) -> float``.
+def callback(section: dict, score, log, state_path: str, resume_step: int | None = None, report=None):
+    """A ``TrainerCallback`` applying ``section`` (an ``early_stop`` block); ``score(model) -> float``; each score
+    also goes to ``report`` (rewardkit.report: the trainer's ``report_to`` backends) as
+    ``rewardkit/early_stop_score``.
 
     Its scores are written to ``state_path`` (JSON) after every evaluation; with ``resume_step`` the ones up to
     that step are replayed first, so a killed and resumed stage stops where an uninterrupted one would.
@@ -177,6 +179,8 @@ def callback(section: dict, score, log, state_path: str, resume_step: int | None
             # the same decision without communicating; only the main one writes.
             value = score(model)
             log(f"step {step}: {section.get('split', 'validation')} score {value:.1%}")
+            if report is not None:
+                report({"rewardkit/early_stop_score": value})
             reason = rule.update(step, value)
             if reason and anneal_steps:
                 self.annealing = {"step": step, "reason": reason}

@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from rewardkit import report
 from rewardkit.registry import import_target
 
 # Set by rewardkit from other recipe sections; a trainer section that sets them is rejected with a pointer.
@@ -52,6 +53,7 @@ def _run_time_problems(args: dict, fields: dict) -> list[str]:
                         "it); set beta > 0 or drop sync_ref_model")
     if args.get("sync_ref_model") and args.get("precompute_ref_log_probs"):
         problems.append("sync_ref_model: cannot be combined with precompute_ref_log_probs (DPOTrainer refuses it)")
+    problems.extend(report.problems(args.get("report_to")))  # an unknown backend, a package not installed
     return problems
 
 
@@ -66,6 +68,8 @@ class StageContext:
     output_dir: str
     rewards: list = field(default_factory=list)  # built TRL reward functions, aligned with spec.rewards
     callbacks: list = field(default_factory=list)
+    # report(metrics): rewardkit's own metrics to the trainer's report_to integrations (rewardkit.report.Reporter)
+    report: Any = None
 
 
 class Stage:
@@ -172,6 +176,7 @@ class Stage:
     def config(self, ctx: StageContext, **extra):
         args = dict(ctx.spec.trainer_args)
         args.setdefault("seed", ctx.recipe.seed)
+        args = {**report.config_defaults({**self.defaults, **args}, ctx.spec.name, ctx.recipe.output_dir), **args}
         return self.make_config(args, ctx.output_dir, **extra)
 
     def build_trainer(self, ctx: StageContext):  # pragma: no cover - interface
