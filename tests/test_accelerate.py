@@ -55,6 +55,7 @@ def test_quickstart_grpo_with_two_cpu_processes(tmp_path):
     overrides = [
         f"output_dir={out}", "data.params.n_train=256", "data.params.n_test=16", "eval.n=16",
         "stages.sft.trainer.max_steps=2", "stages.sft.trainer.per_device_train_batch_size=16",
+        "~stages.sft.early_stop",  # a 2-step SFT: its held-out criterion (every 20 steps) could never be checked
         "stages.grpo.trainer.max_steps=3", "stages.grpo.trainer.per_device_train_batch_size=8",
         "stages.grpo.trainer.num_generations=4", "stages.grpo.trainer.logging_steps=1",
         "stages.grpo.rewards=[{name: exact_match, alias: correct}, {name: pool_probe, weight: 0.0}]",
