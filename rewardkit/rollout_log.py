@@ -182,17 +182,10 @@ def attach(trainer, ctx) -> RolloutLog | None:
 def read(path: str, step: int | None = None) -> list[dict]:
     """The records of a rollouts.jsonl (a stage folder or the file), optionally of one step; a line cut short by a
     killed run is left out."""
+    from rewardkit.plot import read_log  # noqa: PLC0415
+
     file = os.path.join(path, FILE) if os.path.isdir(path) else path
-    rows = []
-    with open(file) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "completion" in rec and (step is None or rec.get("step") == step):
-                rows.append(rec)
-    return rows
+    return [r for r in read_log(file) if "completion" in r and (step is None or r["step"] == step)]
 
 
 def groups(records: list[dict]) -> list[list[dict]]:
