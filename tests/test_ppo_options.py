@@ -142,7 +142,7 @@ def test_stage_fills_output_dir_into_critic_paths(tmp_path):
 
     from rewardkit.trainers.ppo import PPOStage
 
-    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(trainer_args={"critic_checkpoint": "{output_dir}/ppo"}),
+    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(name="ppo", trainer_args={"critic_checkpoint": "{output_dir}/ppo"}),
                                 recipe=types.SimpleNamespace(seed=0, output_dir="runs/x"), output_dir=str(tmp_path))
     assert PPOStage().config(ctx).critic_checkpoint == "runs/x/ppo"
 
