@@ -35,9 +35,8 @@ from trl import GRPOTrainer
 
 from rewardkit.algorithms import masked
 from rewardkit.algorithms import ppo as alg
-from rewardkit.algorithms.grpo_is import aggregate_loss
+from rewardkit.algorithms.grpo_is import aggregate_loss, clip_masks
 from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, kl_controller
-from rewardkit.algorithms.grpo_is import clip_masks
 from rewardkit.trainers.ppo_config import GRPO_ONLY
 from rewardkit.trainers.rollout import RolloutReuseMixin
 from rewardkit.trainers.rollout_kl import estimator_kwarg, renamed_problems
