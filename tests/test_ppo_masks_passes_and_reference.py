@@ -1,6 +1,5 @@
-"""Regression tests for PPO defects of issue 13, each on the tiny model (a few steps): the tool mask must not
-become the attention mask, evaluation must run PPO's loss, TRL's old-log-prob pass is not repeated, and an
-existing PEFT adapter is its own reference."""
+"""PPO on the tiny model (a few steps each): the tool mask is a loss mask, not the attention mask; evaluation runs
+PPO's loss; TRL's old-log-prob pass is not repeated; an existing PEFT adapter is its own reference."""
 
 import pytest
 import torch
