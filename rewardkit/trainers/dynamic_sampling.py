@@ -87,6 +87,11 @@ def zero_signal_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, nu
     return (torch.isnan(std) | torch.isclose(std, torch.zeros_like(std))).all(-1)
 
 
+def group_rows(groups: list[int], num_generations: int) -> list[int]:
+    """The row indices of whole groups (each ``num_generations`` consecutive rows)."""
+    return [grp * num_generations + i for grp in groups for i in range(num_generations)]
+
+
 def reward_metrics(rewards_per_func: torch.Tensor, weights: torch.Tensor, names: list[str], num_generations: int,
                    aggregation: str = "sum_then_normalize") -> dict[str, float]:
     """TRL's logged reward statistics of a set of whole groups, ``rewards_per_func`` (N, F) with NaN where a
@@ -125,8 +130,7 @@ def merge_rollouts(pieces: list[tuple[dict, list[int]]], num_generations: int, p
     for k in keys:
         parts = []
         for batch, groups in pieces:
-            rows = torch.tensor([g * num_generations + i for g in groups for i in range(num_generations)],
-                                dtype=torch.long, device=batch[k].device)
+            rows = torch.tensor(group_rows(groups, num_generations), dtype=torch.long, device=batch[k].device)
             parts.append(batch[k].index_select(0, rows))
         if k in PER_ROW:
             out[k] = torch.cat(parts)
@@ -187,7 +191,7 @@ class DynamicSamplingMixin:
         stats = lambda rows: reward_metrics(rows, self.reward_weights, self.reward_func_names, g,  # noqa: E731
                                             self.multi_objective_aggregation)
         generated = stats(torch.cat([glob for glob, _ in self._ds_round_rewards]))
-        kept = torch.cat([local[[grp * g + i for grp in groups for i in range(g)]]
+        kept = torch.cat([local[group_rows(groups, g)]
                           for (_, local), (_, groups) in zip(self._ds_round_rewards, pieces)])
         for k, v in stats(self.accelerator.gather(kept)).items():
             metrics[k].append(v)
@@ -240,10 +244,11 @@ class DynamicSamplingMixin:
                 have += len(use)
         dropped = sum(len(z) for _, z in spare) - filled
         kept = self._log_reward_metrics(logged_before, pieces)
-        rows = [[r[i] for grp in groups for i in range(grp * g, grp * g + g)] for r, (_, groups) in zip(round_rows, pieces)]
-        self._last_rows, self._last_rewards = [x for r in rows for x in r], kept
-        self._last_row_ids = None if round_ids[0] is None else [
-            ids[i] for ids, (_, groups) in zip(round_ids, pieces) for grp in groups for i in range(grp * g, grp * g + g)]
+        chosen = [group_rows(groups, g) for _, groups in pieces]  # each round's kept rows
+        self._last_rows = [r[i] for r, rows in zip(round_rows, chosen) for i in rows]
+        self._last_rewards = kept
+        self._last_row_ids = None if round_ids[0] is None else [ids[i] for ids, rows in zip(round_ids, chosen)
+                                                                  for i in rows]
         if len(pieces) == 1 and len(pieces[0][1]) == need:
             merged = out  # one round, every group kept: TRL's rollout untouched
         else:
