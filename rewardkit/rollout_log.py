@@ -48,25 +48,18 @@ KEYS = {
 }
 
 
+RANGES = {"every": (lambda v: v >= 1, "must be >= 1"), "groups": (lambda v: v >= 1, "must be >= 1"),
+          "max_mb": (lambda v: v > 0, "must be > 0")}
+
+
 def problems(section, where: str = "rollout_log") -> list[str]:
-    """What is wrong with a ``rollout_log:`` section, each naming its field."""
-    if section is None:
-        return []
-    if not isinstance(section, dict):
-        return [f"{where}: expected a mapping of {', '.join(KEYS)}, got {type(section).__name__}"]
-    out = []
-    for key, value in section.items():
-        if key not in KEYS:
-            out.append(f"{where}.{key}: unknown key (known: {', '.join(KEYS)})")
-            continue
-        types = KEYS[key][0]
-        if isinstance(value, bool) and types is not bool or not isinstance(value, types):
-            out.append(f"{where}.{key}: expected {getattr(types, '__name__', 'a number')}, got {value!r}")
-        elif key in ("every", "groups") and value < 1:
-            out.append(f"{where}.{key}: must be >= 1, got {value}")
-        elif key == "max_mb" and value <= 0:
-            out.append(f"{where}.{key}: must be > 0, got {value}")
-    return out
+    """What is wrong with a ``rollout_log:`` section, each naming its field (the recipe's own key checker)."""
+    from rewardkit.recipe import _check_keys  # noqa: PLC0415
+
+    found: list[str] = []
+    if section is not None:
+        _check_keys(section, {k: (t, h) for k, (t, h, _) in KEYS.items()}, where, found, RANGES)
+    return found
 
 
 def resolve(section) -> dict:

@@ -149,7 +149,7 @@ def test_show_and_replay(setup, tmp_path, registry, capsys, monkeypatch):
 def test_problems_name_the_field():
     assert rollout_log.problems({"every": 0, "max_mb": -1, "groupz": 1}) == [
         "rollout_log.every: must be >= 1, got 0", "rollout_log.max_mb: must be > 0, got -1",
-        "rollout_log.groupz: unknown key (known: enabled, every, groups, max_mb)"]
+        "rollout_log.groupz: unknown key (did you mean 'groups'?)"]
     assert rollout_log.problems({"enabled": "yes"})[0].startswith("rollout_log.enabled: expected bool")
 
 
