@@ -32,7 +32,8 @@ def make_inputs(n: int, rng: random.Random, group: int = 1) -> tuple[list[str], 
         if kind == 0:
             gold, right, wrong = str(a * b), f"{a * b:,}", str(a * b + rng.randint(1, 9))
         elif kind == 1:
-            gold, right, wrong = rf"\frac{{{a}}}{{{c}}}", f"{a / c:.6f}", rf"\frac{{{c}}}{{{a}}}"
+            # An equal, unreduced fraction: a rounded decimal would be wrong under the reward's exact policy.
+            gold, right, wrong = rf"\frac{{{a}}}{{{c}}}", f"{2 * a}/{2 * c}", rf"\frac{{{c}}}{{{a}}}"
         elif kind == 2:
             gold, right, wrong = rf"{a}\sqrt{{{c}}}", rf"\sqrt{{{a * a * c}}}", rf"{a}\sqrt{{{c + 1}}}"
         else:
