@@ -171,3 +171,34 @@ def register_models(register) -> None:
     caches the result (``$REWARDKIT_CACHE``, default ``~/.cache/rewardkit``); builders must be deterministic.
     ``builder`` may be a ``"module:attribute"`` string.
     """
+
+
+@hookspec
+def register_environments(register) -> None:
+    """Register environments for multi-turn tool-use RL: a recipe names one with ``environment: {name, params}``.
+
+    Called once, when the registry loads plugins.
+
+    ``register(name, factory, *, description=None)`` where ``factory`` is a class or any callable (or its
+    ``"module:attribute"`` string, imported only when a recipe uses it) that builds one environment:
+    ``factory(**params)``, the recipe's ``environment.params`` bound to its signature and checked against its
+    annotations at validation time (a misspelt or mistyped param is a recipe error, as for a reward factory;
+    :meth:`rewardkit.registry.Registry.environment_problems`). rewardkit hands TRL's
+    ``GRPOTrainer(environment_factory=...)`` (TRL 1.16) a zero-argument callable that calls it
+    (:meth:`~rewardkit.registry.Registry.build_environment`); TRL builds one instance per concurrent rollout and
+    reuses instances across batches, resetting them. What ``factory(**params)`` returns must provide:
+
+    - ``reset(**row) -> str | None``: a method defined on its class, called before every rollout with the dataset
+      row's columns as keyword arguments (accept ``**kwargs``: ``prompt`` and every other column come). It
+      starts a new episode; a returned string is appended to the prompt's last user message.
+    - tools: every other public method (a name not starting with ``_``, other than ``reset`` and
+      ``get_reward``) is offered to the model as a tool and called with the arguments the model gives. Each needs
+      type hints on every argument and on its return value and a Google-style docstring with an ``Args:``
+      section: transformers builds the tool's JSON schema from them. What it returns is what the model reads.
+    - optionally ``get_reward() -> float`` (sync or async): the finished rollout's reward, read from the
+      environment's state once per rollout; TRL adds it as one more reward function, weight 1, named after the
+      class. Without it the recipe's rewards score the rollout.
+
+    Calling ``factory`` must be cheap and its instances independent of each other: open sandboxes, processes or
+    connections lazily (in ``reset``), not in the constructor.
+    """

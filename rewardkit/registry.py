@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
-from rewardkit import hookspecs
+from rewardkit import hookspecs, values
 from rewardkit.errors import PluginError
 from rewardkit.reward_checks import AsyncCheckedReward, CheckedReward, FaultPolicy
 
-KINDS = ("rewards", "kl_estimators", "trainers", "datasets", "models")
+KINDS = ("rewards", "kl_estimators", "trainers", "datasets", "models", "environments")
 HOOKS = {kind: f"register_{kind}" for kind in KINDS}
 HOOK_GROUP = "rewardkit"
 REWARD_GROUP = "rewardkit.rewards"
@@ -58,7 +58,7 @@ def import_target(target: str) -> Any:
 
 @dataclass
 class Component:
-    """One registered thing: a reward, KL estimator, trainer, dataset or model, and who provided it."""
+    """One registered thing: a reward, KL estimator, trainer, dataset, model or environment, and who provided it."""
 
     kind: str
     name: str
@@ -129,6 +129,56 @@ def required_columns(fn: Callable) -> list[str]:
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in params
             if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in TRL_REWARD_EXTRAS]
+
+
+def bind_problems(factory: Callable, params: dict, what: str) -> list[str]:
+    """``params`` bound to ``factory``'s signature: unknown or missing params, with did-you-mean and the accepted
+    ones, each message starting with ``what`` (the component and its provider)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    try:
+        sig.bind(**params)
+    except TypeError as exc:
+        accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
+        bad = [k for k in params if k not in sig.parameters]
+        detail = (f"unknown param(s) {', '.join(repr(b) for b in bad)}" if bad and not any(
+            p.kind == p.VAR_KEYWORD for p in sig.parameters.values()) else str(exc))
+        for b in bad:
+            close = difflib.get_close_matches(b, accepted, n=1)
+            if close:
+                detail += f" (did you mean '{close[0]}' for '{b}'?)"
+        return [f"{what}: {detail}; accepted params: {', '.join(accepted) or 'none'}"]
+    return []
+
+
+def has_method(cls: type, name: str) -> bool:
+    """Whether ``cls`` defines (or inherits) a function ``name``, the test TRL's GRPOTrainer makes for ``reset``."""
+    return any(n == name for n, _ in inspect.getmembers(cls, predicate=inspect.isfunction))
+
+
+class EnvironmentFactory:
+    """The zero-argument callable TRL's ``environment_factory`` takes: each call builds one environment from the
+    registered factory and the recipe's params. A factory that raises, or builds something without ``reset``,
+    is reported naming the environment and its plugin. Picklable when the registered factory is."""
+
+    def __init__(self, factory: Callable, params: dict, name: str, provider: str):
+        self.factory, self.params, self.name, self.provider = factory, dict(params), name, provider
+
+    def __call__(self) -> Any:
+        try:
+            env = self.factory(**self.params)
+        except Exception as exc:
+            raise PluginError(f"environment '{self.name}' from {self.provider} failed to build with params "
+                              f"{self.params}: {type(exc).__name__}: {exc}") from exc
+        if not has_method(type(env), "reset"):
+            raise PluginError(f"environment '{self.name}' from {self.provider} built a {type(env).__name__} "
+                              f"without a reset method; TRL's environment_factory needs reset(**row) -> str | None")
+        return env
+
+    def __repr__(self) -> str:
+        return f"EnvironmentFactory({self.name!r}, {self.params!r})"
 
 
 class Registry:
@@ -305,24 +355,7 @@ class Registry:
                 return [f"reward '{name}' from {comp.provider} is a reward function and takes no params "
                         f"(got {', '.join(sorted(params))})"]
             return []
-        try:
-            sig = inspect.signature(obj)
-        except (TypeError, ValueError):
-            return []
-        try:
-            sig.bind(**params)
-        except TypeError as exc:
-            accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
-            bad = [k for k in params if k not in sig.parameters]
-            detail = (f"unknown param(s) {', '.join(repr(b) for b in bad)}" if bad and not any(
-                p.kind == p.VAR_KEYWORD for p in sig.parameters.values()) else str(exc))
-            for b in bad:
-                close = difflib.get_close_matches(b, accepted, n=1)
-                if close:
-                    detail += f" (did you mean '{close[0]}' for '{b}'?)"
-            return [f"reward '{name}' from {comp.provider}: {detail}; accepted params: "
-                    f"{', '.join(accepted) or 'none'}"]
-        return []
+        return bind_problems(obj, params, f"reward '{name}' from {comp.provider}")
 
     def reward_columns(self, name: str, params: dict) -> list[str]:
         """Dataset columns reward ``name`` needs with these params."""
@@ -371,6 +404,38 @@ class Registry:
     # ------------------------------------------------------------------ KL estimators
     def kl_estimator(self, name: str) -> Callable:
         return self.load("kl_estimators", name)
+
+    # ------------------------------------------------------------------ environments
+    def environment_problems(self, name: str, params: dict) -> list[str]:
+        """Everything wrong with using environment ``name`` with ``params``, without building one: not registered
+        (did-you-mean), not importable, params that do not bind to the factory's signature or do not fit its
+        annotations, a class without ``reset``."""
+        try:
+            comp = self.get("environments", name)
+            factory = comp.load()
+        except PluginError as exc:
+            return [str(exc)]
+        what = f"environment '{name}' from {comp.provider}"
+        problems = bind_problems(factory, params, what)
+        types = values.signature_types(factory)
+        for key, value in params.items():
+            bad = values.problem(value, types[key]) if key in types else None
+            if bad:
+                problems.append(f"{what}: param '{key}': {bad}")
+        if inspect.isclass(factory) and not has_method(factory, "reset"):
+            problems.append(f"{what}: class {factory.__name__} has no reset method; TRL's environment_factory "
+                            f"needs reset(**row) -> str | None")
+        return problems
+
+    def build_environment(self, name: str, params: dict | None = None) -> EnvironmentFactory:
+        """A zero-argument factory of environment ``name`` with ``params`` bound, for TRL's ``environment_factory``;
+        PluginError listing every problem :meth:`environment_problems` finds."""
+        params = dict(params or {})
+        problems = self.environment_problems(name, params)
+        if problems:
+            raise PluginError("; ".join(problems))
+        comp = self.get("environments", name)
+        return EnvironmentFactory(comp.load(), params, name, comp.provider)
 
 
 _default: Registry | None = None

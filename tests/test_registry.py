@@ -152,3 +152,99 @@ def test_broken_installed_plugin_is_listed_and_named_when_needed(monkeypatch):
     assert "exact_match" in r.names("rewards")  # the others still load
     with pytest.raises(PluginError, match="plugin 'broken' .* failed to load: ModuleNotFoundError"):
         r.get("rewards", "broken.reward")
+
+
+# ---------------------------------------------------------------- environments
+class Counter:
+    """A fake tool-use environment: the model adds to a counter; the reward is whether it reached the target."""
+
+    def __init__(self, target: int = 3, start: int = 0):
+        self.target, self.start, self.value = target, start, start
+
+    def reset(self, **row) -> str | None:
+        self.value = self.start
+        return f"The counter is at {self.value}."
+
+    def add(self, n: int) -> str:
+        """Add to the counter.
+
+        Args:
+            n: how much to add.
+        """
+        self.value += n
+        return str(self.value)
+
+    def get_reward(self) -> float:
+        return float(self.value == self.target)
+
+
+def explodes(size: int = 1):
+    raise RuntimeError("no sandbox")
+
+
+class NoReset:
+    def __init__(self, size: int = 1):
+        self.size = size
+
+
+@pytest.fixture
+def env_registry(fresh_registry):
+    fresh_registry.add_plugin(plugin("envs", register_environments=lambda register: (
+        register("counter", Counter, description="add to a counter until it reaches the target"),
+        register("counter.lazy", "tests.test_registry:Counter"),
+        register("no_reset", NoReset),
+        register("builds_nothing_usable", lambda size=1: object()))), dist="dist-envs")
+    return fresh_registry
+
+
+def test_environment_builds_a_zero_argument_factory_with_params_bound(env_registry):
+    assert env_registry.names("environments") == ["builds_nothing_usable", "counter", "counter.lazy", "no_reset"]
+    factory = env_registry.build_environment("counter", {"target": 5})
+    first, second = factory(), factory()
+    assert isinstance(first, Counter) and first is not second and first.target == 5  # one instance per rollout
+    assert first.reset(prompt="p") == "The counter is at 0." and first.add(5) == "5" and first.get_reward() == 1.0
+    assert second.value == 0  # instances independent
+    lazy = env_registry.build_environment("counter.lazy", {})
+    assert type(lazy()).__name__ == "Counter"
+    assert env_registry.get("environments", "counter").dist == "dist-envs"
+
+
+def test_environment_params_are_checked_against_the_factory(env_registry):
+    [misspelt] = env_registry.environment_problems("counter", {"targt": 5})
+    assert "environment 'counter'" in misspelt and "dist-envs" in misspelt
+    assert "did you mean 'target' for 'targt'" in misspelt and "accepted params: target, start" in misspelt
+    [mistyped] = env_registry.environment_problems("counter", {"target": "five"})
+    assert "param 'target': expected an integer, got str 'five'" in mistyped
+    assert env_registry.environment_problems("counter", {"target": 2, "start": 1}) == []
+    with pytest.raises(PluginError, match="targt"):
+        env_registry.build_environment("counter", {"targt": 5})
+
+
+def test_unknown_environment_suggests_and_a_class_without_reset_is_refused(env_registry):
+    [unknown] = env_registry.environment_problems("countr", {})
+    assert "unknown environment 'countr'" in unknown and "did you mean 'counter'" in unknown
+    [no_reset] = env_registry.environment_problems("no_reset", {})
+    assert "class NoReset has no reset method" in no_reset
+    # a factory that is not a class is only known by what it builds: refused when TRL first calls it
+    factory = env_registry.build_environment("builds_nothing_usable", {"size": 2})
+    with pytest.raises(PluginError, match="'builds_nothing_usable' from plugin 'envs' .* without a reset method"):
+        factory()
+
+
+def test_environment_factory_pickles_and_a_failing_constructor_names_the_plugin(env_registry):
+    import pickle
+
+    factory = pickle.loads(pickle.dumps(env_registry.build_environment("counter", {"target": 4})))
+    assert factory().target == 4
+    env_registry.add("environments", "explodes", explodes, plugin="sandboxes", dist="dist-sandbox")
+    with pytest.raises(PluginError, match=r"'explodes' from plugin 'sandboxes' \(dist-sandbox 0\) failed to build "
+                                          r"with params \{'size': 2\}: RuntimeError: no sandbox"):
+        env_registry.build_environment("explodes", {"size": 2})()
+
+
+def test_environments_are_listed_by_the_plugins_command(env_registry, capsys):
+    from rewardkit.cli import main
+
+    main(["plugins"])
+    out = capsys.readouterr().out
+    assert "dist-envs 0" in out and "environments: counter, counter.lazy, no_reset, builds_nothing_usable" in out
