@@ -39,21 +39,19 @@ def _require_split(dataset, split: str, where: str, source: str | None = None) -
 
 
 def _evaluator(recipe, registry):
-    if not recipe.eval:
+    """``run(model, tokenizer, dataset, split, n, samples, where)``: the recipe's ``eval`` section
+    (rewardkit.recipe_schema.Eval) applied to a model, or None without one."""
+    ev = recipe.eval
+    if not ev:
         return None
     from rewardkit.evaluate import evaluate  # noqa: PLC0415
 
-    block = recipe.eval["reward"]
-    block = block if isinstance(block, dict) else {"name": block}
-    fn = registry.build_reward(block["name"], block.get("params") or {}, alias="eval")
-    split = recipe.eval.get("split", "test")
+    fn = registry.build_reward(ev.reward.name, ev.reward.params, alias="eval")
 
-    def run(model, tokenizer, dataset, split=split, n=recipe.eval.get("n"), samples=recipe.eval.get("samples", 0),
-            where="eval.split"):
+    def run(model, tokenizer, dataset, split=ev.split, n=ev.n, samples=ev.samples, where="eval.split"):
         _require_split(dataset, split, where)
-        return evaluate(model, tokenizer, dataset[split], fn, recipe.eval.get("max_new_tokens", 16),
-                        recipe.eval.get("batch_size", 64), n, samples, recipe.eval.get("temperature", 1.0),
-                        recipe.eval.get("pass_k"), recipe.eval.get("maj_k"), recipe.eval.get("correct_at"))
+        return evaluate(model, tokenizer, dataset[split], fn, ev.max_new_tokens, ev.batch_size, n, samples,
+                        ev.temperature, ev.pass_k, ev.maj_k, ev.correct_at)
 
     return run
 
@@ -93,11 +91,10 @@ def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log, report=N
     from rewardkit import stopping  # noqa: PLC0415
 
     block, where = spec.early_stop, f"stages.{spec.name}.early_stop.split"
-    split = block.get("split", "validation")
-    _require_split(dataset, split, where)  # before training starts, not at the first evaluation
+    _require_split(dataset, block.split, where)  # before training starts, not at the first evaluation
 
     def score(model):
-        return evaluate(model, tokenizer, dataset, split=split, n=block.get("n"), samples=0, where=where)["score"]
+        return evaluate(model, tokenizer, dataset, split=block.split, n=block.n, samples=0, where=where)["score"]
 
     return stopping.callback(block, score, lambda msg: log(f"stage '{spec.name}' early_stop: {msg}"),
                              os.path.join(out_dir, "early_stop.json"), ckpt[0] if ckpt else None, report)
@@ -163,8 +160,8 @@ class _Run:
         if problems:
             raise RecipeError(problems, source=self.recipe.path)
         if self.evaluate and splits(self.recipe.data, self.registry) is None:  # not declared: load it to know
-            _require_split(self.data.get(self.recipe.data, "data"), self.recipe.eval.get("split", "test"),
-                           "eval.split", self.recipe.path)
+            _require_split(self.data.get(self.recipe.data, "data"), self.recipe.eval.split, "eval.split",
+                           self.recipe.path)
         if resume == "never" and self.dist.main:
             state.clear_previous(self.recipe)
         self.dist.barrier()
@@ -242,17 +239,20 @@ class _Run:
         self.dist.barrier()
         stage = stage_cls()
         trainer = stage.build_trainer(ctx)
+        rollouts, health = _attach(stage_cls, trainer, ctx)
         ctx.report.bind(trainer)  # report_to's integrations: rewardkit's own metrics go to them too
         models.keep_4bit_trainable(trainer.model)
         trainer.train(resume_from_checkpoint=p.ckpt[1] if p.ckpt else None)
         self.trained_earlier = True
-        _record_health(self.summary, spec.name, stage.health_report(trainer), p.dir, self.save_summary)
+        own = stage.health_report(trainer)  # a stage's own monitor replaces the attached one
+        _record_health(self.summary, spec.name, health if own is None else own, p.dir, self.save_summary)
         model_dir = os.path.join(p.dir, "model")
         if not spec.model.get("lora") or self.dist.main:  # save_model is collective; a LoRA merge is main's job
             model_dir = models.save_merged(trainer, ctx.model_path, spec.model, model_dir,
                                            import_target(stage_cls.model_class))
         info = {"name": spec.name, "trainer": spec.trainer_type, "model_dir": model_dir,
                 "steps": trainer.state.global_step, "seconds": round(time.time() - stage_start, 1),
+                **({"rollout_log": rollouts.report()} if rollouts is not None else {}),
                 **stage.result_metrics(trainer), "produces_policy": stage_cls.produces_policy,
                 "policy": models.describe(trainer.model)}
         if p.ckpt:
@@ -327,9 +327,20 @@ class _Run:
                 self.save_summary()
             except RewardkitError as exc:  # no matplotlib: the run itself succeeded
                 self.log(f"no plots: {exc}")
-            print_summary(self.summary, self.recipe)
+            print_summary(self.summary, self.recipe, self.registry)
         self.dist.barrier()
         return self.summary
+
+
+def _attach(stage_cls, trainer, ctx: StageContext):
+    """What a stage's declarations ask for (rewardkit.Stage): a rollout log for a ``rollout_groups`` trainer, the
+    health monitor for a ``rollout_metrics`` one (after the log, so that its alarms show the logged completions).
+    Returns (rollout log, monitor), each None where not declared or switched off in the recipe."""
+    from rewardkit import monitor, rollout_log  # noqa: PLC0415
+
+    log = rollout_log.attach(trainer, ctx) if stage_cls.rollout_groups else None
+    health = monitor.attach(trainer, ctx) if stage_cls.rollout_metrics else None
+    return log, health
 
 
 def _record_health(summary: dict, stage: str, health, out_dir: str, save_summary) -> None:
@@ -357,7 +368,27 @@ def _health_lines(summary: dict) -> list[str]:
     return ["health (training monitor):", *lines] if lines else []
 
 
-def print_summary(summary: dict, recipe) -> None:
+def _stage_lines(st: dict, registry) -> list[str]:
+    """A stage's lines in the printed summary: steps, time, resume and early stop, then its stage class's own
+    ``summary_lines`` (none where its trainer is no longer registered)."""
+    extra = f", reward curve {st['reward_curve']}" if st.get("reward_curve") else ""
+    when = " (previous run)" if st.get("previous_run") else ""
+    resumed = f" (resumed at step {st['resumed_from_step']})" if st.get("resumed_from_step") else ""
+    lines = [f"  stage {st['name']}: {st['steps']} steps in {st['seconds']:.0f}s{when}{resumed}{extra}"]
+    try:
+        stage_cls = registry.load("trainers", st["trainer"]) if registry is not None and st.get("trainer") else None
+    except RewardkitError:
+        stage_cls = None
+    if stage_cls is not None:
+        lines += [f"    {line}" for line in stage_cls.summary_lines(st)]
+    if (st.get("early_stop") or {}).get("stopped_at"):
+        lines.append(f"    stopped early at step {st['early_stop']['stopped_at']}: {st['early_stop']['reason']}")
+    return lines
+
+
+def print_summary(summary: dict, recipe, registry=None) -> None:
+    """The run's table: held-out scores after each stage, then each stage's lines, health alarms and paths.
+    ``registry`` finds each stage's class for its own ``summary_lines``."""
     from rewardkit.evaluate import k_cell, k_columns, k_notes  # noqa: PLC0415
 
     lines = ["", f"rewardkit: finished in {summary['seconds']:.0f}s"]
@@ -365,7 +396,7 @@ def print_summary(summary: dict, recipe) -> None:
         n = summary["eval"][0]["n"]
         sampled = "sampled_score" in summary["eval"][0]
         ks = k_columns(summary["eval"])  # pass@k, maj@k: beside sampled accuracy, from the same samples
-        head = f"held-out score ({recipe.eval.get('split', 'test')}, {n} examples):  greedy"
+        head = f"held-out score ({recipe.eval.split}, {n} examples):  greedy"
         if sampled:
             row0 = summary["eval"][0]
             head += f"       sampled ({row0['samples']} per prompt, temperature {row0['temperature']})"
@@ -385,17 +416,7 @@ def print_summary(summary: dict, recipe) -> None:
             prev = row
         lines += k_notes(summary["eval"])
     for st in summary["stages"]:
-        extra = f", reward curve {st['reward_curve']}" if st.get("reward_curve") else ""
-        when = " (previous run)" if st.get("previous_run") else ""
-        resumed = f" (resumed at step {st['resumed_from_step']})" if st.get("resumed_from_step") else ""
-        lines.append(f"  stage {st['name']}: {st['steps']} steps in {st['seconds']:.0f}s{when}{resumed}{extra}")
-        ds = st.get("dynamic_sampling")
-        if ds:
-            lines.append(f"    dynamic sampling: {ds['rounds']} generation rounds for {ds['rollouts']} rollouts, "
-                         f"{ds['dropped_groups']} zero-variance groups dropped, {ds['extra_completions']} extra "
-                         f"completions, {ds['filled_zero_var_groups']} groups filled back")
-        if (st.get("early_stop") or {}).get("stopped_at"):
-            lines.append(f"    stopped early at step {st['early_stop']['stopped_at']}: {st['early_stop']['reason']}")
+        lines += _stage_lines(st, registry)
     lines += _health_lines(summary)
     if summary["stages"]:
         lines.append(f"model written to {summary['stages'][-1]['model_dir']}")

@@ -11,7 +11,19 @@ from rewardkit.trainers.base import Stage, StageContext
 
 
 class _TRLStage(Stage):
+    """A stage whose trainer is ``trainer_class`` built the way TRL's trainers are: the model as a path with its
+    init kwargs, quantization and LoRA configs; ``trainer_kwargs`` and ``extra_config`` add what a stage needs."""
+
     trainer_class = ""
+
+    @classmethod
+    def check_stage(cls, spec, columns, registry) -> list[str]:
+        """Also: TRL syncs a reference model only when it is a separate copy, which LoRA's is not."""
+        problems = super().check_stage(spec, columns, registry)
+        if spec.trainer_args.get("sync_ref_model") is True and spec.model.get("lora"):
+            problems.append("trainer.sync_ref_model: TRL does not support it with LoRA (the reference is the base "
+                            "model with the adapter switched off); drop it or the model's lora")
+        return problems
 
     def trainer_kwargs(self, ctx: StageContext) -> dict:
         return {}
@@ -48,31 +60,36 @@ class GRPOStage(_TRLStage):
     trainer_class = "rewardkit.trainers.dynamic_sampling:DynamicSamplingGRPOTrainer"
     takes_rewards = True
     column_layouts = (("prompt",),)
-    _monitor = None  # set by build_trainer unless monitor.enabled is false
+    rollout_metrics = True  # TRL's GRPO metric names: the pipeline attaches the health monitor
+    rollout_groups = True  # DynamicSamplingGRPOTrainer writes trainer.rollout_log: the pipeline gives it one
+
+    @classmethod
+    def check_args(cls, args: dict, registry) -> list[str]:
+        """Also: GRPOTrainer refuses to sync a reference model it does not have (beta 0)."""
+        problems = super().check_args(args, registry)
+        beta = args.get("beta", cls.fields()["beta"].default)
+        if args.get("sync_ref_model") is True and beta == 0:
+            problems.append("sync_ref_model: true with beta: 0 has no reference model to sync (GRPOTrainer refuses "
+                            "it); set beta > 0 or drop sync_ref_model")
+        return problems
 
     def extra_config(self, ctx):
         return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
 
-    def build_trainer(self, ctx: StageContext):
-        """TRL's trainer with rewardkit's health monitor attached (``trainer.health_monitor``; also for the
-        grpo_is and ppo stages, which derive from this one)."""
-        from rewardkit import monitor, rollout_log  # noqa: PLC0415
-
-        trainer = super().build_trainer(ctx)
-        rollout_log.attach(trainer, ctx)  # first: the monitor shows its records with its alarms
-        self._monitor = monitor.attach(trainer, ctx)
-        return trainer
-
-    def health_report(self, trainer):
-        return self._monitor
-
     def result_metrics(self, trainer) -> dict:
-        """The rollout log's report (records, seconds spent writing); with dynamic sampling its totals over the
-        stage (rounds, dropped groups, extra completions, ...)."""
-        out = {"rollout_log": trainer.rollout_log.report()} if getattr(trainer, "rollout_log", None) else {}
+        """With dynamic sampling, its totals over the stage (rounds, dropped groups, extra completions, ...)."""
         if getattr(trainer.args, "dynamic_sampling", False):
-            out["dynamic_sampling"] = dict(trainer.dynamic_sampling_totals)
-        return out
+            return {"dynamic_sampling": dict(trainer.dynamic_sampling_totals)}
+        return {}
+
+    @classmethod
+    def summary_lines(cls, info: dict) -> list[str]:
+        ds = info.get("dynamic_sampling")
+        if not ds:
+            return []
+        return [f"dynamic sampling: {ds['rounds']} generation rounds for {ds['rollouts']} rollouts, "
+                f"{ds['dropped_groups']} zero-variance groups dropped, {ds['extra_completions']} extra "
+                f"completions, {ds['filled_zero_var_groups']} groups filled back"]
 
     def trainer_kwargs(self, ctx):
         return {"reward_funcs": ctx.rewards}
@@ -85,6 +102,14 @@ class DPOStage(_TRLStage):
     config_class = "trl:DPOConfig"
     trainer_class = "rewardkit.trainers.dpo:HeldOutDPOTrainer"
     column_layouts = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
+
+    @classmethod
+    def check_args(cls, args: dict, registry) -> list[str]:
+        """Also: DPOTrainer refuses a synced reference together with precomputed reference log-probs."""
+        problems = super().check_args(args, registry)
+        if args.get("sync_ref_model") is True and args.get("precompute_ref_log_probs") is True:
+            problems.append("sync_ref_model: cannot be combined with precompute_ref_log_probs (DPOTrainer refuses it)")
+        return problems
 
     def result_metrics(self, trainer) -> dict:
         return dict(trainer.summary_metrics)
