@@ -57,3 +57,5 @@ def register_models(register):
              description="3-layer 128-wide Llama, character tokenizer with chat template (CPU quick start)")
     register("tiny-qwen2", "rewardkit.builtin.models:tiny_qwen2",
              description="2-layer 128-wide Qwen2, character tokenizer with chat template")
+    register("tiny-llama-tools", "rewardkit.builtin.models:tiny_llama_tools",
+             description="tiny-llama with a tool-calling chat template and response parser (<|call|>, <|tool|>)")

@@ -18,6 +18,40 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
+# The tool-calling variant (models named ``*-tools``): two more special tokens, ``<|tool|>`` (the tool role) and
+# ``<|call|>`` (opens a call), appended after SPECIAL so every other token keeps its id. A call is written
+# ``<|call|>name{a:12,b:"x"}<|end|>`` (bare keys, JSON values: short for a character-level model), an assistant turn
+# still ends in </s>, a tool result is ``<|tool|>text<|end|>``. Prefix-preserving (TRL's multi-turn loop needs it).
+TOOL_SPECIAL = ["<|tool|>", "<|call|>"]
+TOOL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{% if m['content'] is string %}{{ m['content'] }}{% endif %}"
+    "{% if m['tool_calls'] is defined and m['tool_calls'] %}{% for c in m['tool_calls'] %}"
+    "{% set f = c['function'] if c['function'] is defined else c %}<|call|>{{ f['name'] }}"
+    "{% if f['arguments'] is mapping %}{{ '{' }}"
+    "{% for k, v in f['arguments'].items() %}{{ k }}:{{ v | tojson }}{% if not loop.last %},{% endif %}{% endfor %}"
+    "{{ '}' }}"
+    "{% else %}{{ f['arguments'] }}{% endif %}<|end|>{% endfor %}{% endif %}"
+    "{% if m['role'] == 'assistant' %}</s>{% else %}<|end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# transformers' response parser for that format (tokenizer.response_template, saved with the tokenizer): what TRL's
+# tool loop calls to find the calls in a completion. The keys are quoted before the JSON parse (unquoted_keys).
+TOOL_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|assistant|>",
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"<\|call\|>(?P<name>[A-Za-z_][A-Za-z0-9_]*)",
+            "close_pattern": r"<\|end\|>",
+            "repeats": True,
+            "content": "json",
+            "content_args": {"unquoted_keys": True},
+            "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+        },
+        "content": {"close_pattern": r"</s>\s*", "content": "text"},
+    },
+}
+
 # name -> (architecture, config overrides). Sizes were calibrated on the arithmetic quick start.
 SPECS = {
     "tiny-llama": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3,
@@ -25,22 +59,27 @@ SPECS = {
     "tiny-qwen2": ("qwen2", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2)),
 }
+SPECS["tiny-llama-tools"] = SPECS["tiny-llama"]  # same network, the tool-calling tokenizer (TOOL_SPECIAL)
 
 
-def build_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` with role tokens and a chat template."""
+def build_tokenizer(tools: bool = False):
+    """A character-level ``PreTrainedTokenizerFast`` with role tokens and a chat template; with ``tools``, the
+    tool-calling tokens, chat template and response parser above."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS + (TOOL_SPECIAL if tools else []))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-        additional_special_tokens=SPECIAL[4:], padding_side="left", model_max_length=512,
+        additional_special_tokens=SPECIAL[4:] + (TOOL_SPECIAL if tools else []), padding_side="left",
+        model_max_length=512,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = TOOL_CHAT_TEMPLATE if tools else CHAT_TEMPLATE
+    if tools:
+        fast.response_template = TOOL_RESPONSE_TEMPLATE
     return fast
 
 
@@ -50,7 +89,7 @@ def build(name: str, path: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     arch, overrides = SPECS[name]
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(tools=name.endswith("-tools"))
     config = AutoConfig.for_model(
         arch, vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -73,3 +112,7 @@ def tiny_llama(path: str) -> None:
 
 def tiny_qwen2(path: str) -> None:
     build("tiny-qwen2", path)
+
+
+def tiny_llama_tools(path: str) -> None:
+    build("tiny-llama-tools", path)

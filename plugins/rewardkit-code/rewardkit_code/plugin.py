@@ -16,3 +16,10 @@ def register_datasets(register):
     register("code.problems", "rewardkit_code.problems:load_problems",
              columns=["id", "style", "question", "tests"],
              description="26 small bundled Python problems (stdin/stdout and function-call tests)")
+
+
+@rewardkit.hookimpl
+def register_environments(register):
+    register("python", "rewardkit_code.environment:PythonEnvironment",
+             description="one tool, python(code): runs the model's program in the local sandbox (no network, "
+                         "bounded time/memory/output) and returns what it printed")
