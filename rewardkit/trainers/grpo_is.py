@@ -45,7 +45,8 @@ from rewardkit.algorithms.kl import builtin_estimator, kl_controller
 from rewardkit.algorithms import grpo_is as core
 from rewardkit.trainers.base import over_processes
 from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingMixin
-from rewardkit.trainers.rollout import RolloutReuseMixin
+from rewardkit.algorithms.masked import kl_old_new
+from rewardkit.trainers.rollout import ReplayStore, RolloutReuseMixin
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
@@ -61,6 +62,24 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
         "help": "Dropout off in the policy (and reference), so generation, the old log-probs and the update see the "
                 "same function and the importance ratio is 1 on a rollout's first minibatch (verl and OpenRLHF do "
                 "this; TRL's default is false)."})
+    early_stop_ess: float | None = field(default=None, metadata={
+        "help": "Adaptive reuse: stop reusing a rollout when the normalised effective sample size (Σw)²/(n·Σw²) "
+                "(Kong 1992) of the sequence importance weights w = π_θ(y|x)/π_old(y|x) of the minibatch that opens "
+                "an optimizer step falls below this, in (0, 1]; rollout_epochs is then only the cap. null: never."})
+    replay_rollouts: int = field(default=0, metadata={
+        "help": "Replay: train the last K earlier rollouts again beside each fresh one (K = this; 0 = off), each "
+                "sample weighted by the truncated ratio of the current policy to the one that generated it "
+                "(decoupled PPO objective, Hilton et al. 2021; truncated IS, Espeholt et al. 2018). K is the "
+                "staleness bound in rollouts; replay_max_kl bounds it in policy distance."})
+    replay_max_kl: float | None = field(default=None, metadata={
+        "help": "Drop a stored rollout once KL(π_behaviour‖π_θ) (k3, nats per token) of its samples exceeds this "
+                "(a staleness bound in policy distance). null: kept until it is K rollouts old."})
+    replay_is_cap: float = field(default=2.0, metadata={
+        "help": "Truncation c of a replayed sample's behaviour weight min(π_θ/π_behaviour, c) (IMPALA's ρ̄; "
+                "truncated IS of Yao et al. 2025 uses 2)."})
+    replay_is_level: str = field(default="token", metadata={
+        "help": "'token': one behaviour weight per token; 'sequence': one per completion, the product of its "
+                "token ratios, truncated."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,6 +92,7 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
         problems += [p for p in self.rollout_kl_problems()
                      if not p.startswith(("rollout_epochs must", "early_stop_kl acts"))]
         problems += self.dynamic_sampling_problems()
+        problems += self.reuse_problems()
         if self.loss_type not in core.SUPPORTED_LOSS_TYPES:
             problems.append(f"loss_type={self.loss_type!r}: grpo_is implements the clipped-surrogate losses "
                             f"{', '.join(core.SUPPORTED_LOSS_TYPES)}")
@@ -80,6 +100,21 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
             problems.append("use_vllm: not supported by grpo_is (use trainer: grpo)")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def reuse_problems(self) -> list[str]:
+        """What is wrong with the adaptive-reuse and replay fields, each problem naming its field."""
+        p = []
+        if self.early_stop_ess is not None and not 0.0 < self.early_stop_ess <= 1.0:
+            p.append(f"early_stop_ess is a fraction of the minibatch's samples, in (0, 1]; got {self.early_stop_ess}")
+        if self.replay_rollouts < 0:
+            p.append(f"replay_rollouts must be >= 0 (0: no replay), got {self.replay_rollouts}")
+        if self.replay_max_kl is not None and self.replay_max_kl <= 0:
+            p.append(f"replay_max_kl must be > 0 or null, got {self.replay_max_kl}")
+        if not self.replay_is_cap > 0:
+            p.append(f"replay_is_cap must be > 0 (a weight above it is cut to it), got {self.replay_is_cap}")
+        if self.replay_is_level not in ("token", "sequence"):
+            p.append(f"replay_is_level must be 'token' or 'sequence', got {self.replay_is_level!r}")
+        return p
 
 
 class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
@@ -105,6 +140,7 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
         self.kl_ctl = kl_controller(a.beta, a.beta_target, a.beta_controller, a.beta_horizon)
         self._rollout_ref_kl = [0.0, 0.0]  # [Σ per-token KL to the reference, sequences] over the current rollout
         self._stash = None  # set while _compute_loss runs TRL's loss
+        self.replay = ReplayStore(a.replay_rollouts)
 
     # ------------------------------------------------------------------ rollout
     def _make_rollout(self, prompts: list[dict]) -> dict:
@@ -112,7 +148,73 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
         self._rollout_ref_kl = [0.0, 0.0]
         if self.args.kl_placement == "reward" and self.beta != 0.0:
             self._kl_into_advantages(batch)
+        if self.args.replay_rollouts:
+            batch = self._with_replay(batch)
         return batch
+
+    def _policy_logps(self, rows: dict) -> torch.Tensor:
+        """Log-probs of ``rows``' completion tokens under the current policy, no gradient. (B, T)"""
+        ids = torch.cat([rows["prompt_ids"], rows["completion_ids"]], dim=1)
+        attn = torch.cat([rows["prompt_mask"], rows["completion_mask"]], dim=1)
+        with torch.no_grad():
+            return self._get_per_token_logps_and_entropies(self.model, ids, attn, rows["completion_ids"].size(1),
+                                                           batch_size=self.args.per_device_train_batch_size)[0]
+
+    def _with_replay(self, batch: dict) -> dict:
+        """The fresh rollout plus the stored ones still fresh enough, as one rollout to serve (docs/grpo_is.md,
+        "Replay"). A stored sample's old log-probs become the current policy's (π_prox, the clip's anchor) and its
+        ``replay_weight`` the truncated behaviour weight min(π_prox/π_behav, c); the fresh samples get weight 1.
+        The fresh rollout is then stored with its own log-probs as behaviour."""
+        a = self.args
+        kept = set(core.ROW_KEYS) | {"advantages", "num_items_in_batch"}
+        other = sorted(k for k, v in batch.items() if k not in kept and v is not None)
+        if other:
+            raise ValueError(f"replay_rollouts: grpo_is replays text-only rollouts; this one carries {other}")
+        fresh = {k: v for k, v in batch.items() if k in kept and v is not None}
+        if fresh.get("old_per_token_logps") is None:
+            fresh["old_per_token_logps"] = self._policy_logps(fresh)
+        parts, stale, kls, weights = [dict(fresh, replay_weight=self._row_mask(fresh).float())], set(), [], []
+        for index, rows in self.replay.rollouts:
+            mask = self._row_mask(rows)
+            prox = self._policy_logps(rows)
+            kl = kl_old_new(prox, rows["behaviour_logps"], mask, self._all_reduce()).item()  # KL(π_behav‖π_prox)
+            if a.replay_max_kl is not None and kl > a.replay_max_kl:
+                stale.add(index)
+                continue
+            w = core.truncated_behaviour_weights(prox, rows["behaviour_logps"], mask, a.replay_is_level,
+                                                 a.replay_is_cap)
+            part = {k: v for k, v in rows.items() if k != "behaviour_logps"}
+            parts.append(dict(part, old_per_token_logps=prox, replay_weight=w))
+            kls.append(kl)
+            weights.append((w[mask.bool()], mask))
+        self.replay.drop(stale)
+        self.replay.add(self.buffer.index + 1, {**{k: v for k, v in fresh.items() if k != "old_per_token_logps"},
+                                                "behaviour_logps": fresh["old_per_token_logps"]})
+        self._log_replay(len(parts) - 1, len(stale), kls, weights)
+        return core.concat_rollouts(parts, self.processing_class.pad_token_id)
+
+    @staticmethod
+    def _row_mask(rows: dict) -> torch.Tensor:
+        return rows["completion_mask"] * rows["tool_mask"] if "tool_mask" in rows else rows["completion_mask"]
+
+    def _log_replay(self, used: int, dropped: int, kls: list, weights: list) -> None:
+        """``rollout/replayed`` (stored rollouts trained beside the fresh one), ``rollout/replay_dropped`` (dropped
+        as stale), ``rollout/replay_kl`` (KL(π_behav‖π_prox), nats per token, mean over the replayed),
+        ``rollout/replay_weight`` (mean behaviour weight over replayed tokens) and ``rollout/replay_truncated``
+        (share of those weights at the cap)."""
+        m = self._metrics["train"]
+        m["rollout/replayed"].append(float(used))
+        m["rollout/replay_dropped"].append(float(dropped))
+        if kls:
+            w = torch.cat([x for x, _ in weights])
+            m["rollout/replay_kl"].append(sum(kls) / len(kls))
+            m["rollout/replay_weight"].append(w.mean().item())
+            m["rollout/replay_truncated"].append((w >= self.args.replay_is_cap * (1 - 1e-6)).float().mean().item())
+
+    def _rollout_minibatches(self, batch: dict) -> int | None:
+        if not self.args.replay_rollouts:
+            return None
+        return len(batch["advantages"]) // self.args.per_device_train_batch_size
 
     def _kl_into_advantages(self, batch: dict) -> None:
         """``kl_placement: reward``: A_t = Â − β·Σ_{t'≥t} k1_{t'}, k1 = log π_old − log π_ref at the rollout's
@@ -160,11 +262,17 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
         metrics = self._metrics[mode]
         logged = {k: len(v) for k, v in metrics.items()}
         beta, self.beta, self._stash = self.beta, 0.0, {}
+        replay_w = inputs.get("replay_weight")
+        flags = self.use_vllm, self.vllm_importance_sampling_correction
         try:
+            if replay_w is not None:  # TRL's sampler-correction hook multiplies the per-token loss by this weight
+                self.use_vllm = self.vllm_importance_sampling_correction = True
+                inputs = dict(inputs, importance_sampling_ratio=replay_w)
             loss = super()._compute_loss(model, inputs)
             logps = self._stash["logps"]
         finally:
             self.beta, self._stash = beta, None
+            self.use_vllm, self.vllm_importance_sampling_correction = flags
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
@@ -174,6 +282,8 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
             per_token_kl = self.kl_fn(logps, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:  # the token ratio, also under GSPO: the one that unbiases k·ρ
                 per_token_kl = per_token_kl * torch.exp(logps - old)
+                if replay_w is not None:  # a replayed sample's KL term is corrected to π_behav as its loss is
+                    per_token_kl = per_token_kl * replay_w
             loss = loss + beta * self._aggregate(per_token_kl, mask, inputs, mode)
             with torch.no_grad():
                 kl_tok, tokens = (per_token_kl * mask).sum().item(), mask.sum().item()
@@ -207,10 +317,13 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
         return self.rollouts * self.args.generation_batch_size + self.dynamic_sampling_totals["extra_completions"]
 
     def _rollout_extra_state(self) -> dict:
-        return {"rollout_ref_kl": self._rollout_ref_kl, "beta": self.beta, "kl_ctl_beta": self.kl_ctl.beta}
+        return {"rollout_ref_kl": self._rollout_ref_kl, "beta": self.beta, "kl_ctl_beta": self.kl_ctl.beta,
+                "replay": self.replay.state_dict()}
 
     def _load_rollout_extra_state(self, s: dict) -> None:
         self._rollout_ref_kl, self.beta, self.kl_ctl.beta = s["rollout_ref_kl"], s["beta"], s["kl_ctl_beta"]
+        if "replay" in s:
+            self.replay.load_state_dict(s["replay"])
 
 
 class GRPOISStage(GRPOStage):

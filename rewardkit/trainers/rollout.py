@@ -13,7 +13,8 @@ here, once:
   (:func:`rewardkit.algorithms.grpo_is.epoch_permutation`: a resumed run reshuffles as the uninterrupted one did).
 - :class:`RolloutReuseMixin`: the trainer side: ``_prepare_inputs`` serves minibatches, one stale-rollout check
   (``early_stop_kl`` against KL(π_old‖π_θ), k3, the **global token mean** over every process's tokens of the
-  minibatch that opens an optimizer step), ``training_step`` retaking a step on a fresh rollout after an early
+  minibatch that opens an optimizer step; ``early_stop_ess``, where the trainer's config has it, against the
+  normalised ESS of the same minibatch's sequence importance weights), ``training_step`` retaking a step on a fresh rollout after an early
   stop, per-epoch and per-rollout statistics, and the checkpoint state (``rollout_state.pt``, one per process),
   so a resumed run continues the same rollout from the same minibatch, in both trainers.
 
@@ -26,7 +27,10 @@ per epoch, ``trainer.epoch_history`` / ``trainer.rollout_history`` the same in m
                                  gradient, over an epoch
 ``rollout/ratio_min``, ``_max``  range of the importance ratio π_θ/π_old over an epoch's tokens, all processes
 ``rollout/epochs_used``          epochs a rollout was trained for (fractional when stopped mid-epoch), per rollout
-``rollout/early_stop``           1 when ``early_stop_kl`` retired the rollout, else 0, per rollout
+``rollout/early_stop``           1 when a stale check (``early_stop_kl`` or ``early_stop_ess``) retired the
+                                 rollout, else 0, per rollout; ``rollout/early_stop_ess`` 1 when it was the ESS
+``rollout/ess``                  normalised effective sample size (Σw)²/(n·Σw²) of the sequence weights
+                                 w = π_θ(y|x)/π_old(y|x) of a minibatch, averaged over an epoch's minibatches
 ``rollout/count``                rollouts generated so far
 ================================ ==========================================================================
 
@@ -106,6 +110,7 @@ class RolloutBuffer:
 
     def __init__(self, minibatches: int, epochs: int, reshuffle: bool, seed: int):
         self.minibatches, self.epochs, self.reshuffle, self.seed = minibatches, epochs, reshuffle, seed
+        self.base_minibatches = minibatches
         self.batch, self.index = None, 0  # the rollout (epoch-0 order) and its number, 1-based
         self.epoch = self.mb = 0  # epoch being served, next minibatch of it
         self.cursor = (0, 0)  # (epoch, minibatch) last served
@@ -121,9 +126,12 @@ class RolloutBuffer:
         """Every minibatch of every epoch has been served."""
         return self.batch is not None and self.epoch == self.epochs - 1 and self.mb == self.minibatches
 
-    def start(self, batch: dict, index: int) -> None:
+    def start(self, batch: dict, index: int, minibatches: int | None = None) -> None:
+        """Serve ``batch`` as rollout number ``index``; ``minibatches`` per epoch (default: the configured number;
+        more when replayed rollouts ride along with the fresh one)."""
         from trl.trainer.utils import shuffle_sequence_dict  # noqa: PLC0415
 
+        self.minibatches = minibatches or self.base_minibatches
         self.batch, self.index = shuffle_sequence_dict(batch), index  # TRL's own (global-RNG) shuffle: epoch 0
         self.epoch, self.mb, self.retired = 0, 0, False
         self._split_epoch()
@@ -147,13 +155,34 @@ class RolloutBuffer:
 
     def state_dict(self) -> dict:
         return {"batch": self.batch, "index": self.index, "epoch": self.epoch, "mb": self.mb,
-                "cursor": self.cursor, "retired": self.retired}
+                "cursor": self.cursor, "retired": self.retired, "minibatches": self.minibatches}
 
     def load_state_dict(self, s: dict) -> None:
         self.batch, self.index, self.epoch, self.mb = s["batch"], s["index"], s["epoch"], s["mb"]
         self.cursor, self.retired = tuple(s["cursor"]), s["retired"]
+        self.minibatches = s.get("minibatches", self.base_minibatches)
         if self.batch is not None and not self.retired:
             self._split_epoch()
+
+
+class ReplayStore:
+    """The last ``capacity`` rollouts (this process's rows, with the log-probs of the policy that generated them,
+    ``behaviour_logps``), newest first, for training them again beside a fresh rollout (``replay_rollouts``)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.rollouts = capacity, []  # list of (rollout index, rows)
+
+    def add(self, index: int, rows: dict) -> None:
+        self.rollouts = [(index, rows)] + self.rollouts[:max(self.capacity - 1, 0)] if self.capacity else []
+
+    def drop(self, indices: set) -> None:
+        self.rollouts = [(i, r) for i, r in self.rollouts if i not in indices]
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "rollouts": self.rollouts}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.capacity, self.rollouts = s["capacity"], [tuple(x) for x in s["rollouts"]]
 
 
 class _StaleRollout(Exception):
@@ -162,7 +191,7 @@ class _StaleRollout(Exception):
 
 def _new_acc() -> dict:
     return {"kl_sum": 0.0, "tokens": 0.0, "clipped": 0.0, "clip_n": 0.0, "ratio_min": math.inf,
-            "ratio_max": -math.inf, "minibatches": 0}
+            "ratio_max": -math.inf, "minibatches": 0, "ess_sum": 0.0}
 
 
 class RolloutReuseMixin:
@@ -178,13 +207,17 @@ class RolloutReuseMixin:
         # TRL reads num_iterations for the dataloader length (the step clock) and for whether to compute old
         # log-probs at generation (it does exactly when a rollout spans more than one optimizer step).
         self.num_iterations = a.rollout_epochs
-        self.windows_per_epoch = a.steps_per_generation // a.gradient_accumulation_steps
         self.prompts = PromptStream(self.train_dataset, self.num_generations,
                                     a.generation_batch_size // self.num_generations, a.seed, self.shuffle_dataset)
         self.buffer = RolloutBuffer(a.steps_per_generation, a.rollout_epochs, a.reshuffle, a.seed)
         self._acc = _new_acc()
         self.rollout_history: list[dict] = []  # one record per finished rollout
         self.epoch_history: list[dict] = []  # one record per finished (possibly partial) epoch
+
+    @property
+    def windows_per_epoch(self) -> int:
+        """Optimizer steps in one epoch of the rollout being served."""
+        return self.buffer.minibatches // self.args.gradient_accumulation_steps
 
     @property
     def rollouts(self) -> int:
@@ -219,8 +252,13 @@ class RolloutReuseMixin:
         log = getattr(self, "rollout_log", None)
         if log is not None:  # what _make_rollout's generation left in _last_rows / _last_rewards / _last_row_ids
             log.write(self, self._last_rows, batch, self._last_rewards, self._last_row_ids)
-        self.buffer.start(split_pixel_values_by_grid(batch), self.buffer.index + 1)
+        self.buffer.start(split_pixel_values_by_grid(batch), self.buffer.index + 1, self._rollout_minibatches(batch))
         self._acc = _new_acc()
+
+    def _rollout_minibatches(self, batch: dict) -> int | None:
+        """Minibatches per epoch of ``batch`` when it is not the configured ``steps_per_generation`` (a trainer that
+        trains replayed rollouts with the fresh one says so here)."""
+        return None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """TRL's step; if its first minibatch finds the rollout stale (KL(old‖new) > early_stop_kl), the rollout is
@@ -231,22 +269,45 @@ class RolloutReuseMixin:
             return super().training_step(model, inputs, num_items_in_batch)
 
     # ------------------------------------------------------------------ measuring
+    def _ess(self, logp, old, mask) -> float:
+        """Normalised ESS of this minibatch's sequence importance weights π_θ/π_old, over every process."""
+        acc = self.accelerator
+        several = acc.num_processes > 1
+        return core.ess_fraction(
+            core.sequence_log_weights(logp.detach(), old, mask),
+            reduce_sum=(lambda t: torch.tensor(over_processes(acc, t.tolist()))) if several else None,
+            reduce_max=(lambda t: torch.tensor(over_processes(acc, [t.item()], "max")[0])) if several else None,
+        ).item()
+
+    def _stale_reason(self, logp, old, mask) -> str | None:
+        """'kl' when KL(π_old‖π_θ) (k3, global token mean) exceeds ``early_stop_kl``, 'ess' when the normalised
+        ESS of the sequence weights is below ``early_stop_ess`` (a config field of grpo_is only), else None."""
+        if self.args.early_stop_kl is not None:
+            if kl_old_new(logp, old, mask, self._all_reduce()).item() > self.args.early_stop_kl:
+                return "kl"
+        min_ess = getattr(self.args, "early_stop_ess", None)
+        if min_ess is not None and self._ess(logp, old, mask) < min_ess:
+            return "ess"
+        return None
+
     def _stale_check(self, logp, old, mask, metrics: dict | None = None, logged: dict | None = None) -> None:
         """On the minibatch that opens a reuse step (any optimizer step after a rollout's first), retire the rollout
-        and raise ``_StaleRollout`` when KL(π_old‖π_θ) (k3, global token mean of this minibatch, all processes)
-        exceeds ``early_stop_kl``; what ``metrics`` got since ``logged`` is then dropped (not trained on)."""
+        and raise ``_StaleRollout`` when it is stale (``_stale_reason``); what ``metrics`` got since ``logged`` is
+        then dropped (not trained on)."""
         epoch, mb = self.buffer.cursor
         opens_reuse_step = mb % self.args.gradient_accumulation_steps == 0 and (epoch, mb) != (0, 0)
-        if not self.model.training or not opens_reuse_step or self.args.early_stop_kl is None:
+        if not self.model.training or not opens_reuse_step:
             return
-        if kl_old_new(logp, old, mask, self._all_reduce()).item() <= self.args.early_stop_kl:
+        reason = self._stale_reason(logp, old, mask)
+        if reason is None:
             return
         if metrics is not None:
             for k, v in metrics.items():
                 del v[(logged or {}).get(k, 0):]
         if self._acc["minibatches"]:
             self._finish_epoch(partial=True)
-        self._finish_rollout(epoch * self.windows_per_epoch + mb // self.args.gradient_accumulation_steps, early=True)
+        self._finish_rollout(epoch * self.windows_per_epoch + mb // self.args.gradient_accumulation_steps, early=True,
+                             reason=reason)
         raise _StaleRollout
 
     def _record_minibatch(self, logp: torch.Tensor, old: torch.Tensor, region: torch.Tensor, coef: torch.Tensor,
@@ -263,26 +324,28 @@ class RolloutReuseMixin:
         rmin, rmax = core.ratio_range(coef.detach(), mask)
         if not math.isnan(rmin):
             acc["ratio_min"], acc["ratio_max"] = min(acc["ratio_min"], rmin), max(acc["ratio_max"], rmax)
+        acc["ess_sum"] += core.ess_fraction(core.sequence_log_weights(logp.detach(), old, mask)).item()
         acc["minibatches"] += 1
         epoch, mb = self.buffer.cursor
-        if mb == self.args.steps_per_generation - 1:
+        if mb == self.buffer.minibatches - 1:
             self._finish_epoch(partial=False)
             if epoch == self.args.rollout_epochs - 1:
                 self._finish_rollout(self.args.rollout_epochs * self.windows_per_epoch, early=False)
 
     def _finish_epoch(self, partial: bool) -> None:
         acc = self._acc
-        kl_sum, tokens, clipped, clip_n = over_processes(self.accelerator, [acc["kl_sum"], acc["tokens"],
-                                                                            acc["clipped"], acc["clip_n"]])
+        kl_sum, tokens, clipped, clip_n, ess_sum, n_mb = over_processes(
+            self.accelerator, [acc["kl_sum"], acc["tokens"], acc["clipped"], acc["clip_n"], acc["ess_sum"],
+                               acc["minibatches"]])
         (rmin,) = over_processes(self.accelerator, [acc["ratio_min"]], "min")
         (rmax,) = over_processes(self.accelerator, [acc["ratio_max"]], "max")
         rec = {"rollout": self.rollouts, "epoch": self.buffer.epoch, "global_step": self.state.global_step,
                "minibatches": acc["minibatches"], "partial": partial,
                "approx_kl": kl_sum / max(tokens, 1.0), "clip_fraction": clipped / max(clip_n, 1.0),
-               "ratio_min": rmin, "ratio_max": rmax, "tokens": tokens}
+               "ratio_min": rmin, "ratio_max": rmax, "tokens": tokens, "ess": ess_sum / max(n_mb, 1.0)}
         self.epoch_history.append(rec)
         m = self._metrics["train"]
-        for key in ("approx_kl", "clip_fraction", "ratio_min", "ratio_max"):
+        for key in ("approx_kl", "clip_fraction", "ratio_min", "ratio_max", "ess"):
             m[f"rollout/{key}"].append(rec[key])
         if self.args.should_save:
             os.makedirs(self.args.output_dir, exist_ok=True)
@@ -290,15 +353,16 @@ class RolloutReuseMixin:
                 f.write(json.dumps(rec) + "\n")
         self._acc = _new_acc()
 
-    def _finish_rollout(self, windows_done: int, early: bool) -> None:
+    def _finish_rollout(self, windows_done: int, early: bool, reason: str | None = None) -> None:
         used = core.rollout_epochs_used(windows_done, self.windows_per_epoch)
         record = {"rollout": self.rollouts, "epochs_used": used, "early_stop": early, "optimizer_steps": windows_done,
-                  "global_step": self.state.global_step}
+                  "global_step": self.state.global_step, "stop_reason": reason}
         record.update(self._on_rollout_finished())
         self.rollout_history.append(record)
         m = self._metrics["train"]
         m["rollout/epochs_used"].append(used)
         m["rollout/early_stop"].append(float(early))
+        m["rollout/early_stop_ess"].append(float(reason == "ess"))
         m["rollout/count"].append(float(self.rollouts))
         self.buffer.retired = True
 
@@ -332,5 +396,6 @@ class RolloutReuseMixin:
         s = torch.load(path, map_location=self.accelerator.device, weights_only=False)
         self.buffer.load_state_dict(s["buffer"])
         self.prompts.load(s["prompts"])
-        self._acc, self.rollout_history, self.epoch_history = s["acc"], s["rollout_history"], s["epoch_history"]
+        self._acc, self.rollout_history, self.epoch_history = ({**_new_acc(), **s["acc"]}, s["rollout_history"],
+                                                               s["epoch_history"])
         self._load_rollout_extra_state(s["extra"])
