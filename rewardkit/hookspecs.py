@@ -138,11 +138,19 @@ def register_trainers(register) -> None:
     Called once, when the registry loads plugins.
 
     ``register(name, obj, *, description=None)`` where ``obj`` (usually a ``"module:Class"`` string, so that
-    listing plugins never imports torch) is a subclass of :class:`rewardkit.trainers.base.Stage`. The class
-    sets ``config_class`` (the TRL config dataclass its ``trainer`` section is checked against, field by
-    field, by ``check_args``), ``column_layouts`` (the dataset columns it consumes), ``takes_rewards``,
-    ``produces_policy`` (false for a reward model) and ``model_class``, and implements ``build_trainer(ctx)``
-    returning a TRL/transformers Trainer; ``result_metrics`` and ``health_report`` report on it after training.
+    listing plugins never imports torch) is a subclass of :class:`rewardkit.Stage` (``from rewardkit import Stage,
+    StageContext``; the full contract is the docstring of :mod:`rewardkit.trainers.base` and docs/architecture.md's
+    "Trainer contract"). The class declares ``config_class`` (the config dataclass its ``trainer`` section is
+    checked against, field by field, by ``check_args``), ``column_layouts`` (the dataset columns it consumes),
+    ``takes_rewards``, ``produces_policy`` (false for a reward model), ``model_class`` (how its result is reloaded),
+    ``defaults``, and ``rollout_metrics`` / ``rollout_groups`` (its trainer logs TRL's GRPO metric names / writes its
+    generated groups to ``trainer.rollout_log``: rewardkit then attaches the health monitor / the rollout log). It
+    implements ``build_trainer(ctx)``, returning a ``transformers.Trainer`` built from the
+    :class:`rewardkit.StageContext` and given ``ctx.callbacks``. Optional hooks: ``check_args(args, registry)``
+    and ``check_stage(spec, columns, registry)`` (its own validation rules, before any model loads; problems as
+    strings located from the stage, e.g. ``"trainer.beta: ..."``), ``result_metrics(trainer)`` (into
+    ``summary.json``), ``health_report(trainer)`` (a monitor of its own) and ``summary_lines(info)`` (lines of the
+    printed summary).
     """
 
 
