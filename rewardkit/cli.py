@@ -93,7 +93,7 @@ def cmd_new_plugin(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from rewardkit.registry import get_registry  # noqa: PLC0415
+    from rewardkit.registry import DISABLE_ENV, get_registry  # noqa: PLC0415
 
     registry = get_registry()
     plugins = registry.plugins()
@@ -107,10 +107,10 @@ def cmd_plugins(args) -> int:
     for (dist, version), eps in by_dist.items():
         print(f"{dist} {version}")
         for p in eps:
-            status = " [disabled]" if p.disabled else ""
+            status = f" [disabled by {DISABLE_ENV}]" if p.disabled else ""
             print(f"  {p.name} ({p.group} = {p.value}){status}")
-            if p.error:
-                print(f"    ERROR: {p.error}")
+            for error in p.errors:
+                print(f"    ERROR: {error}")
             for kind, names in sorted(p.registered.items()):
                 print(f"    {kind}: {', '.join(names)}")
     for c in conflicts:

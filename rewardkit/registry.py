@@ -3,15 +3,20 @@
 Trainers never touch ``pm.hook``: they ask a :class:`Registry` for a component by kind and name, and rewards
 are resolved into plain TRL reward functions before any trainer is built.
 
-Discovery (lazy, once per registry):
+One ``pluggy.PluginManager`` per registry holds every plugin. Discovery (lazy, once per registry):
 
 - entry-point group ``rewardkit``: each entry point names a module/object with ``@hookimpl`` functions
-  (see :mod:`rewardkit.hookspecs`). The module is imported to learn what it registers.
-- entry-point group ``rewardkit.rewards``: each entry point *is* a reward (entry-point name = reward name);
-  it is not imported until a recipe uses it.
+  (see :mod:`rewardkit.hookspecs`), registered under the entry point's name with its distribution recorded.
+- entry-point group ``rewardkit.rewards``: each entry point *is* a reward (entry-point name = reward name),
+  registered as a small :class:`RewardEntryPoint` plugin; its target is not imported until a recipe uses it.
 
-``REWARDKIT_DISABLE_PLUGINS=a,b`` skips plugins whose entry-point name or distribution name is listed
-(``*`` skips every third-party plugin and keeps rewardkit's built-ins).
+Then ``check_pending`` refuses hooks no spec knows, and each plugin's ``register_<kind>(register=...)`` hooks
+run. Every failure (an import, a misspelt or mis-signed hook, each hook that raises, a plugin name two
+distributions claim) is kept on the plugin's :class:`PluginInfo`: ``rewardkit plugins`` shows them all, and a
+recipe that needs something the plugin would have provided is told which plugin failed and why.
+
+``REWARDKIT_DISABLE_PLUGINS=a,b`` blocks (``pm.set_blocked``) plugins whose entry-point name or distribution
+name is listed (``*`` blocks every third-party plugin and keeps rewardkit's built-ins).
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ import inspect
 import os
 import re
 import traceback
+import types
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Iterable
 
 import pluggy
 
-from rewardkit import hookspecs, values
+from rewardkit import hookimpl, hookspecs, values
 from rewardkit.errors import PluginError
+from rewardkit.factories import (TRL_REWARD_EXTRAS, EnvironmentFactory, bind_problems, has_method,  # noqa: F401
+                                 is_reward_function, required_columns)
 from rewardkit.reward_checks import AsyncCheckedReward, CheckedReward, FaultPolicy
 
 KINDS = ("rewards", "kl_estimators", "trainers", "datasets", "models", "environments")
@@ -38,14 +46,21 @@ HOOK_GROUP = "rewardkit"
 REWARD_GROUP = "rewardkit.rewards"
 BUILTIN_DIST = "rewardkit"
 DISABLE_ENV = "REWARDKIT_DISABLE_PLUGINS"
-# Keyword arguments TRL passes to every reward function that are not dataset columns.
-TRL_REWARD_EXTRAS = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
-                     "environments"}
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def provider(plugin: str, dist: str, version: str) -> str:
+    return f"plugin '{plugin}' ({dist} {version})"
+
+
+def registered_twice(what: str, providers: Iterable[str]) -> str:
+    """The one message for a name two providers claim (a component, or a plugin name)."""
+    return (f"{what} is registered by " + " and by ".join(providers)
+            + f"; uninstall one or disable it with {DISABLE_ENV}")
 
 
 def import_target(target: str) -> Any:
@@ -72,7 +87,7 @@ class Component:
 
     @property
     def provider(self) -> str:
-        return f"plugin '{self.plugin}' ({self.dist} {self.version})"
+        return provider(self.plugin, self.dist, self.version)
 
     def load(self) -> Any:
         """Import (once) and return the registered object; a failure names the plugin at fault."""
@@ -92,7 +107,7 @@ class Component:
 
 @dataclass
 class PluginInfo:
-    """What ``rewardkit plugins`` shows for one entry point."""
+    """What ``rewardkit plugins`` shows for one plugin: an entry point, or a plugin added by a test."""
 
     name: str
     group: str
@@ -100,92 +115,64 @@ class PluginInfo:
     version: str
     value: str
     registered: dict[str, list[str]] = field(default_factory=dict)
-    error: str | None = None
-    traceback: str | None = None
+    errors: list[str] = field(default_factory=list)  # every failure: import, hook validation, each failing hook
+    traceback: str | None = None  # of the import failure, where there was one
     disabled: bool = False
+    key: str = ""  # its name in the registry's PluginManager (blocking and registration go by it)
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.errors) or None
+
+    @property
+    def provider(self) -> str:
+        return provider(self.name, self.dist, self.version)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "group": self.group, "distribution": self.dist, "version": self.version,
-                "value": self.value, "registered": self.registered, "error": self.error,
+                "value": self.value, "registered": self.registered, "errors": self.errors, "error": self.error,
                 "disabled": self.disabled}
 
 
-def is_reward_function(obj: Any) -> bool:
-    """A reward function (vs a factory) is a non-class callable with a ``completions`` parameter."""
-    if inspect.isclass(obj) or not callable(obj):
-        return False
-    try:
-        return "completions" in inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return False
+class RewardEntryPoint:
+    """A ``rewardkit.rewards`` entry point as a plugin: it registers one reward, named and imported (on first
+    use) as the entry point says, so those rewards take the same road as every other component."""
 
+    def __init__(self, ep: metadata.EntryPoint):
+        self.ep = ep
 
-def required_columns(fn: Callable) -> list[str]:
-    """Dataset columns a reward function cannot run without: its keyword parameters without defaults."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in params
-            if p.kind in kinds and p.default is inspect.Parameter.empty and p.name not in TRL_REWARD_EXTRAS]
-
-
-def bind_problems(factory: Callable, params: dict, what: str) -> list[str]:
-    """``params`` bound to ``factory``'s signature: unknown or missing params, with did-you-mean and the accepted
-    ones, each message starting with ``what`` (the component and its provider)."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return []
-    try:
-        sig.bind(**params)
-    except TypeError as exc:
-        accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
-        bad = [k for k in params if k not in sig.parameters]
-        detail = (f"unknown param(s) {', '.join(repr(b) for b in bad)}" if bad and not any(
-            p.kind == p.VAR_KEYWORD for p in sig.parameters.values()) else str(exc))
-        for b in bad:
-            close = difflib.get_close_matches(b, accepted, n=1)
-            if close:
-                detail += f" (did you mean '{close[0]}' for '{b}'?)"
-        return [f"{what}: {detail}; accepted params: {', '.join(accepted) or 'none'}"]
-    return []
-
-
-def has_method(cls: type, name: str) -> bool:
-    """Whether ``cls`` defines (or inherits) a function ``name``, the test TRL's GRPOTrainer makes for ``reset``."""
-    return any(n == name for n, _ in inspect.getmembers(cls, predicate=inspect.isfunction))
-
-
-class EnvironmentFactory:
-    """The zero-argument callable TRL's ``environment_factory`` takes: each call builds one environment from the
-    registered factory and the recipe's params. A factory that raises, or builds something without ``reset``,
-    is reported naming the environment and its plugin. Picklable when the registered factory is."""
-
-    def __init__(self, factory: Callable, params: dict, name: str, provider: str):
-        self.factory, self.params, self.name, self.provider = factory, dict(params), name, provider
-
-    def __call__(self) -> Any:
-        try:
-            env = self.factory(**self.params)
-        except Exception as exc:
-            raise PluginError(f"environment '{self.name}' from {self.provider} failed to build with params "
-                              f"{self.params}: {type(exc).__name__}: {exc}") from exc
-        if not has_method(type(env), "reset"):
-            raise PluginError(f"environment '{self.name}' from {self.provider} built a {type(env).__name__} "
-                              f"without a reset method; TRL's environment_factory needs reset(**row) -> str | None")
-        return env
+    @hookimpl
+    def register_rewards(self, register):
+        register(self.ep.name, self.ep.value)
 
     def __repr__(self) -> str:
-        return f"EnvironmentFactory({self.name!r}, {self.params!r})"
+        return f"<{REWARD_GROUP} entry point {self.ep.name} = {self.ep.value}>"
+
+
+def hashable(plugin: Any, name: str) -> Any:
+    """``plugin``, or, where it cannot be hashed (a ``SimpleNamespace``: pluggy keeps plugins in sets), a module
+    holding the same attributes."""
+    try:
+        hash(plugin)
+        return plugin
+    except TypeError:
+        try:
+            attrs = vars(plugin)
+        except TypeError:
+            raise TypeError(f"plugin object {plugin!r} cannot be hashed; use a module, a class or an "
+                            f"instance") from None
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    return module
 
 
 class Registry:
-    """Collects components from entry points (and from explicitly added plugins, for tests).
+    """Collects components from plugins through one pluggy ``PluginManager``.
 
     ``Registry()`` discovers installed plugins on first use; ``Registry(entry_points=False)`` starts empty
-    except for what you add with :meth:`add_plugin` / :meth:`add` (fixtures do this).
+    except for what you add with :meth:`add_plugin` / :meth:`add` (fixtures do this). ``disabled`` (default: the
+    ``REWARDKIT_DISABLE_PLUGINS`` list) names entry points or distributions to block; ``*`` blocks every plugin
+    not shipped in rewardkit's own distribution.
     """
 
     def __init__(self, *, entry_points: bool = True, disabled: Iterable[str] | None = None):
@@ -193,74 +180,122 @@ class Registry:
         if disabled is None:
             disabled = [d for d in os.environ.get(DISABLE_ENV, "").split(",") if d.strip()]
         self._disabled = {_norm(d.strip()) for d in disabled}
+        self._pm = pluggy.PluginManager(HOOK_GROUP)
+        self._pm.add_hookspecs(hookspecs)
         self._loaded = False
         self._components: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
         self._plugins: list[PluginInfo] = []
         self._conflicts: dict[tuple[str, str], list[Component]] = {}
         self._pending: list[tuple[Any, PluginInfo]] = []
+        self._holders: dict[str, PluginInfo] = {}  # plugin manager name -> the plugin registered under it
 
     # ------------------------------------------------------------------ discovery
-    def _is_disabled(self, ep_name: str, dist: str) -> bool:
-        if not self._disabled:
-            return False
-        if "*" in self._disabled and dist != BUILTIN_DIST:
-            return True
-        return _norm(ep_name) in self._disabled or _norm(dist) in self._disabled
+    def _block_if_disabled(self, info: PluginInfo) -> bool:
+        """Block ``info`` in the plugin manager when the disabled list names it, its entry point or its
+        distribution (``*``: every distribution but rewardkit's); True when it is blocked."""
+        named = _norm(info.name) in self._disabled or _norm(info.dist) in self._disabled
+        if named or ("*" in self._disabled and info.dist != BUILTIN_DIST):
+            self._pm.set_blocked(info.key)
+        info.disabled = self._pm.is_blocked(info.key)
+        return info.disabled
 
     def _ensure_loaded(self) -> None:
+        """Load every plugin once: installed entry points first (sorted by distribution), then added ones."""
         if self._loaded:
             return
         self._loaded = True
+        batch = []
         if self._use_entry_points:
-            for group in (HOOK_GROUP, REWARD_GROUP):
-                for ep in sorted(metadata.entry_points(group=group), key=lambda e: (e.dist.name if e.dist else "", e.name)):
-                    self._load_entry_point(ep, group)
-        for plugin, info in self._pending:
-            self._register_hooks(plugin, info)
+            eps = [ep for group in (HOOK_GROUP, REWARD_GROUP) for ep in metadata.entry_points(group=group)]
+            for ep in sorted(eps, key=lambda e: (e.group != HOOK_GROUP, e.dist.name if e.dist else "", e.name)):
+                batch.append(self._load_entry_point(ep))
+        batch += self._pending
         self._pending.clear()
+        self._register([(plugin, info) for plugin, info in batch if plugin is not None])
 
-    def _load_entry_point(self, ep: metadata.EntryPoint, group: str) -> None:
+    def _load_entry_point(self, ep: metadata.EntryPoint) -> tuple[Any, PluginInfo]:
+        """What ``pm.load_setuptools_entrypoints`` does for one entry point, except that a plugin that fails to
+        import is recorded and the others still load (pluggy's stops at the first), a second distribution using
+        the same plugin name is an error naming both (pluggy's skips it silently), and a ``rewardkit.rewards``
+        entry point becomes a :class:`RewardEntryPoint` without importing its target."""
         dist = ep.dist.name if ep.dist else "<unknown>"
-        version = ep.dist.version if ep.dist else "?"
-        info = PluginInfo(ep.name, group, dist, version, ep.value)
+        info = PluginInfo(ep.name, ep.group, dist, ep.dist.version if ep.dist else "?", ep.value,
+                          key=ep.name if ep.group == HOOK_GROUP else f"{REWARD_GROUP}:{dist}:{ep.name}")
         self._plugins.append(info)
-        if self._is_disabled(ep.name, dist):
-            info.disabled = True
-            return
-        if group == REWARD_GROUP:
-            # The short road: the entry point is the reward. Not imported until used.
-            self._add(Component("rewards", ep.name, ep.value, ep.name, dist, version), info)
-            return
+        if self._block_if_disabled(info):
+            return None, info
+        if ep.group == REWARD_GROUP:
+            return RewardEntryPoint(ep), info
         try:
-            plugin = ep.load()
+            return ep.load(), info
         except Exception as exc:  # noqa: BLE001 - shown by `rewardkit plugins`, raised when needed
-            info.error = f"{type(exc).__name__}: {exc}"
+            info.errors.append(f"{type(exc).__name__}: {exc}")
             info.traceback = traceback.format_exc()
-            return
-        self._register_hooks(plugin, info)
+            return None, info
 
-    def _register_hooks(self, plugin: Any, info: PluginInfo) -> None:
-        pm = pluggy.PluginManager("rewardkit")
-        pm.add_hookspecs(hookspecs)
-        try:
-            pm.register(plugin, name=info.name)
-            pm.check_pending()  # a misspelt hook name fails loudly instead of being ignored
-        except Exception as exc:  # noqa: BLE001
-            info.error = f"{type(exc).__name__}: {exc}"
-            return
+    def _register(self, batch: list[tuple[Any, PluginInfo]]) -> None:
+        """Register each plugin with the plugin manager, refuse misspelt hooks (``check_pending``), then call the
+        hooks of the plugins that remain."""
+        registered = []
+        for plugin, info in batch:
+            if self._block_if_disabled(info):
+                continue
+            if self._pm.has_plugin(info.key):
+                holder = self._holders[info.key]
+                info.errors.append(registered_twice(f"plugin name '{info.name}'", (holder.provider, info.provider)))
+                continue
+            try:
+                plugin = hashable(plugin, info.key)
+                self._pm.register(plugin, name=info.key)
+            except (TypeError, ValueError, pluggy.PluginValidationError) as exc:  # registered twice; bad signature
+                info.errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self._holders[info.key] = info
+            registered.append((plugin, info))
+        self._unregister_misspelt()
+        for plugin, info in registered:
+            if self._pm.is_registered(plugin):
+                self._call_hooks(plugin, info)
+
+    def _unregister_misspelt(self) -> None:
+        """``pm.check_pending()`` until it passes: each plugin with a hook no spec knows (a misspelt name) gets an
+        error naming the hook, with did-you-mean, and is unregistered (none of its hooks is called)."""
+        while True:
+            try:
+                self._pm.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                info = self._holders.pop(self._pm.get_name(exc.plugin))
+                for hook in [c.name for c in self._pm.get_hookcallers(exc.plugin) or [] if not c.has_spec()]:
+                    close = ([h for h in HOOKS.values() if h.startswith(hook) or hook.startswith(h)]
+                             or difflib.get_close_matches(hook, HOOKS.values(), n=1))
+                    hint = f" (did you mean '{close[0]}'?)" if close else f"; hooks are {', '.join(HOOKS.values())}"
+                    info.errors.append(f"unknown hook '{hook}'{hint}")
+                self._pm.unregister(exc.plugin)
+
+    def _call_hooks(self, plugin: Any, info: PluginInfo) -> None:
+        """Each ``register_<kind>(register=...)`` of this one plugin, through ``pm.subset_hook_caller`` (the hook
+        with every other plugin left out): so what it registers is credited to it, and a hook that raises is
+        recorded without stopping its other hooks or any other plugin's."""
+        others = [p for p in self._pm.get_plugins() if p is not plugin]
         for kind, hook_name in HOOKS.items():
-            for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                def register(name, obj, *, columns=None, description=None, _kind=kind):
-                    if not isinstance(name, str) or not _NAME_RE.match(name):
-                        raise PluginError(f"invalid {_kind[:-1]} name {name!r}")
-                    if obj is None or not (callable(obj) or isinstance(obj, str)):
-                        raise PluginError(f"{_kind[:-1]} '{name}' must be callable or a 'module:attr' string")
-                    self._add(Component(_kind, name, obj, info.name, info.dist, info.version, description,
-                                        columns), info)
-                try:
-                    impl.function(*[{"register": register}[a] for a in impl.argnames])
-                except Exception as exc:  # noqa: BLE001
-                    info.error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
+            hook = self._pm.subset_hook_caller(hook_name, remove_plugins=others)
+            try:
+                hook(register=self._registrar(kind, info))
+            except Exception as exc:  # noqa: BLE001 - the plugin's fault: recorded, shown, raised when needed
+                info.errors.append(f"{hook_name} failed: {type(exc).__name__}: {exc}")
+
+    def _registrar(self, kind: str, info: PluginInfo) -> Callable:
+        """The ``register`` callable a plugin's ``register_<kind>`` hook receives (hookspecs.py documents it)."""
+
+        def register(name, obj, *, columns=None, description=None):
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                raise PluginError(f"invalid {kind[:-1]} name {name!r}")
+            if obj is None or not (callable(obj) or isinstance(obj, str)):
+                raise PluginError(f"{kind[:-1]} '{name}' must be callable or a 'module:attr' string")
+            self._add(Component(kind, name, obj, info.name, info.dist, info.version, description, columns), info)
+
+        return register
 
     def _add(self, comp: Component, info: PluginInfo) -> None:
         info.registered.setdefault(comp.kind, []).append(comp.name)
@@ -273,12 +308,15 @@ class Registry:
     # ------------------------------------------------------------------ explicit registration (tests, fixtures)
     def add_plugin(self, plugin: Any, name: str | None = None, *, dist: str = "<local>",
                    version: str = "0") -> PluginInfo:
-        """Register a hook module/object directly, as if an installed distribution declared it."""
+        """Register a hook module/object directly, as if an installed distribution declared it (so the disabled
+        list applies to it too)."""
         name = name or getattr(plugin, "__name__", type(plugin).__name__)
-        info = PluginInfo(name, HOOK_GROUP, dist, version, repr(plugin))
+        info = PluginInfo(name, HOOK_GROUP, dist, version, repr(plugin), key=name)
         self._plugins.append(info)
+        if self._block_if_disabled(info):
+            return info
         if self._loaded:
-            self._register_hooks(plugin, info)
+            self._register([(plugin, info)])
         else:
             self._pending.append((plugin, info))
         return info
@@ -304,13 +342,12 @@ class Registry:
     def conflicts(self) -> list[str]:
         """One message per name registered more than once, naming every provider."""
         self._ensure_loaded()
-        return [f"{kind[:-1]} '{name}' is registered by " + " and by ".join(c.provider for c in comps)
-                + f"; uninstall one or disable it with {DISABLE_ENV}"
+        return [registered_twice(f"{kind[:-1]} '{name}'", (c.provider for c in comps))
                 for (kind, name), comps in self._conflicts.items()]
 
     def broken(self) -> list[PluginInfo]:
         self._ensure_loaded()
-        return [p for p in self._plugins if p.error]
+        return [p for p in self._plugins if p.errors]
 
     def unknown_message(self, kind: str, name: str) -> str:
         """'reward 'x' is not registered' with did-you-mean, what is installed, and broken/disabled plugins."""
@@ -333,10 +370,8 @@ class Registry:
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {KINDS}")
         if (kind, name) in self._conflicts:
-            comps = self._conflicts[(kind, name)]
-            raise PluginError(f"{kind[:-1]} '{name}' is registered by "
-                              + " and by ".join(c.provider for c in comps)
-                              + f"; uninstall one or disable it with {DISABLE_ENV}")
+            raise PluginError(registered_twice(f"{kind[:-1]} '{name}'",
+                                               (c.provider for c in self._conflicts[(kind, name)])))
         comp = self._components[kind].get(name)
         if comp is None:
             raise PluginError(self.unknown_message(kind, name))
@@ -417,9 +452,9 @@ class Registry:
             return [str(exc)]
         what = f"environment '{name}' from {comp.provider}"
         problems = bind_problems(factory, params, what)
-        types = values.signature_types(factory)
+        declared = values.signature_types(factory)
         for key, value in params.items():
-            bad = values.problem(value, types[key]) if key in types else None
+            bad = values.problem(value, declared[key]) if key in declared else None
             if bad:
                 problems.append(f"{what}: param '{key}': {bad}")
         if inspect.isclass(factory) and not has_method(factory, "reset"):

@@ -6,6 +6,8 @@ Fixtures:
   afterwards); add your hook module with ``fresh_registry.add_plugin(my_plugin)``.
 - ``builtin_registry``: the same, holding rewardkit's built-in components only.
 
+Neither reads installed entry points or ``REWARDKIT_DISABLE_PLUGINS``: a test gets the plugins it adds.
+
 ``check_reward(fn, **columns)`` calls a reward the way TRL does and fails (``AssertionError``) with a message
 saying what to fix unless it returns one number or ``None`` per completion (no NaN or infinity), accepts columns
 and TRL arguments it does not use, works on a batch of one (rewardkit re-runs single samples to find a fault)
@@ -23,6 +25,7 @@ import pytest
 
 from rewardkit import registry as _reg
 from rewardkit.errors import RewardError
+from rewardkit.factories import is_reward_function
 from rewardkit.reward_checks import check_rewards
 
 PROMPTS = ["What is 2+2?", "Name a colour.", "Say hi.", "3+5="]
@@ -32,7 +35,7 @@ COMPLETIONS = ["4", "blue", "hello there", "8"]
 @pytest.fixture
 def fresh_registry():
     """An empty registry installed as the process default, restored afterwards."""
-    r = _reg.Registry(entry_points=False)
+    r = _reg.Registry(entry_points=False, disabled=())
     previous = _reg.set_registry(r)
     yield r
     _reg.set_registry(previous)
@@ -43,7 +46,7 @@ def builtin_registry():
     """A registry holding only rewardkit's built-in components, installed as the process default."""
     from rewardkit import builtin  # noqa: PLC0415
 
-    r = _reg.Registry(entry_points=False)
+    r = _reg.Registry(entry_points=False, disabled=())
     r.add_plugin(builtin, "builtin", dist="rewardkit")
     previous = _reg.set_registry(r)
     yield r
@@ -89,7 +92,7 @@ def check_reward(fn: Callable, prompts: list | None = None, completions: list | 
                              f"check_reward({fn.__name__}(...))")
     if not callable(fn):
         raise AssertionError(f"check_reward got {type(fn).__name__}, not a callable reward")
-    if not _reg.is_reward_function(fn):
+    if not is_reward_function(fn):
         raise AssertionError(f"reward {_name(fn)} has no 'completions' parameter; a reward is called as "
                              f"fn(prompts=..., completions=..., **columns)")
     prompts = list(prompts if prompts is not None else PROMPTS)

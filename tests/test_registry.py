@@ -6,6 +6,7 @@ import pytest
 
 import rewardkit
 from rewardkit import PluginError, RewardError
+from rewardkit.algorithms.kl import ESTIMATORS
 from rewardkit.registry import Registry, is_reward_function, required_columns
 
 
@@ -61,9 +62,81 @@ def test_duplicate_name_is_an_error_naming_both(fresh_registry):
 
 
 def test_misspelt_hook_fails_loudly(fresh_registry):
-    info = fresh_registry.add_plugin(plugin("typo", register_reward=lambda register: None))
+    """check_pending after loading: a hook no spec knows is an error with did-you-mean, and the plugin is dropped
+    whole (its correctly spelt hooks are not called), while the other plugins load."""
+    info = fresh_registry.add_plugin(plugin("typo", register_reward=lambda register: None,
+                                            register_dataset=lambda register: None,
+                                            register_models=lambda register: register("half", ones)))
+    fresh_registry.add_plugin(plugin("fine", register_rewards=lambda register: register("ones", ones)))
+    assert fresh_registry.names("rewards") == ["ones"] and fresh_registry.names("models") == []
+    assert sorted(info.errors) == ["unknown hook 'register_dataset' (did you mean 'register_datasets'?)",
+                                   "unknown hook 'register_reward' (did you mean 'register_rewards'?)"]
+    late = fresh_registry.add_plugin(plugin("late", register_kl=lambda register: None))  # after loading: same
+    assert late.errors == ["unknown hook 'register_kl' (did you mean 'register_kl_estimators'?)"]
+
+
+def test_every_failing_hook_is_kept_and_shown(fresh_registry, capsys):
+    """A plugin whose two hooks raise keeps both errors (the second used to overwrite the first); what its
+    other hooks registered stays, and a later plugin still loads."""
+    def boom(register):
+        raise RuntimeError("no GPU")
+
+    def bust(register):
+        raise ValueError("bad data dir")
+
+    info = fresh_registry.add_plugin(plugin("two", register_rewards=boom, register_datasets=bust,
+                                            register_models=lambda register: register("m", ones)), dist="dist-two")
+    fresh_registry.add_plugin(plugin("after", register_rewards=lambda register: register("ones", ones)))
+    assert fresh_registry.names("rewards") == ["ones"] and fresh_registry.names("models") == ["m"]
+    assert info.errors == ["register_rewards failed: RuntimeError: no GPU",
+                           "register_datasets failed: ValueError: bad data dir"]
+    with pytest.raises(PluginError, match="failed to load: register_rewards failed: RuntimeError: no GPU; "
+                                          "register_datasets failed: ValueError: bad data dir"):
+        fresh_registry.get("rewards", "gpu.reward")
+    from rewardkit.cli import main
+
+    main(["plugins"])
+    out = capsys.readouterr().out
+    assert "    ERROR: register_rewards failed: RuntimeError: no GPU\n" in out
+    assert "    ERROR: register_datasets failed: ValueError: bad data dir\n" in out
+
+
+def test_disabled_plugins_are_blocked_in_the_plugin_manager():
+    """By plugin name or distribution name; '*' blocks everything but rewardkit's own distribution. A blocked
+    plugin's hooks are never called, and it is listed as disabled."""
+    called = []
+    mod = plugin("extra", register_rewards=lambda register: called.append("extra"))
+    r = Registry(entry_points=False, disabled=["dist_extra"])  # names are compared with -, _ and . alike
+    info = r.add_plugin(mod, "extra", dist="dist-extra")
+    kept = r.add_plugin(plugin("own", register_rewards=lambda register: register("ones", ones)), dist="rewardkit")
+    assert r.names("rewards") == ["ones"] and called == [] and info.disabled and not kept.disabled
+    assert r._pm.is_blocked("extra")
+    with pytest.raises(PluginError, match="disabled by REWARDKIT_DISABLE_PLUGINS: extra"):
+        r.get("rewards", "extra.reward")
+    star = Registry(entry_points=False, disabled=["*"])
+    assert star.add_plugin(mod, "extra", dist="dist-extra").disabled
+    assert not star.add_plugin(plugin("own"), "own", dist="rewardkit").disabled
+    by_name = Registry(entry_points=False, disabled=["extra"])
+    by_name.add_plugin(mod, "extra", dist="dist-extra")
+    assert by_name.names("rewards") == [] and called == []
+
+
+def test_one_plugin_manager_holds_every_plugin(fresh_registry):
+    fresh_registry.add_plugin(plugin("a", register_rewards=lambda register: register("ra", ones)), dist="dist-a")
     fresh_registry.names("rewards")
-    assert info.error and "register_reward" in info.error
+    fresh_registry.add_plugin(plugin("b", register_rewards=lambda register: register("rb", ones)), dist="dist-b")
+    assert fresh_registry._pm.list_name_plugin() and {n for n, _ in fresh_registry._pm.list_name_plugin()} == {"a", "b"}
+    assert fresh_registry.get("rewards", "rb").dist == "dist-b" and fresh_registry.get("rewards", "ra").dist == "dist-a"
+
+
+def test_plugin_name_taken_by_two_distributions_is_an_error_naming_both(fresh_registry):
+    fresh_registry.add_plugin(plugin("p", register_rewards=lambda register: register("first", ones)), "shared",
+                              dist="dist-a", version="1.0")
+    second = fresh_registry.add_plugin(plugin("q", register_rewards=lambda register: register("second", ones)),
+                                       "shared", dist="dist-b", version="2.0")
+    assert fresh_registry.names("rewards") == ["first"]
+    assert second.errors == ["plugin name 'shared' is registered by plugin 'shared' (dist-a 1.0) and by plugin "
+                             "'shared' (dist-b 2.0); uninstall one or disable it with REWARDKIT_DISABLE_PLUGINS"]
 
 
 def test_hook_that_raises_is_reported(fresh_registry):
@@ -112,7 +185,7 @@ def test_none_means_unjudged_and_passes_through(fresh_registry):
 
 def test_builtin_plugin_registers_every_kind(builtin_registry):
     assert "exact_match" in builtin_registry.names("rewards")
-    assert {"k1", "k2", "k3", "low_var_kl", "abs"} <= set(builtin_registry.names("kl_estimators"))
+    assert set(builtin_registry.names("kl_estimators")) == set(ESTIMATORS)
     assert {"sft", "grpo", "dpo"} <= set(builtin_registry.names("trainers"))
     assert "arithmetic" in builtin_registry.names("datasets") and "tiny-llama" in builtin_registry.names("models")
 
@@ -248,3 +321,34 @@ def test_environments_are_listed_by_the_plugins_command(env_registry, capsys):
     main(["plugins"])
     out = capsys.readouterr().out
     assert "dist-envs 0" in out and "environments: counter, counter.lazy, no_reset, builds_nothing_usable" in out
+
+
+def _installed(monkeypatch, tmp_path, name, version, entry_points_txt):
+    """A distribution's metadata on disk, its entry points added to what the registry discovers."""
+    from importlib import metadata
+
+    from rewardkit import registry as reg
+
+    info = tmp_path / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(entry_points_txt)
+    extra = list(metadata.PathDistribution(info).entry_points)
+    real = metadata.entry_points
+    monkeypatch.setattr(reg.metadata, "entry_points",
+                        lambda group: list(real(group=group)) + [ep for ep in extra if ep.group == group])
+
+
+def test_reward_entry_point_takes_the_plugin_road_lazily_and_can_be_blocked(monkeypatch, tmp_path):
+    _installed(monkeypatch, tmp_path, "shout-reward", "1.2.3", "[rewardkit.rewards]\nshout = no_such_shout_mod:shout\n")
+    r = Registry(disabled=[])
+    [info] = [p for p in r.plugins() if p.dist == "shout-reward"]
+    assert (info.group, info.version, info.registered, info.errors) == ("rewardkit.rewards", "1.2.3",
+                                                                        {"rewards": ["shout"]}, [])
+    assert r.get("rewards", "shout").provider == "plugin 'shout' (shout-reward 1.2.3)"  # listed, not imported
+    with pytest.raises(PluginError, match=r"'shout' from plugin 'shout' \(shout-reward 1.2.3\).*no_such_shout_mod"):
+        r.build_reward("shout")
+    blocked = Registry(disabled=["shout-reward"])
+    [info] = [p for p in blocked.plugins() if p.dist == "shout-reward"]
+    assert info.disabled and blocked._pm.is_blocked(info.key) and "shout" not in blocked.names("rewards")
+    assert "exact_match" in blocked.names("rewards")  # the others still load

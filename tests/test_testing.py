@@ -1,5 +1,6 @@
 """rewardkit.testing: check_reward catches each broken contract; the pytest plugin provides the fixtures."""
 
+import os
 import random
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def test_random_reward_needs_deterministic_false():
 
 
 def test_pytest_plugin_is_installed_and_gives_fixtures(tmp_path):
+    """The fixtures hold what a test adds, whatever the developer's REWARDKIT_DISABLE_PLUGINS says."""
     (tmp_path / "test_inner.py").write_text(
         "from rewardkit import registry\n"
         "def test_fresh(fresh_registry):\n"
@@ -78,6 +80,7 @@ def test_pytest_plugin_is_installed_and_gives_fixtures(tmp_path):
         "    assert 'exact_match' in builtin_registry.names('rewards')\n")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
                           f"--basetemp={tmp_path / 'inner'}", str(tmp_path / "test_inner.py")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "REWARDKIT_DISABLE_PLUGINS": "builtin"})
     assert out.returncode == 0, out.stdout[-2000:]
     assert "2 passed" in out.stdout
