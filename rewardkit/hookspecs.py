@@ -124,8 +124,8 @@ def register_kl_estimators(register) -> None:
     ``register(name, fn, *, description=None)`` where ``fn(logp, ref_logp) -> kl`` takes two tensors of the
     same shape, ``(B, T)``: log-probabilities of the *sampled* tokens under the policy being trained and
     under the reference, and returns the per-token KL estimate, same shape, differentiable with respect to
-    ``logp``. ``fn`` may be a ``"module:attribute"`` string. Built-ins: ``k1``, ``k2``, ``k3``,
-    ``low_var_kl``, ``k3_plus``, ``abs`` (see :mod:`rewardkit.algorithms.kl`). A trainer uses it with
+    ``logp``. ``fn`` may be a ``"module:attribute"`` string. The built-ins are rewardkit's
+    :data:`rewardkit.algorithms.kl.ESTIMATORS` (``rewardkit plugins`` lists them). A trainer uses it with
     ``kl_placement: loss`` (differentiated, times the token ratio); in the reward only ``k1`` is accepted, since a
     detached penalty regularises only when E[∇k] = 0 (the module's docstring has the measurements).
     """

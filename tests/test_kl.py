@@ -1,6 +1,7 @@
 """KL estimators (bias, non-negativity, gradients), the registry road for a third-party estimator, and the
 KL controllers, against exact values on small categorical distributions."""
 
+import re
 import types
 
 import pytest
@@ -89,11 +90,18 @@ def test_gradients_where_expected():
 def test_every_builtin_is_registered_and_differentiable():
     reg = Registry(entry_points=False)
     reg.add_plugin(rewardkit.builtin, "builtin", dist="rewardkit")
-    assert set(reg.names("kl_estimators")) == {"k1", "k2", "k3", "low_var_kl", "k3_plus", "abs"}
+    assert set(reg.names("kl_estimators")) == set(kl.ESTIMATORS)
     for name in reg.names("kl_estimators"):
         logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
         out = reg.kl_estimator(name)(logp, torch.tensor([[-1.5, -1.0]]))
         assert out.shape == (1, 2) and out.requires_grad
+
+
+def test_the_docstring_table_lists_exactly_the_builtins():
+    lines = kl.__doc__.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=====")]  # above, below the header; closing
+    rows = [re.match(r"[a-z][a-z0-9_]*", line).group(0) for line in lines[rules[1] + 1:rules[2]] if line[:1].isalpha()]
+    assert rows == list(kl.ESTIMATORS)
 
 
 def test_k3_plus_has_k3s_value_and_k2s_gradient():

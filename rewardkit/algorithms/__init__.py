@@ -1,7 +1,7 @@
 """The algorithms' arithmetic as pure functions on tensors: no model, no trainer, no TRL; each unit-tested.
 
 - ``masked``: masked means, variance, whitening, global (all-process) means, KL(old‖new)
-- ``kl``: per-token KL(π‖π_ref) estimators (k1, k2, k3, low_var_kl, k3_plus, abs) and the β controllers
+- ``kl``: per-token KL(π‖π_ref) estimators (their names: ``kl.ESTIMATORS``) and the β controllers
 - ``ppo``: per-token rewards, GAE, the clipped policy and value losses (``trainer: ppo``)
 - ``grpo_is``: importance weights, clip masks, TRL's loss aggregations, epoch reshuffles (``trainer: grpo_is``)
 """

@@ -99,6 +99,8 @@ def abs_kl(logp, ref_logp):
     return (logp - ref_logp).abs()
 
 
+# The built-in estimators, name -> ("module:function", one line): the one list of their names. The builtin plugin
+# registers these; the config help, the hook docs and the tests derive theirs from it.
 ESTIMATORS = {
     "k1": ("rewardkit.algorithms.kl:k1", "log-ratio; unbiased, high variance, can be negative"),
     "k2": ("rewardkit.algorithms.kl:k2", "half squared log-ratio; biased, low variance, non-negative"),
@@ -109,6 +111,9 @@ ESTIMATORS = {
 }
 # The one estimator whose detached value, put into the reward, penalises KL(π‖π_ref) (module docstring).
 REWARD_ESTIMATORS = ("k1",)
+# As a loss term, those whose expected gradient is ∇KL(π‖π_ref): with TRL's ratio correction ρ (True) and without
+# (False); the others are biased (module docstring; tests/test_kl_gradients.py measures every pair).
+LOSS_UNBIASED = {True: ("k1", "k3", "low_var_kl"), False: ("k2", "k3_plus")}
 KL_PLACEMENTS = ("reward", "loss")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from rewardkit.algorithms.kl import LOSS_UNBIASED, REWARD_ESTIMATORS
 from rewardkit.algorithms.ppo import LOSS_AGGREGATIONS
 from rewardkit.trainers.rollout_kl import RolloutKLConfig
 
@@ -29,9 +30,10 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
         "help": "Initial KL coefficient β of the per-token reward penalty −β·KL(π‖π_ref) (Ziegler et al. 2019); "
                 "0 without beta_target: no reference model is used."})
     kl_estimator: str = field(default="k1", metadata={
-        "help": "Registered per-token estimator of KL(π_θ‖π_ref). With kl_placement: reward (the default) only k1 "
-                "regularises (rewardkit/algorithms/kl.py); with kl_placement: loss, k3 or low_var_kl (with "
-                "use_bias_correction_kl) or k2/k3_plus (without)."})
+        "help": f"Registered per-token estimator of KL(π_θ‖π_ref). With kl_placement: reward (the default) only "
+                f"{'/'.join(REWARD_ESTIMATORS)} regularises (rewardkit/algorithms/kl.py); with kl_placement: loss, "
+                f"{'/'.join(LOSS_UNBIASED[True])} (with use_bias_correction_kl) or {'/'.join(LOSS_UNBIASED[False])} "
+                f"(without)."})
     kl_placement: str = field(default="reward", metadata={
         "help": "'reward': −β·k1 on every token's reward, detached (Ziegler et al. 2019); 'loss': β·k·ρ added to "
                 "the loss, aggregated like the policy term (ρ = π_θ/π_old per token when use_bias_correction_kl)."})
