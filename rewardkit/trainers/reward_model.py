@@ -10,7 +10,7 @@ from __future__ import annotations
 from trl import RewardTrainer
 
 from rewardkit import models
-from rewardkit.builtin.rewards import pair_texts, score_texts
+from rewardkit.reward_scoring import pair_texts, score_texts
 from rewardkit.trainers.base import HeldOutMetrics
 from rewardkit.trainers.trl_stages import _TRLStage
 
