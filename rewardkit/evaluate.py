@@ -8,11 +8,9 @@ import math
 from collections import Counter
 
 from rewardkit.hookspecs import REWARD_ANSWER_EXTRACTOR as EXTRACTOR  # documented in register_rewards
+from rewardkit.recipe_schema import Eval
 
-K_KEYS = ("pass_k", "maj_k")
-
-
-def generate(model, tokenizer, prompts: list, max_new_tokens: int = 16, batch_size: int = 64,
+def generate(model, tokenizer, prompts: list, max_new_tokens: int = Eval.max_new_tokens, batch_size: int = Eval.batch_size,
              temperature: float | None = None) -> list[str]:
     """Decode greedily (or sample at ``temperature``), batched with left padding; only the new text."""
     import torch  # noqa: PLC0415
@@ -169,8 +167,9 @@ def k_metrics(reward_fn, completions: list[str], scores: list[float | None], sam
     return out
 
 
-def evaluate(model, tokenizer, dataset, reward_fn, max_new_tokens: int = 16, batch_size: int = 64,
-             n: int | None = None, samples: int = 0, temperature: float = 1.0, pass_k: list[int] | None = None,
+def evaluate(model, tokenizer, dataset, reward_fn, max_new_tokens: int = Eval.max_new_tokens,
+             batch_size: int = Eval.batch_size, n: int | None = None, samples: int = Eval.samples,
+             temperature: float = Eval.temperature, pass_k: list[int] | None = None,
              maj_k: list[int] | None = None, correct_at: float | None = None) -> dict:
     """Mean reward of greedy completions on ``dataset`` (first ``n`` rows); unjudged samples counted apart.
 
@@ -201,36 +200,13 @@ def evaluate(model, tokenizer, dataset, reward_fn, max_new_tokens: int = 16, bat
 
 
 # --------------------------------------------------------------------------- the recipe's keys
-def check(section: dict, where: str = "eval") -> list[str]:
-    """``pass_k`` and ``maj_k``: distinct whole numbers from 1 to ``samples``. A bad list is reported and dropped."""
-    problems = []
-    samples = section.get("samples") or 0
-    for key in K_KEYS:
-        ks = section.get(key)
-        if ks is None:
-            continue
-        bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
-        what = key.replace("_k", "@k")
-        if bad:
-            problems.append(f"{where}.{key}: expected whole numbers of samples, each at least 1, got {bad[0]!r}")
-        elif len(set(ks)) != len(ks):
-            problems.append(f"{where}.{key}: {sorted(k for k in set(ks) if ks.count(k) > 1)} listed twice")
-        elif ks and max(ks) > samples:
-            problems.append(f"{where}.{key}: {max(ks)} is more than {where}.samples ({samples}); {what} needs at "
-                            f"least k sampled completions per prompt (set {where}.samples: {max(ks)} or more)")
-        else:
-            continue
-        del section[key]
-    return problems
-
-
-def check_threshold(section: dict, registry, where: str = "eval") -> list[str]:
-    """``correct_at`` inside the range the eval reward declares (``score_range``), when it declares one: at or below
-    the bottom every sample is correct, above the top none is."""
+def check_threshold(section, registry, where: str = "eval") -> list[str]:
+    """``correct_at`` of the ``eval`` section (rewardkit.recipe_schema.Eval) inside the range the eval reward
+    declares (``score_range``), when it declares one: at or below the bottom every sample is correct, above the top
+    none is. (pass_k and maj_k are checked by the section's own declaration.)"""
     from rewardkit.errors import PluginError  # noqa: PLC0415
 
-    correct_at, reward = section.get("correct_at"), section.get("reward")
-    reward = reward.get("name") if isinstance(reward, dict) else reward
+    correct_at, reward = section.correct_at, section.reward.name if section.reward else None
     if correct_at is None or not isinstance(reward, str):
         return []
     try:

@@ -31,32 +31,13 @@ line with the step and the numbers, and with the stage's rollout log the latest 
 
 from __future__ import annotations
 
-import difflib
-import json
+import functools
 import os
 from dataclasses import dataclass, field
 
 from rewardkit.errors import RewardkitError
+from rewardkit.recipe_schema import ALARMS, Monitor  # noqa: F401 - ALARMS: the checks, named where they are declared
 
-ALARMS = ("length_drift", "reward_dominance", "kl_acceleration", "entropy_collapse", "zero_variance_groups",
-          "reward_up_eval_down")
-# key -> (types, help, default). The recipe's `monitor:` schema (rewardkit.recipe checks it) and its defaults.
-MONITOR_KEYS = {
-    "enabled": (bool, "watch this stage (default true for RL stages)", True),
-    "window": (int, "logged records averaged for 'at the start' and 'now' (default 2)", 2),
-    "length_ratio": ((int, float), "length_drift: now/start at or beyond this factor either way (default 2.0)", 2.0),
-    "dominance": ((int, float), "reward_dominance: a component's share of the weighted total (default 0.9)", 0.9),
-    "kl_growth": ((int, float), "kl_acceleration: growth factor of KL over one window (default 2.0)", 2.0),
-    "kl_min": ((int, float), "kl_acceleration: only once KL is at least this (default 0.01)", 0.01),
-    "entropy_ratio": ((int, float), "entropy_collapse: entropy now / at the start at most this (default 0.1)", 0.1),
-    "zero_std_rise": ((int, float), "zero_variance_groups: rise of their share since the start (default 0.5)", 0.5),
-    "eval_every": (int, "steps between held-out evaluations while training (default: max_steps/10 when the "
-                        "recipe has eval; 0: off)", None),
-    "eval_n": (int, "held-out rows per evaluation while training (default 128)", 128),
-    "eval_drop": ((int, float), "reward_up_eval_down: drop of the held-out score from its best (default 0.1)",
-                  0.1),
-    "stop_on": (list, "alarms that stop the run, checkpoint kept (default: none)", []),
-}
 LENGTH, ZERO_STD, REWARD = "completions/mean_length", "frac_reward_zero_std", "reward"
 # Under dynamic sampling the trained groups carry signal by construction: the alarm reads what was generated.
 ZERO_STD_KEYS = ("dynamic_sampling/generated_frac_reward_zero_std", ZERO_STD)
@@ -69,39 +50,11 @@ class HealthStop(RewardkitError):
     """The monitor stopped a stage on an alarm listed in ``monitor.stop_on``."""
 
 
-def check_config(section, where: str, problems: list[str]) -> None:
-    """Value checks of a ``monitor:`` section (keys and types are checked by the recipe's schema)."""
-    if not isinstance(section, dict):
-        return
-
-    def number(key, ok, what):
-        v = section.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not ok(v):
-            problems.append(f"{where}.{key}: {what}, got {v!r}")
-
-    number("window", lambda v: v >= 1, "must be at least 1")
-    number("length_ratio", lambda v: v > 1, "must be above 1 (a factor of change)")
-    number("dominance", lambda v: 0.5 < v <= 1, "must be in (0.5, 1]")
-    number("kl_growth", lambda v: v > 1, "must be above 1 (a growth factor)")
-    number("kl_min", lambda v: v >= 0, "must be at least 0")
-    number("entropy_ratio", lambda v: 0 < v < 1, "must be in (0, 1)")
-    number("zero_std_rise", lambda v: 0 < v <= 1, "must be in (0, 1]")
-    number("eval_every", lambda v: v >= 0, "must be at least 0 (0: off)")
-    number("eval_n", lambda v: v >= 1, "must be at least 1")
-    number("eval_drop", lambda v: 0 < v <= 1, "must be in (0, 1]")
-    stop_on = section.get("stop_on") if isinstance(section.get("stop_on"), list) else []
-    for i, name in enumerate(stop_on):
-        if name not in ALARMS:
-            close = difflib.get_close_matches(str(name), ALARMS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; alarms: {', '.join(ALARMS)}"
-            problems.append(f"{where}.stop_on[{i}]: unknown alarm {name!r}{hint}")
-
-
-def resolve(section: dict | None) -> dict:
-    """Defaults filled in: the monitor configuration of a stage."""
-    cfg = {k: default for k, (_, _, default) in MONITOR_KEYS.items()}
-    cfg.update({k: v for k, v in (section or {}).items() if v is not None})
-    return cfg
+def resolve(section: Monitor | dict | None) -> Monitor:
+    """A stage's monitor configuration: its ``Monitor`` section, or one built from a mapping (defaults filled)."""
+    if isinstance(section, Monitor):
+        return section
+    return Monitor(**{k: tuple(v) if isinstance(v, list) else v for k, v in (section or {}).items() if v is not None})
 
 
 # --------------------------------------------------------------------------- the checks (pure functions)
@@ -217,7 +170,7 @@ def _first(logs: dict, keys) -> float | None:
 class HealthMonitor:
     """Collects logged records, runs the checks, and remembers the alarms (framework-free: see ``callback``)."""
 
-    config: dict
+    config: Monitor
     weights: dict[str, float]  # reward alias -> weight
     series: dict[str, list[float]] = field(default_factory=dict)
     share_history: list[dict[str, float]] = field(default_factory=list)
@@ -244,13 +197,13 @@ class HealthMonitor:
         s = shares(means, self.weights) if len(means) == len(self.weights) else None
         if s is not None:
             self.share_history.append(s)
-        c, w = self.config, self.config["window"]
+        c, w = self.config, self.config.window
         found = {
-            "length_drift": length_drift(self.series.get("length", []), w, c["length_ratio"]),
-            "reward_dominance": reward_dominance(self.share_history, w, c["dominance"]),
-            "kl_acceleration": kl_acceleration(self.series.get("kl", []), w, c["kl_growth"], c["kl_min"]),
-            "entropy_collapse": entropy_collapse(self.series.get("entropy", []), w, c["entropy_ratio"]),
-            "zero_variance_groups": zero_variance_groups(self.series.get("zero_std", []), w, c["zero_std_rise"]),
+            "length_drift": length_drift(self.series.get("length", []), w, c.length_ratio),
+            "reward_dominance": reward_dominance(self.share_history, w, c.dominance),
+            "kl_acceleration": kl_acceleration(self.series.get("kl", []), w, c.kl_growth, c.kl_min),
+            "entropy_collapse": entropy_collapse(self.series.get("entropy", []), w, c.entropy_ratio),
+            "zero_variance_groups": zero_variance_groups(self.series.get("zero_std", []), w, c.zero_std_rise),
         }
         return self._settle(step, found)
 
@@ -258,8 +211,8 @@ class HealthMonitor:
         rewards = self.series.get("reward", [])
         if not rewards or score != score:  # no training reward logged yet, or a NaN score (nothing judged)
             return []
-        self.evals.append((step, score, _mean(rewards[-self.config["window"]:])))
-        hit = reward_up_eval_down(self.evals, self.config["window"], self.config["eval_drop"])
+        self.evals.append((step, score, _mean(rewards[-self.config.window:])))
+        hit = reward_up_eval_down(self.evals, self.config.window, self.config.eval_drop)
         return self._settle(step, {"reward_up_eval_down": hit})
 
     def _settle(self, step: int, found: dict) -> list[dict]:
@@ -271,7 +224,7 @@ class HealthMonitor:
         return new
 
     def should_stop(self, new: list[dict]) -> dict | None:
-        hit = next((a for a in new if a["alarm"] in (self.config.get("stop_on") or [])), None)
+        hit = next((a for a in new if a["alarm"] in self.config.stop_on), None)
         if hit is not None and self.stopped is None:
             self.stopped = hit
         return hit
@@ -289,7 +242,7 @@ class HealthMonitor:
         return {"alarms": self.alarms, "checks": self.watched(), "stopped_by": self.stopped}
 
 
-def replay(records: list[dict], config: dict | None = None, weights: dict[str, float] | None = None) -> HealthMonitor:
+def replay(records: list[dict], config: Monitor | dict | None = None, weights: dict[str, float] | None = None) -> HealthMonitor:
     """Run the checks over a finished run's ``log.jsonl`` records (``python -m rewardkit.monitor LOG``)."""
     if weights is None:
         names = {k.split("/")[1] for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}
@@ -318,28 +271,25 @@ def build_evaluator(ctx, n: int):
 
     Runs under a forked RNG, so training draws the same random numbers with and without it."""
     ev = ctx.recipe.eval
-    split = (ev or {}).get("split", "test")
-    if not ev or not ctx.spec.evaluate or split not in ctx.dataset:
+    if not ev or not ctx.spec.evaluate or ev.split not in ctx.dataset:
         return None
+    fn = ctx.registry.build_reward(ev.reward.name, ev.reward.params, alias="eval")
+    rows = ctx.dataset[ev.split].select(range(min(n, len(ctx.dataset[ev.split]))))
+    return functools.partial(_heldout_score, ctx.tokenizer, rows, fn, ev)
+
+
+def _heldout_score(tokenizer, rows, fn, ev, model) -> float:
+    import torch  # noqa: PLC0415
+
     from rewardkit.evaluate import evaluate  # noqa: PLC0415
 
-    block = ev["reward"] if isinstance(ev["reward"], dict) else {"name": ev["reward"]}
-    fn = ctx.registry.build_reward(block["name"], block.get("params") or {}, alias="eval")
-    rows = ctx.dataset[split].select(range(min(n, len(ctx.dataset[split]))))
-
-    def run(model) -> float:
-        import torch  # noqa: PLC0415
-
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        side = ctx.tokenizer.padding_side
-        try:
-            with torch.random.fork_rng(devices=devices):
-                return evaluate(model, ctx.tokenizer, rows, fn, ev.get("max_new_tokens", 16),
-                                ev.get("batch_size", 64))["score"]
-        finally:
-            ctx.tokenizer.padding_side = side
-
-    return run
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    side = tokenizer.padding_side
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return evaluate(model, tokenizer, rows, fn, ev.max_new_tokens, ev.batch_size)["score"]
+    finally:
+        tokenizer.padding_side = side
 
 
 def examples(alarm: str, recent, n: int = 3) -> list[dict]:
@@ -358,71 +308,22 @@ def examples(alarm: str, recent, n: int = 3) -> list[dict]:
 
 
 def make_callback(monitor: HealthMonitor, evaluate, log_path: str, stage: str, rollout_log=None, report=None):
-    """The ``transformers.TrainerCallback`` that feeds ``monitor`` and stops training on ``stop_on`` alarms; with
-    the stage's ``rollout_log`` each alarm carries the logged completions that show it (``examples``); with
-    ``report`` (rewardkit.report) held-out scores and alarms also go to the trainer's ``report_to`` backends."""
-    from transformers import TrainerCallback  # noqa: PLC0415
+    """The ``transformers.TrainerCallback`` (rewardkit.callbacks.HealthCallback) that feeds ``monitor`` and stops
+    training on ``stop_on`` alarms; with the stage's ``rollout_log`` each alarm carries the logged completions that
+    show it (``examples``); with ``report`` (rewardkit.report) held-out scores and alarms also go to the trainer's
+    ``report_to`` backends."""
+    from rewardkit.callbacks import HealthCallback  # noqa: PLC0415 - transformers, only when training
 
-    report = report or (lambda metrics: None)
-
-    class HealthCallback(TrainerCallback):
-        every = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            every = monitor.config["eval_every"]
-            self.every = (max(1, state.max_steps // 10) if every is None else every) if evaluate else 0
-            if state.global_step > 0 and not monitor.alarms:  # resumed: what the kept log says happened
-                for row in read_log(log_path, state.global_step):
-                    self._observe(int(row.get("step", 0)), row)
-                monitor.stopped = None
-
-        def _observe(self, step, row):
-            new = monitor.observe(step, row)
-            if isinstance(row.get(EVAL_KEY), (int, float)):
-                new += monitor.observe_eval(step, float(row[EVAL_KEY]))
-            return new
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if self.every and state.global_step % self.every == 0 and model is not None:
-                score = evaluate(model)
-                if state.is_world_process_zero:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": state.global_step, EVAL_KEY: score}) + "\n")
-                report({"rewardkit/heldout_score": score})
-                self._act(monitor.observe_eval(state.global_step, score), state, control)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            self._act(monitor.observe(state.global_step, logs or {}), state, control)
-
-        def _act(self, new, state, control):
-            for alarm in new:
-                report({f"rewardkit/alarm/{alarm['alarm']}": 1.0})
-                if rollout_log is not None and rollout_log.recent:
-                    alarm["examples"] = examples(alarm["alarm"], rollout_log.recent)
-                if state.is_world_process_zero:
-                    print(f"[rewardkit] health: {format_alarm(stage, alarm)}", flush=True)
-                    for ex in alarm.get("examples", [])[:2]:
-                        print(f"[rewardkit] health:   step {ex['step']} reward {ex['reward']} length {ex['length']}: "
-                              f"{ex['completion'][:120]!r}", flush=True)
-            hit = monitor.should_stop(new)
-            if hit is not None:
-                control.should_save = True  # the checkpoint is written right after this step's log
-                control.should_training_stop = True
-                if state.is_world_process_zero:
-                    print(f"[rewardkit] health: stopping at step {state.global_step} on {hit['alarm']} "
-                          f"(monitor.stop_on); a checkpoint is saved", flush=True)
-
-    return HealthCallback()
+    return HealthCallback(monitor, evaluate, log_path, stage, rollout_log, report)
 
 
 def attach(trainer, ctx) -> HealthMonitor | None:
     """Add the monitor to an RL stage's trainer (``trainer.health_monitor``) unless ``monitor.enabled`` is false."""
     cfg = resolve(getattr(ctx.spec, "monitor", None))
-    if not cfg["enabled"]:
+    if not cfg.enabled:
         return None
     monitor = HealthMonitor(cfg, {b.alias: b.weight for b in ctx.spec.rewards})
-    evaluate = build_evaluator(ctx, cfg["eval_n"]) if cfg["eval_every"] != 0 and trainer.args.world_size == 1 \
-        else None
+    evaluate = build_evaluator(ctx, cfg.eval_n) if cfg.eval_every != 0 and trainer.args.world_size == 1 else None
     trainer.add_callback(make_callback(monitor, evaluate, os.path.join(ctx.output_dir, "log.jsonl"), ctx.spec.name,
                                        getattr(trainer, "rollout_log", None), getattr(ctx, "report", None)))
     trainer.health_monitor = monitor

@@ -39,21 +39,19 @@ def _require_split(dataset, split: str, where: str, source: str | None = None) -
 
 
 def _evaluator(recipe, registry):
-    if not recipe.eval:
+    """``run(model, tokenizer, dataset, split, n, samples, where)``: the recipe's ``eval`` section
+    (rewardkit.recipe_schema.Eval) applied to a model, or None without one."""
+    ev = recipe.eval
+    if not ev:
         return None
     from rewardkit.evaluate import evaluate  # noqa: PLC0415
 
-    block = recipe.eval["reward"]
-    block = block if isinstance(block, dict) else {"name": block}
-    fn = registry.build_reward(block["name"], block.get("params") or {}, alias="eval")
-    split = recipe.eval.get("split", "test")
+    fn = registry.build_reward(ev.reward.name, ev.reward.params, alias="eval")
 
-    def run(model, tokenizer, dataset, split=split, n=recipe.eval.get("n"), samples=recipe.eval.get("samples", 0),
-            where="eval.split"):
+    def run(model, tokenizer, dataset, split=ev.split, n=ev.n, samples=ev.samples, where="eval.split"):
         _require_split(dataset, split, where)
-        return evaluate(model, tokenizer, dataset[split], fn, recipe.eval.get("max_new_tokens", 16),
-                        recipe.eval.get("batch_size", 64), n, samples, recipe.eval.get("temperature", 1.0),
-                        recipe.eval.get("pass_k"), recipe.eval.get("maj_k"), recipe.eval.get("correct_at"))
+        return evaluate(model, tokenizer, dataset[split], fn, ev.max_new_tokens, ev.batch_size, n, samples,
+                        ev.temperature, ev.pass_k, ev.maj_k, ev.correct_at)
 
     return run
 
@@ -93,11 +91,10 @@ def _early_stop(spec, evaluate, tokenizer, dataset, out_dir, ckpt, log, report=N
     from rewardkit import stopping  # noqa: PLC0415
 
     block, where = spec.early_stop, f"stages.{spec.name}.early_stop.split"
-    split = block.get("split", "validation")
-    _require_split(dataset, split, where)  # before training starts, not at the first evaluation
+    _require_split(dataset, block.split, where)  # before training starts, not at the first evaluation
 
     def score(model):
-        return evaluate(model, tokenizer, dataset, split=split, n=block.get("n"), samples=0, where=where)["score"]
+        return evaluate(model, tokenizer, dataset, split=block.split, n=block.n, samples=0, where=where)["score"]
 
     return stopping.callback(block, score, lambda msg: log(f"stage '{spec.name}' early_stop: {msg}"),
                              os.path.join(out_dir, "early_stop.json"), ckpt[0] if ckpt else None, report)
@@ -163,8 +160,8 @@ class _Run:
         if problems:
             raise RecipeError(problems, source=self.recipe.path)
         if self.evaluate and splits(self.recipe.data, self.registry) is None:  # not declared: load it to know
-            _require_split(self.data.get(self.recipe.data, "data"), self.recipe.eval.get("split", "test"),
-                           "eval.split", self.recipe.path)
+            _require_split(self.data.get(self.recipe.data, "data"), self.recipe.eval.split, "eval.split",
+                           self.recipe.path)
         if resume == "never" and self.dist.main:
             state.clear_previous(self.recipe)
         self.dist.barrier()
@@ -399,7 +396,7 @@ def print_summary(summary: dict, recipe, registry=None) -> None:
         n = summary["eval"][0]["n"]
         sampled = "sampled_score" in summary["eval"][0]
         ks = k_columns(summary["eval"])  # pass@k, maj@k: beside sampled accuracy, from the same samples
-        head = f"held-out score ({recipe.eval.get('split', 'test')}, {n} examples):  greedy"
+        head = f"held-out score ({recipe.eval.split}, {n} examples):  greedy"
         if sampled:
             row0 = summary["eval"][0]
             head += f"       sampled ({row0['samples']} per prompt, temperature {row0['temperature']})"

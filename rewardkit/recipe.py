@@ -11,21 +11,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import os
 import string
 from dataclasses import dataclass
 from typing import Any
 
 from rewardkit import evaluate as _evaluate
-from rewardkit import monitor as _monitor
 from rewardkit import run_state, values
 from rewardkit.errors import PluginError, RecipeError
 from rewardkit.recipe_file import apply_overrides, load_yaml, not_a_file
-from rewardkit.recipe_schema import (DATA_KEYS, DATA_RANGES, EVAL_KEYS, EVAL_RANGES, FAULT_KEYS, MODEL_KEYS,
-                                     MONITOR_KEYS, QUANT_KEYS, REWARD_KEYS, STAGE_KEYS, TOP_KEYS, TOP_RANGES)
+from rewardkit.recipe_schema import (Data, EarlyStop, Eval, FaultPolicy, Model, Monitor, Quantization, Reward,
+                                     RolloutLog, Stage, Top)
 from rewardkit.registry import Registry, get_registry
-from rewardkit.reward_checks import FaultPolicy
+from rewardkit.values import check_keys, check_section
 
 # --------------------------------------------------------------------------- normalized recipe
 @dataclass
@@ -45,10 +43,11 @@ class StageSpec:
     model: dict
     data: dict
     evaluate: bool
-    reward_faults: dict = dataclasses.field(default_factory=dict)  # rewardkit.registry.FaultPolicy fields
-    early_stop: dict | None = None  # rewardkit.stopping: {every, split, n, target, patience, min_delta}
-    monitor: dict = dataclasses.field(default_factory=dict)  # rewardkit.monitor keys; defaults filled there
-    rollout_log: dict = dataclasses.field(default_factory=dict)  # rewardkit.rollout_log keys; defaults filled there
+    # rewardkit's own sections, declared in rewardkit.recipe_schema: the recipe's merged under the stage's
+    reward_faults: FaultPolicy = dataclasses.field(default_factory=FaultPolicy)
+    early_stop: EarlyStop | None = None
+    monitor: Monitor = dataclasses.field(default_factory=Monitor)
+    rollout_log: RolloutLog = dataclasses.field(default_factory=RolloutLog)
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Recipe:
     model: dict
     data: dict
     stages: list[StageSpec]
-    eval: dict | None
+    eval: Eval | None
     raw: dict
 
     def resolve_path(self, p: str) -> str:
@@ -71,37 +70,6 @@ class Recipe:
         return candidate if os.path.exists(candidate) or not os.path.exists(p) else p
 
 
-def _check_keys(section: Any, schema: dict, where: str, problems: list[str], ranges: dict | None = None) -> dict:
-    """Report unknown keys, values of the wrong type (NaN and infinity are not numbers here) and numbers out of
-    their ``ranges`` (key -> (test, what it must be)); return the section without them, so later checks only see
-    values of the declared types and ranges."""
-    if not isinstance(section, dict):
-        problems.append(f"{where}: expected a mapping, got {type(section).__name__}")
-        return {}
-    clean = {}
-    for key, value in section.items():
-        if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(schema)}"
-            problems.append(f"{where}.{key}: unknown key{hint}")
-            continue
-        types, _ = schema[key]
-        types = types if isinstance(types, tuple) else (types,)
-        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-            names = " or ".join(t.__name__ for t in types)
-            problems.append(f"{where}.{key}: expected {names}, got {type(value).__name__} ({value!r:.40})")
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{where}.{key}: expected a finite number, got {value!r}")
-            continue
-        test, what = (ranges or {}).get(key, (None, ""))
-        if test and isinstance(value, (int, float)) and not isinstance(value, bool) and not test(value):
-            problems.append(f"{where}.{key}: {what}, got {value!r}")
-            continue
-        clean[key] = value
-    return clean
-
-
 def _merge(base: dict, over: dict | None) -> dict:
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
@@ -109,23 +77,11 @@ def _merge(base: dict, over: dict | None) -> dict:
     return out
 
 
-def _check_fault_keys(section: Any, where: str, problems: list[str]) -> dict:
-    if not isinstance(section, dict):
-        return {}  # the type error is reported by the enclosing section's check
-    section = _check_keys(section, FAULT_KEYS, where, problems)
-    problems.extend(f"{where}.{p}" for p in FaultPolicy.problems(section))
-    return section
-
-
-def _check_data_keys(section: Any, where: str, problems: list[str]) -> dict:
-    data = _check_keys(section, DATA_KEYS, where, problems, DATA_RANGES)
-    rename = data.get("rename")
-    if isinstance(rename, dict):
-        bad = [f"{k!r}: {v!r:.40}" for k, v in rename.items() if not (isinstance(k, str) and isinstance(v, str))]
-        if bad:
-            problems.append(f"{where}.rename: expected {{old column: new column}} names, got {', '.join(bad)}")
-            del data["rename"]
-    return data
+def _model_keys(section: Any, where: str, problems: list[str]) -> dict:
+    model = check_keys(Model, section, where, problems)
+    if isinstance(model.get("quantization"), dict):
+        model["quantization"] = check_keys(Quantization, model["quantization"], f"{where}.quantization", problems)
+    return model
 
 
 def _reward_blocks(blocks: list, where: str, problems: list[str]) -> list[RewardBlock]:
@@ -134,73 +90,47 @@ def _reward_blocks(blocks: list, where: str, problems: list[str]) -> list[Reward
         bw = f"{where}[{i}]"
         if isinstance(block, str):
             block = {"name": block}
-        if not isinstance(block, dict) or "name" not in block:
-            problems.append(f"{bw}: expected {{name, weight, params}}")
-            continue
-        block = _check_keys(block, REWARD_KEYS, bw, problems)
-        if not isinstance(block.get("name"), str):
-            continue  # reported: a name of the wrong type
-        weight = block.get("weight")
-        rewards.append(RewardBlock(block["name"], block.get("alias") or block["name"],
-                                   1.0 if weight is None else float(weight), block.get("params") or {}))
+        reward = check_section(Reward, block, bw, problems)
+        if reward.name is not None:  # a bad key or value of the block is reported and left out
+            rewards.append(RewardBlock(reward.name, reward.alias or reward.name, float(reward.weight),
+                                       dict(reward.params)))
     return rewards
 
 
-def _check_monitor(section: Any, where: str, problems: list[str]) -> dict:
-    if section is None:
-        return {}
-    _check_keys(section, MONITOR_KEYS, where, problems)
-    _monitor.check_config(section, where, problems)
-    return section if isinstance(section, dict) else {}
-
-
-def _check_rollout_log(section: Any, where: str, problems: list[str]) -> dict:
-    from rewardkit import rollout_log  # noqa: PLC0415
-
-    found = rollout_log.problems(section, where)
-    problems.extend(found)
-    return section if isinstance(section, dict) and not found else {}
-
-
 def normalize(raw: dict, path: str | None, problems: list[str]) -> Recipe:
-    """Check the recipe's shape (not its meaning) and turn it into a :class:`Recipe`. Sections and values of
-    the wrong type are reported and left out, so :func:`validate` only meets the declared types."""
-    top = _check_keys(raw, TOP_KEYS, "recipe", problems, TOP_RANGES)
-    model = _required_section(top, raw, "model", "model: {name: tiny-llama}", problems)
-    model = _check_keys(model, MODEL_KEYS, "model", problems) if model else {}
-    data = _required_section(top, raw, "data", "data: {name: arithmetic}", problems)
-    data = _check_data_keys(data, "data", problems) if data else {}
-    ev = top.get("eval")
-    if ev is not None:
-        ev = _check_keys(ev, EVAL_KEYS, "eval", problems, EVAL_RANGES)
-        problems.extend(_evaluate.check(ev))
+    """Check the recipe's shape (not its meaning) against the declared sections (rewardkit.recipe_schema) and turn
+    it into a :class:`Recipe`. Sections and values of the wrong type or range are reported and left out, so
+    :func:`validate` only meets the declared types."""
+    top = check_section(Top, raw, "recipe", problems)
+    default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
+    output_dir = str(top.output_dir or default_out)
+    raw_model = _required_section(top.model, raw, "model", "model: {name: tiny-llama}", problems)
+    model = _model_keys(raw_model, "model", problems) if raw_model else {}
+    raw_data = _required_section(top.data, raw, "data", "data: {name: arithmetic}", problems)
+    data = check_keys(Data, raw_data, "data", problems) if raw_data else {}
+    ev = None if top.eval is None else check_section(Eval, _with_output_dir(top.eval, output_dir), "eval", problems)
     stages_raw, multi = _stages_section(raw, top, problems)
-    faults = _check_fault_keys(top["reward_faults"], "reward_faults", problems) if top.get("reward_faults") else {}
-    defaults = {"model": model, "data": data, "eval": ev, "reward_faults": faults,
-                "monitor": _check_monitor(top.get("monitor"), "monitor", problems),
-                "rollout_log": _check_rollout_log(top.get("rollout_log"), "rollout_log", problems)}
+    defaults = {"model": model, "data": data, "eval": ev,
+                "reward_faults": check_section(FaultPolicy, top.reward_faults or {}, "reward_faults", problems),
+                "monitor": check_section(Monitor, top.monitor or {}, "monitor", problems),
+                "rollout_log": check_section(RolloutLog, top.rollout_log or {}, "rollout_log", problems)}
     stages = [spec for sname, sraw in stages_raw.items()
               if (spec := _stage_spec(str(sname), sraw, f"stages.{sname}." if multi else "", defaults, problems))]
-    seed = top.get("seed", 42)
-    default_out = os.path.join("runs", os.path.splitext(os.path.basename(path))[0] if path else "run")
-    output_dir = str(top.get("output_dir") or default_out)
     for stage in stages:  # a reward or dataset may read what an earlier stage wrote: "{output_dir}/rm/model"
         stage.data = _with_output_dir(stage.data, output_dir)
         for block in stage.rewards:
             block.params = _with_output_dir(block.params, output_dir)
-    if isinstance(ev, dict):
-        ev = _with_output_dir(ev, output_dir)
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-    return Recipe(path, base_dir, output_dir, seed if isinstance(seed, int) else 42, model, data, stages, ev, raw)
+    return Recipe(path, base_dir, output_dir, top.seed, model, data, stages, ev, raw)
 
 
-def _required_section(top: dict, raw: dict, key: str, example: str, problems: list[str]):
-    if top.get(key) is None and raw.get(key) is None:
+def _required_section(value, raw: dict, key: str, example: str, problems: list[str]):
+    if value is None and raw.get(key) is None:
         problems.append(f"{key}: missing (e.g. {example})")
-    return top.get(key)
+    return value
 
 
-def _stages_section(raw: dict, top: dict, problems: list[str]) -> tuple[dict, bool]:
+def _stages_section(raw: dict, top: Top, problems: list[str]) -> tuple[dict, bool]:
     """The ``stages:`` mapping and whether the recipe wrote one; the single-stage shorthand (a top-level
     ``trainer:`` and ``rewards:``) becomes one stage named after its trainer, so there is one path from here on
     (its problems are located at ``trainer``/``rewards`` as the user wrote them)."""
@@ -208,16 +138,15 @@ def _stages_section(raw: dict, top: dict, problems: list[str]) -> tuple[dict, bo
         if "trainer" in raw or "rewards" in raw:
             problems.append("recipe: use either stages: or a top-level trainer:/rewards:, not both")
             return {}, True
-        stages = top.get("stages") or {}
-        if not stages:
+        if not top.stages:
             problems.append("stages: expected a non-empty mapping of stage name -> {trainer, rewards, ...}")
-        return stages, True
+        return top.stages or {}, True
     if "trainer" not in raw:
         problems.append("recipe: no trainer; add trainer: {type: grpo, ...} or stages:")
         return {}, False
-    trainer = top.get("trainer") or {}
+    trainer = top.trainer or {}
     name = str(trainer.get("type", "train"))
-    return {name: {"trainer": trainer, **({"rewards": top["rewards"]} if "rewards" in top else {})}}, False
+    return {name: {"trainer": trainer, **({"rewards": top.rewards} if top.rewards is not None else {})}}, False
 
 
 def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[str]) -> "StageSpec | None":
@@ -226,8 +155,8 @@ def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[st
     if not isinstance(sraw, dict):
         problems.append(f"{at.rstrip('.')}: expected a mapping with a trainer")
         return None
-    stage = _check_keys(sraw, STAGE_KEYS, at.rstrip(".") or "recipe", problems)
-    trainer = stage.get("trainer")
+    stage = check_section(Stage, sraw, at.rstrip(".") or "recipe", problems)
+    trainer = stage.trainer
     if not isinstance(trainer, dict) or "type" not in trainer:
         problems.append(f"{at}trainer: missing type (e.g. type: grpo)")
         trainer = {"type": None}
@@ -235,26 +164,21 @@ def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[st
         problems.append(f"{at}trainer.type: expected a trainer name, got {type(trainer['type']).__name__}")
         trainer = {**trainer, "type": None}
     args = {k: v for k, v in trainer.items() if k != "type"}
-    rewards = _reward_blocks(stage.get("rewards") or [], f"{at}rewards", problems)
-    smodel = _check_keys(stage["model"], MODEL_KEYS, f"{at}model", problems) if stage.get("model") else {}
-    sdata = _check_data_keys(stage["data"], f"{at}data", problems) if stage.get("data") else {}
-    faults = defaults["reward_faults"]
-    if stage.get("reward_faults"):
-        faults = _merge(faults, _check_fault_keys(stage["reward_faults"], f"{at}reward_faults", problems))
-    early = None
-    if stage.get("early_stop"):
-        from rewardkit import stopping  # noqa: PLC0415
+    smodel = _model_keys(stage.model, f"{at}model", problems) if stage.model else {}
+    sdata = check_keys(Data, stage.data, f"{at}data", problems) if stage.data else {}
+    early = check_section(EarlyStop, stage.early_stop, f"{at}early_stop", problems) if stage.early_stop else None
+    return StageSpec(name, trainer.get("type"), args, _reward_blocks(stage.rewards or [], f"{at}rewards", problems),
+                     _merge(defaults["model"], smodel), _merge(defaults["data"], sdata), stage.eval,
+                     reward_faults=_override(FaultPolicy, defaults, stage.reward_faults, f"{at}reward_faults",
+                                             problems),
+                     early_stop=early, monitor=_override(Monitor, defaults, stage.monitor, f"{at}monitor", problems),
+                     rollout_log=_override(RolloutLog, defaults, stage.rollout_log, f"{at}rollout_log", problems))
 
-        ev = defaults["eval"]
-        early = _check_keys(stage["early_stop"], stopping.EARLY_STOP_KEYS, f"{at}early_stop", problems)
-        problems.extend(stopping.check(early, ev.get("split", "test") if isinstance(ev, dict) else None,
-                                       f"{at}early_stop", args.get("max_steps")))
-    smonitor = _check_monitor(stage.get("monitor"), f"{at}monitor", problems)
-    slog = _check_rollout_log(stage.get("rollout_log"), f"{at}rollout_log", problems)
-    return StageSpec(name, trainer.get("type"), args, rewards, _merge(defaults["model"], smodel),
-                     _merge(defaults["data"], sdata), bool(stage.get("eval", True)), faults,
-                     monitor=_merge(defaults["monitor"], smonitor), early_stop=early,
-                     rollout_log=_merge(defaults["rollout_log"], slog))
+
+def _override(cls, defaults: dict, section: dict | None, where: str, problems: list[str]):
+    """A stage's section: the recipe's (``defaults``) with the keys the stage gives."""
+    base = defaults[{FaultPolicy: "reward_faults", Monitor: "monitor", RolloutLog: "rollout_log"}[cls]]
+    return base if not section else check_section(cls, section, where, problems, base=base)
 
 
 def _with_output_dir(value: Any, output_dir: str) -> Any:
@@ -356,19 +280,7 @@ def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, pr
         if bad:
             problems.append(f"{where}.name: '{name}' is built into the model cache ($REWARDKIT_CACHE, "
                             f"{models.cache_dir()}), which cannot be written: {bad}")
-    if model.get("dtype") not in (None, "float32", "bfloat16", "float16", "auto"):
-        problems.append(f"{where}.dtype: '{model['dtype']}' is not one of float32, bfloat16, float16, auto")
-    quant = model.get("quantization")
-    if isinstance(quant, dict):
-        quant = _check_keys(quant, QUANT_KEYS, f"{where}.quantization", problems)
-        if quant.get("bits", 4) not in (4, 8):
-            problems.append(f"{where}.quantization.bits: must be 4 or 8, got {quant.get('bits')!r}")
-        if quant.get("quant_type", "nf4") not in ("nf4", "fp4"):
-            problems.append(f"{where}.quantization.quant_type: must be nf4 or fp4")
-        if quant.get("compute_dtype") not in (None, "float32", "bfloat16", "float16"):
-            problems.append(f"{where}.quantization.compute_dtype: '{quant['compute_dtype']}' is not one of "
-                            f"float32, bfloat16, float16")
-    lora = model.get("lora")
+    lora = model.get("lora")  # its keys and types are peft's LoraConfig's
     if isinstance(lora, dict):
         from peft import LoraConfig  # noqa: PLC0415
 
@@ -392,7 +304,7 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
     multi = "stages" in recipe.raw
     _check_model(recipe, recipe.model, "model", registry, problems)
     base_cols = _dataset_columns(recipe, recipe.data, "data", registry, problems) if recipe.data else None
-    eval_split = (recipe.eval or {}).get("split", "test")
+    eval_split = recipe.eval.split if recipe.eval else None
     # (data, split, where): the splits the run reads, checked when a dataset's splits are known without loading it
     reads = [(recipe.data, eval_split, "eval.split")] if recipe.eval and recipe.data else []
 
@@ -420,10 +332,11 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
         reads.append((stage.data, "train", f"{where + '.' if multi else ''}data"))
         if stage.early_stop:
             ew = f"{where + '.' if multi else ''}early_stop"
-            reads.append((stage.data, stage.early_stop.get("split", "validation"), f"{ew}.split"))
+            reads.append((stage.data, stage.early_stop.split, f"{ew}.split"))
             from rewardkit import stopping  # noqa: PLC0415
 
-            problems.extend(stopping.check_scores(stage.early_stop, recipe.eval, registry, ew))
+            problems.extend(stopping.check(stage.early_stop, recipe.eval, ew, stage.trainer_args.get("max_steps"),
+                                           registry))
         aliases: dict[str, int] = {}
         for i, block in enumerate(stage.rewards):
             bw = f"{rw}[{i}]"
@@ -435,18 +348,9 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
     from rewardkit.data import missing_split  # noqa: PLC0415
 
     problems.extend(p for data, split, w in reads if (p := missing_split(data, split, w, registry)))
-    if recipe.eval:
-        rew = recipe.eval.get("reward")
-        if rew is None:
-            problems.append("eval.reward: missing (the reward that scores greedy completions)")
-        else:
-            block = _check_keys(rew, {"name": (str, ""), "params": (dict, "")}, "eval.reward", problems) \
-                if isinstance(rew, dict) else {"name": rew}
-            if not block.get("name"):
-                problems.append("eval.reward: expected a name or {name, params}")
-            else:
-                problems.extend(_reward_problems(registry, block["name"], block.get("params") or {},
-                                                 "eval.reward", base_cols))
+    if recipe.eval and recipe.eval.reward and recipe.eval.reward.name:  # missing: reported by normalize
+        problems.extend(_reward_problems(registry, recipe.eval.reward.name, recipe.eval.reward.params, "eval.reward",
+                                         base_cols))
         problems.extend(_evaluate.check_threshold(recipe.eval, registry))
     return problems
 

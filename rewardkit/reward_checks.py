@@ -16,49 +16,25 @@ from typing import Any, Callable
 
 from rewardkit.completions import completion_text
 from rewardkit.errors import RewardError
+from rewardkit.recipe_schema import FAULT_POLICIES, FaultPolicy  # noqa: F401 - the section, declared there
+from rewardkit.values import check_section
 
 
-FAULT_POLICIES = ("fail", "skip")
 # Keyword arguments of a reward call that are not per-sample lists (passed unchanged when one sample is re-run).
 _CALL_WIDE = {"trainer_state", "log_extra", "log_metric"}
 _REPORTED_FAULTS = 5  # faults printed in full per reward under the skip policy; the rest are counted
 
 
-@dataclass
-class FaultPolicy:
-    """What a reward fault (raise, NaN/inf, non-number, wrong length) does to training.
-
-    ``policy="fail"`` stops at the first fault. ``policy="skip"`` turns the faulty samples into ``None`` (TRL
-    leaves them out of that reward), counts them, and stops once the stage's share of skipped samples exceeds
-    ``max_rate``. With ``fail_fast_first_step`` the first reward call of a run fails even under ``skip``: a
-    reward broken from the start is reported at once rather than skipped for a whole run.
-    """
-
-    policy: str = "fail"
-    max_rate: float = 0.1
-    fail_fast_first_step: bool = True
-
-    @staticmethod
-    def problems(config: dict) -> list[str]:
-        """What is wrong with the values of a ``reward_faults`` section, each naming its key (types are the
-        recipe schema's job)."""
-        p = []
-        policy = config.get("policy", "fail")
-        if isinstance(policy, str) and policy not in FAULT_POLICIES:
-            p.append(f"policy: must be one of {', '.join(FAULT_POLICIES)}, got {policy!r}")
-        rate = config.get("max_rate", 0.1)
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and not 0 <= rate <= 1:
-            p.append(f"max_rate: must be between 0 and 1, got {rate!r}")
-        return p
-
-    @classmethod
-    def from_config(cls, config: "FaultPolicy | dict | None") -> "FaultPolicy":
-        if isinstance(config, FaultPolicy):
-            return config
-        problems = cls.problems(config or {})
-        if problems:
-            raise ValueError("; ".join(problems))
-        return cls(**(config or {}))
+def fault_policy(config: FaultPolicy | dict | None) -> FaultPolicy:
+    """The ``reward_faults`` section (rewardkit.recipe_schema.FaultPolicy) a reward runs under: as given, or
+    checked and built from a mapping (ValueError naming what is wrong)."""
+    if isinstance(config, FaultPolicy):
+        return config
+    problems: list[str] = []
+    policy = check_section(FaultPolicy, config or {}, "reward_faults", problems)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return policy
 
 
 @dataclass
@@ -142,7 +118,7 @@ class CheckedReward:
         self.fn = fn
         self.__name__ = name
         self.provider = provider
-        self.faults = FaultPolicy.from_config(faults)
+        self.faults = fault_policy(faults)
         self.calls = 0  # batches scored by this instance (this process)
         self.seen = 0  # samples scored
         self.skipped = 0  # samples turned into None by the skip policy

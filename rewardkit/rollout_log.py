@@ -38,32 +38,23 @@ import os
 import random
 import time
 
+from rewardkit.recipe_schema import RolloutLog as Section
+from rewardkit.values import check_section
+
 FILE = "rollouts.jsonl"
-# key -> (types, help, default): the recipe's ``rollout_log:`` section (top level, or per stage).
-KEYS = {
-    "enabled": (bool, "write <stage>/rollouts.jsonl in RL stages (default true)", True),
-    "every": (int, "log every N-th rollout (default 1: each)", 1),
-    "groups": (int, "whole groups (all completions of one prompt) logged per logged rollout (default 2)", 2),
-    "max_mb": ((int, float), "stop writing once the file reaches this size in MB (default 50)", 50),
-}
-
-
-RANGES = {"every": (lambda v: v >= 1, "must be >= 1"), "groups": (lambda v: v >= 1, "must be >= 1"),
-          "max_mb": (lambda v: v > 0, "must be > 0")}
 
 
 def problems(section, where: str = "rollout_log") -> list[str]:
-    """What is wrong with a ``rollout_log:`` section, each naming its field (the recipe's own key checker)."""
-    from rewardkit.recipe import _check_keys  # noqa: PLC0415
-
+    """What is wrong with a ``rollout_log:`` section (declared in rewardkit.recipe_schema), each naming its field."""
     found: list[str] = []
     if section is not None:
-        _check_keys(section, {k: (t, h) for k, (t, h, _) in KEYS.items()}, where, found, RANGES)
+        check_section(Section, section, where, found)
     return found
 
 
-def resolve(section) -> dict:
-    return {k: (section or {}).get(k, default) for k, (_, _, default) in KEYS.items()}
+def resolve(section: Section | dict | None) -> Section:
+    """A stage's rollout log configuration: its ``rollout_log`` section, or one built from a mapping."""
+    return section if isinstance(section, Section) else Section(**(section or {}))
 
 
 def text(value) -> str:
@@ -88,8 +79,8 @@ class RolloutLog:
     """Writes sampled groups of an RL trainer's rollouts (module docstring); ``recent`` keeps the last records in
     memory for the health monitor."""
 
-    def __init__(self, path: str, every: int = 1, groups: int = 2, max_mb: float = 50, seed: int = 0,
-                 enabled: bool = True):
+    def __init__(self, path: str, every: int = Section.every, groups: int = Section.groups,
+                 max_mb: float = Section.max_mb, seed: int = 0, enabled: bool = Section.enabled):
         self.path, self.every, self.groups, self.max_bytes, self.seed = path, every, groups, max_mb * 2 ** 20, seed
         self.enabled, self.rollouts, self.records, self.seconds, self.full = enabled, 0, 0, 0.0, False
         self.recent: collections.deque = collections.deque(maxlen=64)
@@ -166,8 +157,8 @@ class RolloutLog:
 def attach(trainer, ctx) -> RolloutLog | None:
     """Give an RL stage's trainer its rollout log (``trainer.rollout_log``) unless the recipe switches it off."""
     cfg = resolve(getattr(ctx.spec, "rollout_log", None))
-    log = RolloutLog(os.path.join(ctx.output_dir, FILE), cfg["every"], cfg["groups"], cfg["max_mb"],
-                     seed=ctx.recipe.seed, enabled=cfg["enabled"])
+    log = RolloutLog(os.path.join(ctx.output_dir, FILE), cfg.every, cfg.groups, cfg.max_mb,
+                     seed=ctx.recipe.seed, enabled=cfg.enabled)
     trainer.rollout_log = log
     return log
 

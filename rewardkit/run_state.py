@@ -19,6 +19,7 @@ from typing import Any
 
 from rewardkit.errors import RecipeError
 from rewardkit.report import REPORT_KEYS
+from rewardkit.values import given
 
 STAGE_FILE = "stage.json"  # {"status": "running" | "done", "fingerprint", "config", "info", "eval", ...}
 SUMMARY_FILE = "summary.json"
@@ -129,8 +130,8 @@ def stage_config(recipe, spec, previous: str | None) -> dict:
     args = {k: v for k, v in spec.trainer_args.items() if k not in REPORT_KEYS}
     return {"trainer": spec.trainer_type, "trainer_args": args,
             "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
-            "reward_faults": spec.reward_faults, "seed": recipe.seed, "after": previous,
-            **({"early_stop": spec.early_stop, "eval": recipe.eval} if spec.early_stop else {})}
+            "reward_faults": given(spec.reward_faults), "seed": recipe.seed, "after": previous,
+            **({"early_stop": given(spec.early_stop), "eval": _eval(recipe)} if spec.early_stop else {})}
 
 
 def fingerprint(config: dict) -> str:
@@ -145,7 +146,11 @@ def changed_keys(old: dict, new: dict) -> list[str]:
 
 def eval_key(recipe, data: dict) -> str:
     """What a held-out score depends on besides the stage's model; a stored score is reused only if it matches."""
-    return fingerprint({"eval": recipe.eval, "data": data, "base": recipe.model, "seed": recipe.seed})
+    return fingerprint({"eval": _eval(recipe), "data": data, "base": recipe.model, "seed": recipe.seed})
+
+
+def _eval(recipe) -> dict | None:
+    return given(recipe.eval) if recipe.eval else None
 
 
 def rewind_log(path: str, step: int) -> int:

@@ -40,8 +40,8 @@ BAD_VALUES = {
     "stages.sft.early_stop.target=2.0": "stages.sft.early_stop.target: 2.0 can never be reached",
     "stages.sft.early_stop.target=1.01": "stages.sft.early_stop.target: 1.01 can never be reached",
     "stages.sft.early_stop.every=5000": "stages.sft.early_stop.every: 5000 is beyond the stage's trainer.max_steps",
-    "stages.sft.early_stop.n=0": "stages.sft.early_stop.n: must be >= 1",
-    "stages.sft.early_stop.min_delta=-0.1": "stages.sft.early_stop.min_delta: must be >= 0",
+    "stages.sft.early_stop.n=0": "stages.sft.early_stop.n: must be at least 1",
+    "stages.sft.early_stop.min_delta=-0.1": "stages.sft.early_stop.min_delta: must be at least 0",
     "stages.sft.early_stop.split=nosuchsplit": "stages.sft.early_stop.split: the dataset has no 'nosuchsplit' split",
     "data.params.n_val=0": "stages.sft.early_stop.split: the dataset has no 'validation' split",
     "eval.samples=-3": "eval.samples: must be at least 0",
@@ -56,7 +56,7 @@ BAD_VALUES = {
     "stages.grpo.data.test_size=1.5": "stages.grpo.data.test_size: must be a count",
     "reward_faults.max_rate=2": "reward_faults.max_rate: must be between 0 and 1",
     "monitor.window=0": "monitor.window: must be at least 1",
-    "model.quantization.compute_dtype=float8": "model.quantization.compute_dtype: 'float8' is not one of",
+    "model.quantization.compute_dtype=float8": "model.quantization.compute_dtype: must be one of float32, bfloat16, float16, got 'float8'",
 }
 
 

@@ -104,16 +104,16 @@ def test_k_keys_are_checked_and_each_error_names_its_field(tmp_path, builtin_reg
         load_recipe(write(tmp_path, bad), registry=builtin_registry)
     text = str(exc.value)
     assert "eval.pass_k: 8 is more than eval.samples (4)" in text
-    assert "eval.maj_k: expected whole numbers of samples, each at least 1, got 0" in text
+    assert "eval.maj_k: each must be at least 1, got 0" in text
     assert "eval.correct_at: 1.5 is outside (0, 1], the range eval's reward 'exact_match' scores in" in text
     for section, message in (("{reward: exact_match, pass_k: [1]}", "eval.pass_k: 1 is more than eval.samples (0)"),
-                             ("{reward: exact_match, samples: 4, maj_k: 4}", "eval.maj_k: expected list"),
+                             ("{reward: exact_match, samples: 4, maj_k: 4}", "eval.maj_k: expected a list of integers, got int 4"),
                              ("{reward: exact_match, samples: 4, pass_k: [2, 2]}", "eval.pass_k: [2] listed twice")):
         with pytest.raises(RecipeError, match=re.escape(message)):
             load_recipe(write(tmp_path, section), registry=builtin_registry)
     ok = load_recipe(write(tmp_path, "{reward: exact_match, samples: 4, pass_k: [], maj_k: [2, 4], correct_at: 1}"),
                      registry=builtin_registry)
-    assert ok.eval["maj_k"] == [2, 4]
+    assert ok.eval.maj_k == (2, 4)
 
 
 def test_a_real_eval_reports_pass_and_maj_at_k_beside_sampled_accuracy(tmp_path, builtin_registry, capsys):

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from rewardkit import RewardError
-from rewardkit.recipe import FAULT_KEYS, load_recipe
+from rewardkit.recipe import load_recipe
 from rewardkit.reward_checks import CheckedReward, FaultPolicy
+from rewardkit.values import section_help
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = {"policy": "skip", "max_rate": 0.5, "fail_fast_first_step": False}
@@ -125,8 +126,8 @@ def test_recipe_reward_faults_is_validated_and_merged(tmp_path, builtin_registry
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(body))
     recipe = load_recipe(str(path))
-    assert recipe.stages[0].reward_faults == {"policy": "skip", "max_rate": 0.2}
-    assert recipe.stages[1].reward_faults == {"policy": "skip", "max_rate": 0.05}
+    assert recipe.stages[0].reward_faults == FaultPolicy("skip", 0.2)
+    assert recipe.stages[1].reward_faults == FaultPolicy("skip", 0.05)
     with pytest.raises(Exception) as exc:
         load_recipe(str(path), ["reward_faults.policy=ignore", "stages.a.reward_faults.max_rat=2"])
     msg = str(exc.value)
@@ -138,7 +139,7 @@ def test_fault_keys_are_documented():
     with open(os.path.join(REPO, "docs", "recipes.md")) as f:
         doc = f.read()
     assert "`reward_faults`" in doc
-    for key in FAULT_KEYS:
+    for key in section_help(FaultPolicy):
         assert f"`{key}`" in doc, key
 
 

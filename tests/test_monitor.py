@@ -111,16 +111,16 @@ def test_monitor_section_is_validated(tmp_path, builtin_registry):
     text = str(exc.value)
     assert "monitor.windw: unknown key (did you mean 'window'?)" in text
     assert "monitor.dominance: must be in (0.5, 1], got 1.5" in text
-    assert "monitor.eval_every: expected int, got str" in text
-    assert "monitor.stop_on[0]: unknown alarm 'length' (did you mean 'length_drift'?)" in text
+    assert "monitor.eval_every: expected an integer, got str '3'" in text
+    assert "monitor.stop_on[0]: must be one of length_drift, " in text and "got 'length' (did you mean 'length_drift'?)" in text
     assert "entropy_collapse" not in text.split("stop_on[0]")[0]
 
 
 def test_stage_monitor_overrides_the_recipe_one(tmp_path, builtin_registry):
     recipe = load_recipe(_recipe(tmp_path, "monitor: {window: 3, stop_on: [kl_acceleration]}",
                                  "monitor: {enabled: false}"))
-    assert recipe.stages[0].monitor == {"window": 3, "stop_on": ["kl_acceleration"], "enabled": False}
-    assert m.resolve(recipe.stages[0].monitor)["length_ratio"] == 2.0
+    assert recipe.stages[0].monitor == m.Monitor(window=3, stop_on=("kl_acceleration",), enabled=False)
+    assert m.resolve(recipe.stages[0].monitor).length_ratio == 2.0 == m.Monitor.length_ratio
 
 
 def test_every_rl_stage_gets_the_monitor():

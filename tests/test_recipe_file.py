@@ -113,13 +113,13 @@ def test_missing_and_unreadable(tmp_path):
 def test_wrongly_shaped_sections_are_errors_not_crashes(tmp_path):
     """Found by the fuzz test: each of these raised AttributeError/TypeError inside normalize/validate."""
     cases = {
-        "stages: {sft: {trainer: '{x}'}}\n": "stages.sft.trainer: expected dict",
-        "stages: {sft: {trainer: {type: sft}, model: .nan}}\n": "stages.sft.model: expected dict",
+        "stages: {sft: {trainer: '{x}'}}\n": "stages.sft.trainer: expected a mapping, got str",
+        "stages: {sft: {trainer: {type: sft}, model: .nan}}\n": "stages.sft.model: expected a mapping, got float nan",
         "stages: {sft: {trainer: {type: {a: 1}}}}\n": "stages.sft.trainer.type: expected a trainer name",
-        "trainer: {type: sft}\neval: 9999\n": "recipe.eval: expected dict",
-        "trainer: {type: sft}\neval: {reward: {name: [1]}}\n": "eval.reward.name: expected str",
+        "trainer: {type: sft}\neval: 9999\n": "recipe.eval: expected a mapping, got int 9999",
+        "trainer: {type: sft}\neval: {reward: {name: [1]}}\n": "eval.reward.name: expected a string, got list",
         "trainer: {type: sft}\neval: {reward: {name: exact_match, params: .inf}}\n": "eval.reward.params: expected",
-        "trainer: {type: sft}\ndata: {path: [a], rename: {a: [b]}}\n": "data.path: expected str",
+        "trainer: {type: sft}\ndata: {path: [a], rename: {a: [b]}}\n": "data.path: expected a string, got list",
     }
     for body, expected in cases.items():
         path = _file(tmp_path, b"model: {name: tiny-llama}\ndata: {name: arithmetic}\n" + body.encode()

@@ -91,12 +91,12 @@ def test_sync_ref_model_with_lora_is_refused(tmp_path, builtin_registry):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("rewards=[{name: exact_match, weight: .nan}]", "rewards[0].weight: expected a finite number, got nan"),
-    ("data.test_size=.nan", "data.test_size: expected a finite number, got nan"),
+    ("rewards=[{name: exact_match, weight: .nan}]", "rewards[0].weight: expected a number, a finite one, got nan"),
+    ("data.test_size=.nan", "data.test_size: expected a number, a finite one, got nan"),
     ("model.lora.r='8'", "model.lora.r: expected an integer, got str '8'"),
     ("model.lora.lora_dropout=.inf", "model.lora.lora_dropout: expected a number, a finite one, got inf"),
     ("data.rename={a: [b]}", "data.rename: expected {old column: new column} names"),
-    ("seed=1.5", "recipe.seed: expected int, got float"),
+    ("seed=1.5", "recipe.seed: expected an integer, got float 1.5"),
 ])
 def test_recipe_section_values(tmp_path, builtin_registry, override, expected):
     message = _problems(tmp_path, [override])

@@ -148,9 +148,9 @@ def test_show_and_replay(setup, tmp_path, registry, capsys, monkeypatch):
 
 def test_problems_name_the_field():
     assert rollout_log.problems({"every": 0, "max_mb": -1, "groupz": 1}) == [
-        "rollout_log.every: must be >= 1, got 0", "rollout_log.max_mb: must be > 0, got -1",
+        "rollout_log.every: must be at least 1, got 0", "rollout_log.max_mb: must be above 0, got -1",
         "rollout_log.groupz: unknown key (did you mean 'groups'?)"]
-    assert rollout_log.problems({"enabled": "yes"})[0].startswith("rollout_log.enabled: expected bool")
+    assert rollout_log.problems({"enabled": "yes"})[0].startswith("rollout_log.enabled: expected true/false")
 
 
 def test_monitor_alarms_carry_the_completions_that_show_them():
@@ -167,6 +167,7 @@ def test_monitor_alarms_carry_the_completions_that_show_them():
 def test_recipe_section_is_validated_and_reaches_the_stage(tmp_path, registry):
     from rewardkit.errors import RecipeError
     from rewardkit.recipe import load_recipe
+    from rewardkit.recipe_schema import RolloutLog
 
     def write(extra):
         path = tmp_path / "r.yaml"
@@ -183,8 +184,8 @@ stages:
         return str(path)
 
     spec = load_recipe(write("rollout_log: {every: 4}"), registry=registry).stages[0]
-    assert spec.rollout_log == {"groups": 3, "every": 4}
-    with pytest.raises(RecipeError, match=r"stages.grpo.rollout_log.every: must be >= 1, got 0"):
+    assert spec.rollout_log == RolloutLog(groups=3, every=4)
+    with pytest.raises(RecipeError, match=r"stages.grpo.rollout_log.every: must be at least 1, got 0"):
         load_recipe(write("rollout_log: {every: 0}"), registry=registry)
 
 

@@ -28,22 +28,39 @@ def run_cli(*args):
 
 def test_smoke_changes_sizes_and_sources_only():
     recipe = load_recipe(GSM8K)
-    raw, notes = smoke.smoke_raw(recipe, get_registry())
-    before, after = recipe.raw, raw
-    assert after["output_dir"] == recipe.output_dir + "-smoke"
-    assert after["data"] == {**{k: v for k, v in before["data"].items() if k not in ("hub", "config", "split",
-                                                                                      "test_split")},
-                             "path": smoke.STAND_IN_DATA["openai/gsm8k"], "test_size": 16, "limit": 32}
-    assert after["model"] == before["model"]  # quantization and LoRA as the recipe says (the name comes later)
-    t0, t1 = before["stages"]["grpo"], after["stages"]["grpo"]
-    assert t1["rewards"] == t0["rewards"]
-    changed = {k for k in t1["trainer"] if t1["trainer"][k] != t0["trainer"].get(k)}
+    small, notes = smoke.scaled(recipe, get_registry())
+    assert small.output_dir == recipe.output_dir + "-smoke" and recipe.output_dir != small.output_dir
+    hub_keys = ("hub", "config", "split", "test_split")
+    assert small.data == {**{k: v for k, v in recipe.data.items() if k not in hub_keys},
+                          "path": smoke.STAND_IN_DATA["openai/gsm8k"], "test_size": 16, "limit": 32}
+    assert small.model == recipe.model  # quantization and LoRA as the recipe says (the name comes later)
+    (t0,), (t1,) = recipe.stages, small.stages
+    assert t1.rewards == t0.rewards and t1.data == small.data and t0.data == recipe.data  # the original untouched
+    changed = {k for k in t1.trainer_args if t1.trainer_args[k] != t0.trainer_args.get(k)}
     assert changed <= {"max_steps", "logging_steps", "save_steps", "max_completion_length", "use_cpu"}
-    assert (t1["trainer"]["max_steps"], t1["trainer"]["save_steps"], t1["trainer"]["max_completion_length"]) == \
-        (2, 2, 128)
-    assert after["eval"]["n"] == 8 and after["eval"]["max_new_tokens"] == 128 and \
-        after["eval"]["reward"] == before["eval"]["reward"]
+    assert (t1.trainer_args["max_steps"], t1.trainer_args["save_steps"], t1.trainer_args["max_completion_length"]) \
+        == (2, 2, 128)
+    assert small.eval.n == 8 and small.eval.max_new_tokens == 128 and small.eval.reward == recipe.eval.reward
+    assert (t1.monitor, t1.rollout_log, t1.reward_faults) == (t0.monitor, t0.rollout_log, t0.reward_faults)
     assert any("openai/gsm8k" in n for n in notes)
+
+
+def test_smoke_keeps_the_k_its_samples_allow_and_moves_output_paths(tmp_path):
+    from rewardkit.recipe import normalize
+
+    raw = {"output_dir": str(tmp_path / "run"), "model": {"name": "tiny-llama"}, "data": {"name": "arithmetic"},
+           "eval": {"reward": "exact_match", "samples": 8, "pass_k": [1, 2, 8], "maj_k": [8]},
+           "stages": {"rm": {"trainer": {"type": "reward_model"}},
+                      "ppo": {"trainer": {"type": "ppo"}, "early_stop": {"every": 50, "target": 0.9},
+                              "rewards": [{"name": "reward_model", "params": {"path": "{output_dir}/rm/model"}}]}}}
+    problems = []
+    recipe = normalize(raw, None, problems)
+    assert problems == []
+    small, _ = smoke.scaled(recipe, get_registry())
+    assert (small.eval.samples, small.eval.pass_k, small.eval.maj_k) == (2, (1, 2), ())
+    assert small.stages[1].rewards[0].params["path"] == str(tmp_path / "run-smoke" / "rm" / "model")
+    assert recipe.stages[1].rewards[0].params["path"] == str(tmp_path / "run" / "rm" / "model")
+    assert (small.stages[1].early_stop.every, small.stages[1].early_stop.n) == (1, 8)
 
 
 def test_stand_in_families_come_from_the_hub_id():

@@ -60,7 +60,7 @@ def test_early_stop_sections_are_checked_before_anything_loads(tmp_path, builtin
     with pytest.raises(RecipeError) as exc:
         load_recipe(bad, registry=builtin_registry)
     text = str(exc.value)
-    assert "stages.sft.early_stop.every: required, a positive number" in text
+    assert "stages.sft.early_stop.every: must be at least 1, got 0" in text
     assert "stages.sft.early_stop.evry: unknown key (did you mean 'every'?)" in text
     assert "give target" in text and "'test' is the split eval: reports" in text
     no_eval = write(tmp_path, RECIPE.format(out=tmp_path, early_stop="{every: 5, target: 0.5}").replace(

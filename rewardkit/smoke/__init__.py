@@ -23,6 +23,7 @@ what it should (a wrong gold column, an extractor that never matches).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -48,13 +49,6 @@ def _is_hub_model(name: str, recipe, registry) -> bool:
     return bool(name) and name not in registry.names("models") and not os.path.isdir(recipe.resolve_path(name))
 
 
-def _stage_sections(raw: dict) -> list[tuple[str, dict]]:
-    """(location, raw stage dict) of every stage, the single-stage shorthand included."""
-    if "stages" in raw:
-        return [(f"stages.{name}", s) for name, s in (raw.get("stages") or {}).items() if isinstance(s, dict)]
-    return [("", raw)]
-
-
 def _scale_data(data: dict, where: str, notes: list[str]) -> None:
     hub = data.get("hub")
     if hub:
@@ -72,11 +66,11 @@ def _scale_data(data: dict, where: str, notes: list[str]) -> None:
     data["limit"] = min(int(data.get("limit") or TRAIN_ROWS), TRAIN_ROWS)
 
 
-def _scale_trainer(trainer: dict, where: str, registry, notes: list[str]) -> None:
+def _scale_trainer(trainer: dict, where: str, trainer_type: str, registry, notes: list[str]) -> None:
     import torch  # noqa: PLC0415
 
     try:
-        fields = registry.load("trainers", trainer.get("type")).fields()
+        fields = registry.load("trainers", trainer_type).fields()
     except Exception:  # noqa: BLE001 - validation of the original recipe already reported it
         fields = {}
     steps = trainer.get("max_steps")
@@ -100,34 +94,57 @@ def _scale_trainer(trainer: dict, where: str, registry, notes: list[str]) -> Non
         notes.append(f"{where}.fp16: off (fp16 mixed precision needs a GPU)")
 
 
-def _scale_eval(ev: dict) -> None:
-    ev["n"] = min(int(ev.get("n") or EVAL_ROWS), EVAL_ROWS)
-    ev["batch_size"] = min(int(ev.get("batch_size") or EVAL_ROWS), EVAL_ROWS)
-    ev["max_new_tokens"] = min(int(ev.get("max_new_tokens") or 16), MAX_NEW_TOKENS)
-    if ev.get("samples"):
-        ev["samples"] = min(int(ev["samples"]), 2)
+def _scale_eval(ev):
+    """The ``eval`` section (rewardkit.recipe_schema.Eval) at smoke sizes; pass@k and maj@k keep the k that the
+    fewer samples still allow."""
+    samples = min(ev.samples, 2)
+    return dataclasses.replace(
+        ev, n=min(ev.n or EVAL_ROWS, EVAL_ROWS), batch_size=min(ev.batch_size, EVAL_ROWS),
+        max_new_tokens=min(ev.max_new_tokens, MAX_NEW_TOKENS), samples=samples,
+        pass_k=None if ev.pass_k is None else tuple(k for k in ev.pass_k if k <= samples),
+        maj_k=None if ev.maj_k is None else tuple(k for k in ev.maj_k if k <= samples))
 
 
-def smoke_raw(recipe, registry) -> tuple[dict, list[str]]:
-    """The recipe's raw dict at smoke sizes (models not yet replaced) and a note of each non-size change."""
-    raw = copy.deepcopy(recipe.raw)
+def _moved(value, old: str, new: str):
+    """Every path under the recipe's output_dir (what ``{output_dir}/rm/model`` became) moved under ``new``."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old.rstrip("/") + "/") else value
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, old, new) for v in value]
+    return value
+
+
+def scaled(recipe, registry) -> tuple:
+    """A copy of the ``Recipe`` at smoke sizes (models not yet replaced) and a note of each non-size change. Every
+    stage's own data, trainer and early_stop are scaled; a stage reading the recipe's data reads the scaled copy."""
+    small = copy.deepcopy(recipe)
+    small.output_dir = f"{recipe.output_dir.rstrip('/')}-smoke"
     notes = [f"sizes: {SMOKE_STEPS} steps per stage, at most {TRAIN_ROWS} training rows and {EVAL_ROWS} eval prompts, "
-             f"generation capped at {MAX_NEW_TOKENS} tokens, written to {recipe.output_dir.rstrip('/')}-smoke"]
-    raw["output_dir"] = f"{recipe.output_dir.rstrip('/')}-smoke"
-    if isinstance(raw.get("data"), dict):
-        _scale_data(raw["data"], "data", notes)
-    if isinstance(raw.get("eval"), dict):
-        _scale_eval(raw["eval"])
-    for at, stage in _stage_sections(raw):
-        pre = f"{at}." if at else ""
-        if at and isinstance(stage.get("data"), dict):  # the shorthand's data is the recipe's, done above
-            _scale_data(stage["data"], f"{pre}data", notes)
-        if isinstance(stage.get("trainer"), dict):
-            _scale_trainer(stage["trainer"], f"{pre}trainer", registry, notes)
-        if isinstance(stage.get("early_stop"), dict):
-            stage["early_stop"] = {**stage["early_stop"], "every": 1,
-                                   "n": min(int(stage["early_stop"].get("n") or EVAL_ROWS), EVAL_ROWS)}
-    return raw, notes
+             f"generation capped at {MAX_NEW_TOKENS} tokens, written to {small.output_dir}"]
+    multi = "stages" in recipe.raw
+    if small.data:
+        _scale_data(small.data, "data", notes)
+    if small.eval:
+        small.eval = _scale_eval(small.eval)
+    if small.eval and small.eval.reward:
+        small.eval = dataclasses.replace(small.eval, reward=dataclasses.replace(
+            small.eval.reward, params=_moved(small.eval.reward.params, recipe.output_dir, small.output_dir)))
+    for spec, original in zip(small.stages, recipe.stages):
+        at = f"stages.{spec.name}." if multi else ""
+        spec.data = _moved(spec.data, recipe.output_dir, small.output_dir)
+        for block in spec.rewards:
+            block.params = _moved(block.params, recipe.output_dir, small.output_dir)
+        if original.data == recipe.data:
+            spec.data = copy.deepcopy(small.data)
+        else:
+            _scale_data(spec.data, f"{at}data", notes)
+        _scale_trainer(spec.trainer_args, f"{at}trainer", spec.trainer_type, registry, notes)
+        if spec.early_stop:
+            spec.early_stop = dataclasses.replace(spec.early_stop, every=1,
+                                                  n=min(spec.early_stop.n or EVAL_ROWS, EVAL_ROWS))
+    return small, notes
 
 
 def _target_column(spec, columns: list[str]) -> str | None:
@@ -137,24 +154,23 @@ def _target_column(spec, columns: list[str]) -> str | None:
     return next((c for c in candidates if c and c in columns), None)
 
 
+def _checked(small, recipe, registry):
+    from rewardkit.recipe import validate  # noqa: PLC0415
+
+    problems = validate(small, registry)
+    if problems:
+        raise RecipeError([f"after the --smoke changes: {p}" for p in problems], source=recipe.path)
+    return small
+
+
 def prepare(recipe, registry, log=_log):
     """The smoke recipe (validated) and what was done to it: ``(recipe, notes, standins)``."""
     from rewardkit.data import load_data  # noqa: PLC0415
     from rewardkit.models import cache_dir  # noqa: PLC0415
-    from rewardkit.recipe import normalize, validate  # noqa: PLC0415
     from rewardkit.smoke import standin  # noqa: PLC0415
 
-    raw, notes = smoke_raw(recipe, registry)
-
-    def checked(raw):
-        problems: list[str] = []
-        out = normalize(raw, recipe.path, problems)
-        validate(out, registry, problems)
-        if problems:
-            raise RecipeError([f"after the --smoke changes: {p}" for p in problems], source=recipe.path)
-        return out
-
-    small = checked(raw)
+    small, notes = scaled(recipe, registry)
+    _checked(small, recipe, registry)
     standins: dict[str, str] = {}
     for spec in sorted(small.stages, key=lambda s: not s.rewards):  # warm up on an RL stage's rows if there is one
         name = spec.model.get("name")
@@ -167,10 +183,10 @@ def prepare(recipe, registry, log=_log):
         standins[name] = standin.build(name, fam, [dict(r) for r in train], target, cache_dir(), log)
         how = f"warmed up on column {target!r}" if target else "not warmed up: the data has no target column"
         notes.append(f"model {name} -> {fam.model_type} stand-in {standins[name]} ({how})")
-    for section in [raw.get("model")] + [s.get("model") for _, s in _stage_sections(raw) if "stages" in raw]:
-        if isinstance(section, dict) and section.get("name") in standins:
-            section["name"] = standins[section["name"]]
-    return checked(raw), notes, standins
+    for model in [small.model] + [spec.model for spec in small.stages]:
+        if model.get("name") in standins:
+            model["name"] = standins[model["name"]]
+    return _checked(small, recipe, registry), notes, standins
 
 
 # --------------------------------------------------------------------------- the report

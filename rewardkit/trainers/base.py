@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import tempfile
 import warnings
@@ -292,16 +291,8 @@ class LogHistoryCallback:
     """Appends every log record to ``<output_dir>/log.jsonl`` as it happens (survives crashes)."""
 
     def __init__(self, path: str):
-        from transformers import TrainerCallback  # noqa: PLC0415
+        from rewardkit.callbacks import LogRecords  # noqa: PLC0415 - transformers, only when training
 
         self.path = path
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        outer = self
-
-        class _CB(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and state.is_world_process_zero:
-                    with open(outer.path, "a") as f:
-                        f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-        self.callback = _CB()
+        self.callback = LogRecords(path)
