@@ -75,6 +75,14 @@ def test_misspelt_hook_fails_loudly(fresh_registry):
     assert late.errors == ["unknown hook 'register_kl' (did you mean 'register_kl_estimators'?)"]
 
 
+def test_hook_with_arguments_its_spec_lacks_is_refused_at_registration(fresh_registry):
+    info = fresh_registry.add_plugin(plugin("sig", register_rewards=lambda reg: None), dist="dist-sig")
+    fresh_registry.add_plugin(plugin("fine", register_rewards=lambda register: register("ones", ones)))
+    assert fresh_registry.names("rewards") == ["ones"]
+    [error] = info.errors
+    assert error.startswith("PluginValidationError") and "{'reg'}" in error
+
+
 def test_every_failing_hook_is_kept_and_shown(fresh_registry, capsys):
     """A plugin whose two hooks raise keeps both errors (the second used to overwrite the first); what its
     other hooks registered stays, and a later plugin still loads."""
