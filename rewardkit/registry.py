@@ -244,10 +244,14 @@ class Registry:
                 holder = self._holders[info.key]
                 info.errors.append(registered_twice(f"plugin name '{info.name}'", (holder.provider, info.provider)))
                 continue
+            if self._pm.get_name(plugin) is not None:
+                info.errors.append(f"{info.value} is already registered as "
+                                   f"{self._holders[self._pm.get_name(plugin)].provider}")
+                continue
             try:
                 plugin = hashable(plugin, info.key)
                 self._pm.register(plugin, name=info.key)
-            except (TypeError, ValueError, pluggy.PluginValidationError) as exc:  # registered twice; bad signature
+            except (TypeError, pluggy.PluginValidationError) as exc:  # unhashable; a hook's arguments not in its spec
                 info.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             self._holders[info.key] = info

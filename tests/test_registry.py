@@ -145,6 +145,11 @@ def test_plugin_name_taken_by_two_distributions_is_an_error_naming_both(fresh_re
     assert fresh_registry.names("rewards") == ["first"]
     assert second.errors == ["plugin name 'shared' is registered by plugin 'shared' (dist-a 1.0) and by plugin "
                              "'shared' (dist-b 2.0); uninstall one or disable it with REWARDKIT_DISABLE_PLUGINS"]
+    mod = plugin("m", register_rewards=lambda register: register("third", ones))
+    fresh_registry.add_plugin(mod, "m1", dist="dist-m")
+    again = fresh_registry.add_plugin(mod, "m2", dist="dist-m")
+    assert again.errors == ["<module 'm'> is already registered as plugin 'm1' (dist-m 0)"]
+    assert fresh_registry.names("rewards") == ["first", "third"]
 
 
 def test_hook_that_raises_is_reported(fresh_registry):
