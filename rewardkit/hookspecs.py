@@ -33,8 +33,7 @@ def register_rewards(register) -> None:
 
     ``register(name, obj, *, columns=None, description=None)``
 
-    - ``name`` (str): the name recipes use, e.g. ``"math.accuracy"``. Dotted prefixes by plugin are
-      encouraged. Must be unique across all installed plugins.
+    - ``name`` (str): the name recipes use, e.g. ``"math.accuracy"``, unique across plugins (prefix it by plugin).
     - ``obj``: one of
 
       * a **reward function**: a plain TRL reward function
@@ -48,12 +47,12 @@ def register_rewards(register) -> None:
         a reward function. Factories must be cheap: open pools, sandboxes or models lazily, on first call.
       * a ``"module:attribute"`` string naming either of the above, imported only when a recipe uses it.
 
-      rewardkit tells the two apart by signature: a non-class callable with a parameter named
-      ``completions`` is a reward function; anything else is a factory.
-    - ``columns``: dataset columns the reward needs (validated against the recipe's dataset before any
-      model loads). A list of names, or a callable ``columns(params: dict) -> list[str]`` (or its
-      ``"module:attribute"`` string) for factories whose column is itself a param (``gold_column="answer"``). When omitted, rewardkit infers them from a
-      reward function's required keyword parameters.
+      rewardkit tells the two apart by signature: a non-class callable with a parameter named ``completions`` is
+      a reward function; anything else is a factory.
+    - ``columns``: dataset columns the reward needs (validated against the recipe's dataset before any model
+      loads). A list of names, or a callable ``columns(params: dict) -> list[str]`` (or its ``"module:attribute"``
+      string) for factories whose column is itself a param (``gold_column="answer"``). When omitted, rewardkit
+      infers them from a reward function's required keyword parameters.
     - ``description`` (str): one line shown by ``rewardkit plugins``.
 
     **Probes a reward declares itself** (optional attributes of the reward function, i.e. of what a factory
