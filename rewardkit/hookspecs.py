@@ -12,7 +12,9 @@ both distributions), and resolves components only when a recipe asks for them. A
 to import: pass heavy objects as ``"module:attribute"`` strings, which rewardkit imports only on use.
 
 Hooks are called once per process, the first time a :class:`rewardkit.registry.Registry` is asked for
-anything. Every hook returns ``None``; what counts is what it passed to ``register``.
+anything. Every hook returns ``None``; what counts is what it passed to ``register``. A hook that raises is
+recorded against its plugin (``rewardkit plugins`` shows every such error) and the plugin's other hooks and every
+other plugin still run; a plugin with a hook no spec here names (a misspelt name) is refused whole.
 
 A reward can also be declared without any hook: an entry point in the ``rewardkit.rewards`` group names a
 reward directly (entry-point name = reward name). See :func:`register_rewards` for what it may point to.
