@@ -158,3 +158,14 @@ def test_factory_check_params_runs_at_validate_time(tmp_path, builtin_registry):
     message = _problems(tmp_path, [], text)
     assert "rewards[0].params: cutoff: at most 1, got 2" in message, message
     load_recipe(_recipe(tmp_path, BASE.replace("{name: exact_match}", "{name: checked, params: {cutoff: 1}}")))
+
+
+@pytest.mark.parametrize("trainer", ["grpo_is", "ppo"])
+def test_rollout_arithmetic_is_checked_once_per_trainer(tmp_path, trainer):
+    """grpo_is and ppo share the rollout-reuse fields; each rule about them is reported once (grpo_is's account of
+    its batch arithmetic replaces the shared one rather than being filtered out of it by message text)."""
+    message = _problems(tmp_path, [f"trainer.type={trainer}", "trainer.rollout_epochs=0", "trainer.early_stop_kl=0.1",
+                                   "trainer.steps_per_generation=3", "trainer.gradient_accumulation_steps=2"])
+    assert message.count("rollout_epochs must be >= 1") == 1, message
+    assert message.count("multiple of 2") + message.count("must be a multiple of gradient_accumulation_steps") == 1, \
+        message

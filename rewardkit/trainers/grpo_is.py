@@ -81,16 +81,18 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
         "help": "'token': one behaviour weight per token; 'sequence': one per completion, the product of its "
                 "token ratios, truncated."})
 
-    def __post_init__(self):
-        super().__post_init__()
-        problems = core.batch_problems(
+    def rollout_arithmetic_problems(self) -> list[str]:
+        """The batch arithmetic explained with the user's numbers (``core.batch_problems``): it covers
+        ``rollout_epochs`` and requires every epoch to end on an optimizer step, ``early_stop_kl`` or not."""
+        return core.batch_problems(
             per_device_train_batch_size=self.per_device_train_batch_size, num_processes=self.world_size,
             steps_per_generation=self.steps_per_generation,
             gradient_accumulation_steps=self.gradient_accumulation_steps, num_generations=self.num_generations,
             rollout_epochs=self.rollout_epochs)
-        # batch_problems already explains rollout_epochs < 1 and steps_per_generation vs accumulation
-        problems += [p for p in self.rollout_kl_problems()
-                     if not p.startswith(("rollout_epochs must", "early_stop_kl acts"))]
+
+    def __post_init__(self):
+        super().__post_init__()
+        problems = self.rollout_kl_problems()
         problems += self.dynamic_sampling_problems()
         problems += self.reuse_problems()
         if self.loss_type not in core.SUPPORTED_LOSS_TYPES:

@@ -57,11 +57,22 @@ class RolloutKLConfig:
     beta_horizon: int = field(default=10000, metadata={
         "help": "Horizon of the proportional controller, in episodes (completions); Ziegler et al. 2019 use 10000."})
 
-    def rollout_kl_problems(self) -> list[str]:
-        """What is wrong with these fields, each problem naming its field (empty when fine)."""
+    def rollout_arithmetic_problems(self) -> list[str]:
+        """The epochs and batches of a rollout: ``rollout_epochs`` >= 1 and, with ``early_stop_kl``, epochs that end
+        on an optimizer step. A trainer with a fuller account of its batch arithmetic overrides this (grpo_is)."""
         p = []
         if self.rollout_epochs < 1:
             p.append(f"rollout_epochs must be >= 1, got {self.rollout_epochs}")
+        if self.early_stop_kl is not None:
+            s, a = getattr(self, "steps_per_generation", None), getattr(self, "gradient_accumulation_steps", 1)
+            if s is not None and s % a != 0:
+                p.append(f"early_stop_kl acts on optimizer steps: steps_per_generation ({s}) must be a multiple of "
+                         f"gradient_accumulation_steps ({a})")
+        return p
+
+    def rollout_kl_problems(self) -> list[str]:
+        """What is wrong with these fields, each problem naming its field (empty when fine)."""
+        p = self.rollout_arithmetic_problems()
         if getattr(self, "num_iterations", 1) != 1:
             p.append(f"num_iterations={self.num_iterations}: epochs per rollout are rollout_epochs here (did you "
                      f"mean 'rollout_epochs'?); set rollout_epochs: {self.num_iterations} and leave num_iterations "
@@ -85,11 +96,6 @@ class RolloutKLConfig:
         if self.beta_target is not None and (self.beta_target <= 0 or beta <= 0):
             p.append(f"beta_target={self.beta_target} adapts beta, which needs beta_target > 0 and a starting "
                      f"beta > 0 (got beta={beta}); an adaptive β multiplies the current one")
-        if self.early_stop_kl is not None:
-            s, a = getattr(self, "steps_per_generation", None), getattr(self, "gradient_accumulation_steps", 1)
-            if s is not None and s % a != 0:
-                p.append(f"early_stop_kl acts on optimizer steps: steps_per_generation ({s}) must be a multiple of "
-                         f"gradient_accumulation_steps ({a})")
         return p
 
 
