@@ -1,38 +1,42 @@
-"""Rollout efficiency: does reusing each rollout for μ epochs (grpo_is) buy accuracy per generated completion and
-per second, against TRL GRPO μ=1 and TRL ``num_iterations``=μ, in a regime where generation is the cost?
+"""Rollout efficiency: does grpo_is learn more per generated completion than TRL's own reuse (``num_iterations``)
+and than μ=1 taking as many optimizer steps, judged by a protocol fixed before the evaluation runs?
 
-    python benchmarks/rollout_efficiency.py --quick     # <= 10 min on 2 cores; headline ratios are the last lines
-    python benchmarks/rollout_efficiency.py             # the full protocol: 12 methods × 3 rates × 5 seeds (a day)
-    python benchmarks/rollout_efficiency.py --from-results A/results.json B/results.json   # re-summarise, merge
+    python benchmarks/rollout_efficiency.py --quick --jobs 2   # <= 10 min on 2 idle cores; HEADLINE lines last
+    python benchmarks/rollout_efficiency.py --jobs 2           # the whole protocol (planned <= 12 CPU-hours)
+    python benchmarks/rollout_efficiency.py --smoke            # the pipeline end to end at toy sizes (< 3 min)
+    python benchmarks/rollout_efficiency.py --report OUT       # re-print and re-plot OUT/results.jsonl
 
-Task: reverse a string of ``--length`` letters (``cbadhe...=`` -> ``...ehdabc``): completions of length + 1
-tokens (24 by default), generated token by token. Reward: the fraction of positions right (dense: almost every
-group of 8 has non-zero variance). Reported accuracy: of temperature-1 samples on the held-out strings
-(``--n-eval`` problems × ``--eval-samples``, 1,200 by default), at every ``--eval-every`` rollouts: the fraction of
-letters right (``--metric letters``, the default: a 23-letter exact match stays near 0% from this warm start,
-which gets about half the letters right) and exact match beside it.
+Tasks: reverse a string of ``--length`` letters (``cbadhe=`` -> ``ehdabc``) from a tiny-llama SFT warm start
+(cached). ``dense``: reward = fraction of positions right; ``sparse``: 1 for the exact string, else 0.
+Primary metric: greedy exact match on ``--n-eval`` (1,000) held-out strings; secondary: exact match of one
+temperature-1 sample per string and the policy's mean per-token entropy on those samples.
 
-Generation share: on 2 CPU cores with this 0.6M-parameter model, generating is about a third of a μ=1 step
-(printed as ``gen share``); with long completions of a real model on a GPU it is most of it, which is where
-reusing rollouts should pay in wall-clock. Both are reported: the wall-clock measured here, and a *projection*
-(a model, labelled as such) in which every method's measured generation seconds are scaled by the one factor
-that makes generation 80% of μ=1's time.
+Methods (one name each; every one gets the same rollouts of ``--prompts`` × ``--num-generations`` completions, β = 0,
+the same learning-rate warm-up over the first ``--warmup-completions`` completions, then a constant rate):
+``trl_mu1`` TRL GRPO on-policy (a rollout's minibatches accumulated into one optimizer step);
+``trl_iters<μ>`` TRL ``num_iterations``=μ (``--minibatches`` steps per epoch, the same minibatches μ times);
+``ctl<μ>`` the equal-step μ=1 control: TRL, one epoch, minibatch = rollout / (minibatches·μ), so as many optimizer
+steps per generated completion as μ epochs take;
+``is<μ>[+opt…]`` grpo_is ``rollout_epochs``=μ, options: ``noshuf`` (reshuffle off), ``kl<x>`` (early_stop_kl),
+``ess<x>`` (early_stop_ess), ``rp<K>`` (replay the last K rollouts), ``rpkl<x>`` (replay_max_kl), ``cap<x>``
+(replay_is_cap), ``seq`` (sequence-level replay weights). E.g. ``is4+kl0.02+rp2``.
 
-Protocol (identical for every method): tiny-llama SFT-warmed once (cached under ``runs/bench_cache``); rollouts of
-``--prompts`` × ``--num-generations`` completions split into ``--minibatches`` optimizer steps per epoch; β = 0;
-constant learning rate; ``--budget`` completions per run. Methods: ``trl_mu1`` (TRL GRPO on-policy: the
-minibatches of a rollout are accumulated into one optimizer step, TRL's default), ``trl_iters<μ>`` (TRL
-``num_iterations``=μ: one optimizer step per minibatch, the same minibatches replayed μ times), ``is<μ>``
-(grpo_is ``rollout_epochs``=μ: one step per minibatch, reshuffled every epoch, ``early_stop_kl``); a ``+ds``
-suffix adds dynamic sampling.
-Each method runs every learning rate of ``--lrs`` on every seed; its best rate (highest median area under the
-accuracy-vs-completions curve) is the one compared, and the whole sweep is printed.
-
-Reported: AUC (mean accuracy over the budget), accuracy at 25/50/100% of the budget with 95% confidence
-intervals over seeds (Student t), completions and training seconds (evaluation excluded) for each method to reach
-the accuracy μ=1 ends with (per seed, linear interpolation between evaluations; a run that never reaches it counts
-as its whole budget and is flagged), their ratios to μ=1 and to ``trl_iters<μ>``, the generation share of wall
-time, and a PNG of the mean curves with their confidence bands.
+Protocol (per task; tuning seeds are never reported as results, evaluation seeds never choose anything):
+1. grid: each baseline and each μ's plain grpo_is over ``--lrs`` on the tuning seeds; tuning score = area under
+   the greedy curve over the budget.
+2. screen (first task): grpo_is factors (μ × reshuffle × stop rule × replay) on the tuning seeds at the best rate
+   of their μ's plain grpo_is and the next one up; the ``--finalists`` (≤ 6) best by tuning score go on. A later
+   task re-grids the rate of the first task's finalists and controls instead.
+3. levels, fixed before stage 4: the warm start plus 25/50/75% of the way to the best final tuning score.
+4. eval: finalists, ``trl_mu1``, TRL's best ``trl_iters<μ>`` and ``ctl<μ>`` for every μ among them, each at its
+   tuned rate, on the ``--eval-seeds`` (≥ 10). Completions to each level per seed (interpolated between
+   evaluations; never reached = the budget, reported as a lower bound "≥"); headline = geometric mean over seeds of
+   per-seed completion ratios with a paired bootstrap 95% interval, for the tuning-best grpo_is against TRL's best
+   μ and against the tuning-better equal-step control; greedy accuracy at 25/50/100% of the budget beside it.
+5. timing: seconds per completion of the headline's methods at ``--timing-lengths`` completion lengths (generation
+   forced to full length), alone on one thread, drawn against μ=1's measured generation share. Wall-clock to a
+   level = completions (measured) × seconds per completion (measured at a length) is a *model*, and labelled so.
+A run stops before generating any rollout past the budget (no extra rollout is ever generated or timed).
 """
 
 from __future__ import annotations
@@ -48,87 +52,124 @@ import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-PROJECTED_SHARE = 0.8  # μ=1's generation share in the wall-clock projection
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, n-1)
+import rollout_stats as st  # noqa: E402
+
+PRIMARY = "greedy"
+SCREEN_FACTORS = {"mu": [2, 4], "reshuffle": ["", "+noshuf"], "stop": ["", "+kl0.02", "+ess0.5"],
+                  "replay": ["", "+rp2"]}
+PRESETS = {
+    "full": dict(tasks=["dense", "sparse"], tuning_seeds=[1000, 1001], eval_seeds=list(range(10)), budget=12,
+                 lrs=[1e-4, 3e-4, 1e-3], baselines=["trl_mu1", "trl_iters2", "trl_iters4", "trl_iters8", "ctl2",
+                                                 "ctl4", "ctl8"], screen=True, finalists=6),
+    "quick": dict(tasks=["dense"], tuning_seeds=[1000], eval_seeds=[0, 1, 2], budget=6, lrs=[3e-4],
+                  baselines=["trl_mu1", "trl_iters4", "ctl4"], screen=False, finalists=2, prompts=32,
+                  extra=["is4+ess0.5+rp1"], timing_rollouts=1),
+    "smoke": dict(tasks=["dense", "sparse"], tuning_seeds=[1000], eval_seeds=[0, 1], budget=3, lrs=[3e-4],
+                  baselines=["trl_mu1", "trl_iters2", "ctl2"], screen=False, finalists=2, prompts=4,
+                  num_generations=4, minibatches=2, length=3, n_eval=40, sft_steps=12, eval_every=1,
+                  extra=["is2+kl0.02+ess0.5+rp1"], timing_lengths=[3, 5, 7], timing_rollouts=1, mus=[2]),
+}
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="2 seeds, 3 methods at the learning rates the full sweep picked, a third of the budget")
-    p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--methods", nargs="+")
-    p.add_argument("--lrs", type=float, nargs="+",
-                   help="learning rates swept for every method (default: 3e-4 1e-3 3e-3 for trl_mu1, whose one "
-                        "step per rollout sees the whole rollout; 1e-4 3e-4 1e-3 for methods taking "
-                        "minibatches × μ steps per rollout)")
-    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
-                   help="fix one method's rate instead of sweeping (repeatable)")
-    p.add_argument("--length", type=int, default=23, help="letters per string (completion = length + EOS)")
+    p.add_argument("--quick", action="store_true", help="one task, 1 tuning + 3 eval seeds, no screen (<= 10 min)")
+    p.add_argument("--smoke", action="store_true", help="toy sizes: checks the pipeline, measures nothing")
+    p.add_argument("--report", metavar="OUT", help="summarise OUT/results.jsonl again, training nothing")
+    p.add_argument("--tasks", nargs="+", choices=["dense", "sparse"])
+    p.add_argument("--tuning-seeds", type=int, nargs="+")
+    p.add_argument("--eval-seeds", type=int, nargs="+")
+    p.add_argument("--lrs", type=float, nargs="+", help="learning-rate grid of the grid stage")
+    p.add_argument("--mus", type=int, nargs="+", default=None, help="μ of the plain grpo_is runs of the grid stage")
+    p.add_argument("--budget", type=int, help="rollouts per run (completions = budget × rollout)")
+    p.add_argument("--finalists", type=int, help="grpo_is configurations taken to the evaluation seeds (<= 6)")
+    p.add_argument("--length", type=int, default=8, help="letters per string (completion = length + EOS)")
     p.add_argument("--prompts", type=int, default=64, help="prompts per rollout")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--minibatches", type=int, default=8, help="optimizer steps per epoch of a rollout")
-    p.add_argument("--budget", type=int, help="completions generated per run")
+    p.add_argument("--warmup-completions", type=int, help="learning-rate warm-up, in completions (default: 1 rollout)")
     p.add_argument("--eval-every", type=int, default=2, help="evaluate every N rollouts")
-    p.add_argument("--n-eval", type=int, default=300)
-    p.add_argument("--eval-samples", type=int, default=4)
-    p.add_argument("--early-stop-kl", type=float, default=0.1, help="grpo_is early_stop_kl")
-    p.add_argument("--metric", choices=["letters", "exact"], default="letters",
-                   help="curves and ratios on the fraction of letters right (default) or on exact matches")
-    p.add_argument("--sft-steps", type=int, default=150)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-eval", type=int, default=1000)
+    p.add_argument("--sft-steps", type=int, default=150,
+                   help="SFT steps of the warm start (150 at length 8: 31%% greedy exact on this machine)")
+    p.add_argument("--timing-lengths", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--timing-rollouts", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_rollout_efficiency"))
     p.add_argument("--png", default=os.path.join(ROOT, "docs", "rollout_efficiency.png"))
-    p.add_argument("--from-results", nargs="+",
-                   help="summarise and plot results.json files again (several: their runs together, e.g. seeds "
-                        "run as parallel processes), training nothing")
     a = p.parse_args(argv)
-    rollout = a.prompts * a.num_generations
-    if a.quick:
-        a.seeds = a.seeds or [0, 1]
-        a.methods = a.methods or ["trl_mu1", "trl_iters4", "is4"]
-        a.budget = a.budget or 6 * rollout
-    a.seeds = a.seeds or [0, 1, 2, 3, 4]
-    a.methods = a.methods or ["trl_mu1", "trl_iters2", "trl_iters4", "trl_iters8", "is2", "is4", "is8",
-                              "trl_mu1+ds", "trl_iters4+ds", "is2+ds", "is4+ds", "is8+ds"]
-    a.budget = a.budget or 12 * rollout
-    a.fixed = dict(kv.split("=", 1) for kv in a.lr)
-    a.fixed = {k: float(v) for k, v in a.fixed.items()}
-    if a.quick:  # the rates the full sweep picked on this task (docs/grpo_is.md); quick mode sweeps nothing
-        a.fixed = {**QUICK_LRS, **a.fixed}
-    if a.budget % rollout or (a.prompts * a.num_generations) % a.minibatches:
-        p.error("--budget and the rollout (prompts x num-generations) must be multiples of the rollout / minibatches")
+    preset = PRESETS["smoke" if a.smoke else "quick" if a.quick else "full"]
+    for key, value in preset.items():
+        if getattr(a, key, None) in (None, p.get_default(key)) or key in ("baselines", "screen", "extra"):
+            setattr(a, key, value)
+    a.extra = getattr(a, "extra", [])
+    a.mus = a.mus or sorted({parse_method(m)["mu"] for m in a.baselines if parse_method(m)["kind"] != "trl"
+                             or parse_method(m)["mu"] > 1})
+    a.rollout = a.prompts * a.num_generations
+    a.warmup_completions = a.warmup_completions or a.rollout
+    if a.smoke and a.png == p.get_default("png"):
+        a.png = os.path.join(a.out, "rollout_efficiency.png")
+    ctl_mus = {parse_method(m)["mu"] for m in a.baselines if m.startswith("ctl")}
+    problems = [f"rollout {a.rollout} (prompts × num_generations) must split into minibatches × μ = "
+                f"{a.minibatches} × {mu} minibatches for ctl{mu}" for mu in sorted(ctl_mus)
+                if a.rollout % (a.minibatches * mu)]
+    if a.finalists > 6:
+        problems.append(f"--finalists {a.finalists}: at most 6 go to the evaluation seeds")
+    if set(a.tuning_seeds) & set(a.eval_seeds):
+        problems.append(f"tuning seeds {sorted(set(a.tuning_seeds) & set(a.eval_seeds))} are also evaluation seeds")
+    if problems:
+        p.error("; ".join(problems))
     return a
 
 
-QUICK_LRS = {"trl_mu1": 3e-4, "trl_iters4": 3e-4, "is4": 3e-4}  # the sweep's best rates (docs/grpo_is.md)
-LR_GRID = {"one_step": [3e-4, 1e-3, 3e-3], "many_steps": [1e-4, 3e-4, 1e-3]}
+def parse_method(name: str) -> dict:
+    """``trl_mu1`` / ``trl_iters<μ>`` / ``ctl<μ>`` / ``is<μ>[+opt…]`` -> its settings (module docstring)."""
+    head, *opts = name.split("+")
+    for kind, prefix in (("trl", "trl_iters"), ("ctl", "ctl"), ("is", "is"), ("trl", "trl_mu")):
+        if head.startswith(prefix) and head[len(prefix):].isdigit() and (prefix != "trl_mu" or head == "trl_mu1"):
+            m = {"kind": kind, "mu": int(head[len(prefix):]), "reshuffle": True, "early_stop_kl": None,
+                 "early_stop_ess": None, "replay_rollouts": 0, "replay_max_kl": None, "replay_is_cap": 2.0,
+                 "replay_is_level": "token"}
+            break
+    else:
+        raise SystemExit(f"unknown method {name!r}: trl_mu1, trl_iters<mu>, ctl<mu>, is<mu>[+options]")
+    if opts and m["kind"] != "is":
+        raise SystemExit(f"{name!r}: options (+...) are grpo_is's, for is<mu> methods only")
+    prefixes = (("rpkl", "replay_max_kl", float), ("rp", "replay_rollouts", int), ("kl", "early_stop_kl", float),
+                ("ess", "early_stop_ess", float), ("cap", "replay_is_cap", float))
+    for o in opts:
+        if o in ("noshuf", "seq"):
+            m.update({"reshuffle": False} if o == "noshuf" else {"replay_is_level": "sequence"})
+            continue
+        hit = next(((k, cast) for pre, k, cast in prefixes if o.startswith(pre) and _number(o[len(pre):])), None)
+        if hit is None:
+            raise SystemExit(f"{name!r}: unknown option {o!r} (noshuf, seq, kl<x>, ess<x>, rp<K>, rpkl<x>, cap<x>)")
+        m[hit[0]] = hit[1](o[len(next(pre for pre, k, _ in prefixes if k == hit[0])):])
+    return m
 
 
-def lr_grid(method: str, a) -> list[float]:
-    if method in a.fixed:
-        return [a.fixed[method]]
-    if a.lrs:
-        return a.lrs
-    return LR_GRID["one_step" if parse_method(method)[:2] == ("trl", 1) else "many_steps"]
+def _number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
-def parse_method(name: str) -> tuple[str, int, bool]:
-    """``trl_mu1`` / ``trl_iters4`` / ``is4`` [+ds] -> (kind, μ, dynamic sampling)."""
-    base, ds = (name[:-3], True) if name.endswith("+ds") else (name, False)
-    for kind, prefix in (("trl", "trl_iters"), ("is", "is")):
-        if base.startswith(prefix) and base[len(prefix):].isdigit():
-            return kind, int(base[len(prefix):]), ds
-    if base == "trl_mu1":
-        return "trl", 1, ds
-    raise SystemExit(f"unknown method {name!r}: trl_mu1, trl_iters<mu>, is<mu>, each optionally with +ds")
+def steps_per_rollout(m: dict, a) -> int:
+    """Optimizer steps a rollout is planned to take (without early stops; replay at its steady state)."""
+    if m["kind"] == "trl" and m["mu"] == 1:
+        return 1
+    return a.minibatches * m["mu"] * (1 + m["replay_rollouts"])
 
 
+# ---------------------------------------------------------------------------------------------- task and runs
 def position_reward(prompts, completions, answer, **kwargs):
-    """Fraction of the gold's positions right, over the longer of the two (extra or missing letters cost)."""
+    """dense: fraction of the gold's positions right, over the longer of the two."""
     out = []
     for c, g in zip(completions, answer):
         c = c.split("\n")[0].strip()
@@ -136,8 +177,19 @@ def position_reward(prompts, completions, answer, **kwargs):
     return out
 
 
+def exact_reward(prompts, completions, answer, **kwargs):
+    """sparse: 1 for exactly the reversed string, else 0."""
+    return [float(c.split("\n")[0].strip() == g) for c, g in zip(completions, answer)]
+
+
+def task_data(length: int, n_eval: int):
+    from rewardkit.builtin.datasets import reverse
+
+    return reverse(n_train=20000, n_test=n_eval, length=length, seed=0)
+
+
 def sft_model(a) -> str:
-    """tiny-llama after ``--sft-steps`` of SFT (batch 64, lr 3e-3) on the task, built once and cached."""
+    """tiny-llama after ``--sft-steps`` of SFT (batch 64, lr 3e-3, 30 warm-up steps), built once and cached."""
     from rewardkit import models
     from rewardkit.registry import get_registry
 
@@ -148,387 +200,562 @@ def sft_model(a) -> str:
     from trl import SFTConfig, SFTTrainer
 
     base = models.resolve("tiny-llama", get_registry())
-    tok = AutoTokenizer.from_pretrained(base)
     cfg = SFTConfig(output_dir=out + ".tmp", max_steps=a.sft_steps, learning_rate=3e-3, per_device_train_batch_size=64,
-                    lr_scheduler_type="constant_with_warmup", warmup_steps=30, report_to="none", save_strategy="no",
-                    bf16=False, seed=0, logging_steps=10 ** 6, disable_tqdm=True)
-    t0 = time.time()
-    tr = SFTTrainer(model=base, args=cfg, train_dataset=task(a)["train"], processing_class=tok)
+                    lr_scheduler_type="constant_with_warmup", warmup_steps=min(30, a.sft_steps // 2),
+                    report_to="none", save_strategy="no", bf16=False, seed=0, logging_steps=10 ** 6, disable_tqdm=True)
+    tok = AutoTokenizer.from_pretrained(base)
+    tr = SFTTrainer(model=base, args=cfg, train_dataset=task_data(a.length, a.n_eval)["train"], processing_class=tok)
     tr.train()
     tr.save_model(out)
     tok.save_pretrained(out)
-    print(f"SFT warm start: {a.sft_steps} steps in {time.time() - t0:.0f}s -> {out}", flush=True)
     return out
 
 
-def task(a):
-    from rewardkit.builtin.datasets import reverse
-
-    return reverse(n_train=20000, n_test=a.n_eval, length=a.length, seed=0)
-
-
-def accuracy(model, tok, test, samples: int, max_new_tokens: int) -> tuple[float, float]:
-    """(exact match, mean position reward) of ``samples`` temperature-1 completions per held-out problem, under a
-    fixed seed, the global RNG restored afterwards so evaluating never changes a training run."""
+def sampled_entropy(scores, ids, eos_id: int) -> tuple[float, int]:
+    """(Σ per-token entropy, tokens) of sampled completions, counting tokens up to and including the first EOS."""
     import torch
 
-    was_training = model.training
+    logp = torch.log_softmax(torch.stack(scores, 1).float(), -1)  # (B, T, V)
+    ent = -(logp.exp() * logp).nan_to_num().sum(-1)  # (B, T)
+    is_eos = (ids == eos_id).long()
+    mask = (is_eos.cumsum(-1) - is_eos) == 0
+    return (ent * mask).sum().item(), int(mask.sum().item())
+
+
+def evaluate(model, tok, test, max_new_tokens: int) -> dict:
+    """Greedy exact match (primary), exact match and letters of one temperature-1 sample, and the sample's entropy
+    per token, on every held-out string; a fixed seed, the global RNG restored (evaluating changes no run)."""
+    import torch
+
+    was = model.training
     model.eval()
     tok.padding_side = "left"
     prompts, answers = list(test["prompt"]), list(test["answer"])
-    hits, partial, n = 0, 0.0, 0
+    tot = {"greedy": 0.0, "sampled": 0.0, "letters": 0.0, "entropy": 0.0, "tokens": 0}
+    kw = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(1234)
-        for i in range(0, len(prompts), 150):
-            batch = [p for p in prompts[i:i + 150] for _ in range(samples)]
-            gold = [x for x in answers[i:i + 150] for _ in range(samples)]
-            enc = tok(batch, return_tensors="pt", padding=True)
-            gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-            outs = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            hits += sum(o.split("\n")[0].strip() == g for o, g in zip(outs, gold))
-            partial += sum(position_reward(None, outs, gold))
-            n += len(outs)
-    model.train(was_training)
-    return hits / n, partial / n
+        for i in range(0, len(prompts), 250):
+            enc, gold = tok(prompts[i:i + 250], return_tensors="pt", padding=True), answers[i:i + 250]
+            n0 = enc["input_ids"].shape[1]
+            greedy = tok.batch_decode(model.generate(**enc, do_sample=False, **kw)[:, n0:], skip_special_tokens=True)
+            tot["greedy"] += sum(exact_reward(None, greedy, gold))
+            s = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, output_scores=True,
+                               return_dict_in_generate=True, **kw)
+            texts = tok.batch_decode(s.sequences[:, n0:], skip_special_tokens=True)
+            tot["sampled"] += sum(exact_reward(None, texts, gold))
+            tot["letters"] += sum(position_reward(None, texts, gold))
+            e, n = sampled_entropy(s.scores, s.sequences[:, n0:], tok.eos_token_id)
+            tot["entropy"], tot["tokens"] = tot["entropy"] + e, tot["tokens"] + n
+    model.train(was)
+    n = len(prompts)
+    return {"greedy": tot["greedy"] / n, "sampled": tot["sampled"] / n, "letters": tot["letters"] / n,
+            "entropy": tot["entropy"] / max(tot["tokens"], 1)}
 
 
-def build(method: str, lr: float, seed: int, a, sft: str, data):
-    """The trainer of one run: identical rollouts, minibatches and clock for every method."""
-    from transformers import AutoTokenizer
+def build(job: dict, a, sft: str, data, gen_kwargs: dict | None = None):
+    """The trainer of one run, with its own AdamW and warm-up counted in completions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from rewardkit.trainers.grpo_is import GRPOISConfig, GRPOISTrainer
 
-    kind, mu, ds = parse_method(method)
-    rollout = a.prompts * a.num_generations
-    batch = rollout // a.minibatches
-    common = dict(output_dir=os.path.join(a.out, f"{method}-lr{lr:g}-{seed}"), per_device_train_batch_size=batch,
-                  steps_per_generation=a.minibatches, num_generations=a.num_generations,
-                  max_completion_length=a.length + 1, learning_rate=lr, lr_scheduler_type="constant", beta=0.0,
-                  report_to="none", save_strategy="no", logging_steps=10 ** 6, bf16=False, seed=seed,
-                  disable_tqdm=True, max_steps=10 ** 6, temperature=1.0, gradient_checkpointing=False)
-    if ds:
-        common.update(dynamic_sampling=True)
-    if kind == "trl":
-        cfg_cls, cls = (dynamic_sampling_classes() if ds else (GRPOConfig, GRPOTrainer))
-        # μ=1 is on-policy: the rollout's minibatches are accumulated into one optimizer step (TRL's default,
-        # steps_per_generation = gradient_accumulation_steps), so no step trains on another policy's samples.
-        accumulate = a.minibatches if mu == 1 else 1
-        cfg = cfg_cls(num_iterations=mu, gradient_accumulation_steps=accumulate, **common)
-    else:
-        cfg, cls = GRPOISConfig(rollout_epochs=mu, early_stop_kl=a.early_stop_kl, **common), GRPOISTrainer
-    tok = AutoTokenizer.from_pretrained(sft)
-    return cls(model=sft, args=cfg, train_dataset=data["train"], processing_class=tok, reward_funcs=[position_reward])
+    m, mb = parse_method(job["method"]), a.minibatches
+    batch = a.rollout // (mb * m["mu"]) if m["kind"] == "ctl" else a.rollout // mb
+    common = dict(output_dir=os.path.join(a.out, "tmp", f"{job['method']}-{job['seed']}"),
+                  per_device_train_batch_size=batch, num_generations=a.num_generations,
+                  max_completion_length=job.get("length", a.length) + 1, learning_rate=job["lr"], beta=0.0,
+                  report_to="none", save_strategy="no", logging_steps=10 ** 6, bf16=False, seed=job["seed"],
+                  disable_tqdm=True, max_steps=10 ** 6, temperature=1.0, gradient_checkpointing=False,
+                  generation_kwargs=gen_kwargs)
+    if m["kind"] == "is":
+        opts = {k: m[k] for k in ("reshuffle", "early_stop_kl", "early_stop_ess", "replay_rollouts", "replay_max_kl",
+                                  "replay_is_cap", "replay_is_level")}
+        cfg, cls = GRPOISConfig(rollout_epochs=m["mu"], steps_per_generation=mb, **opts, **common), GRPOISTrainer
+    elif m["kind"] == "ctl":
+        cfg, cls = GRPOConfig(steps_per_generation=mb * m["mu"], **common), GRPOTrainer
+    else:  # μ=1 accumulates the rollout into one on-policy step; num_iterations=μ takes one step per minibatch
+        cfg = GRPOConfig(num_iterations=m["mu"], steps_per_generation=mb,
+                         gradient_accumulation_steps=mb if m["mu"] == 1 else 1, **common)
+        cls = GRPOTrainer
+    model = AutoModelForCausalLM.from_pretrained(sft)
+    opt = torch.optim.AdamW(model.parameters(), lr=job["lr"], weight_decay=0.0)
+    warm = max(1.0, a.warmup_completions / a.rollout * steps_per_rollout(m, a))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    reward = exact_reward if job["task"] == "sparse" else position_reward
+    return cls(model=model, args=cfg, train_dataset=data["train"], processing_class=AutoTokenizer.from_pretrained(sft),
+               reward_funcs=[reward], optimizers=(opt, sched))
 
 
-def dynamic_sampling_classes():
-    from rewardkit.trainers.dynamic_sampling import DynamicSamplingGRPOConfig, DynamicSamplingGRPOTrainer
-
-    return DynamicSamplingGRPOConfig, DynamicSamplingGRPOTrainer
+class BudgetReached(Exception):
+    """Raised instead of generating a rollout past the budget: nothing past it is generated, trained or timed."""
 
 
-def point(scores: tuple[float, float], metric: str) -> dict:
-    exact, letters = scores
-    return {"accuracy": letters if metric == "letters" else exact, "exact": exact, "letters": letters}
-
-
-def run_one(method: str, lr: float, seed: int, a, sft: str, data, start: tuple[float, float]) -> dict:
+def run_one(job: dict, a, sft: str, data, start: dict) -> dict:
+    """One training run: the curve of every metric against completions, with its seconds (evaluation excluded)."""
     import torch
-    from transformers import TrainerCallback
 
-    torch.manual_seed(seed)
-    tr = build(method, lr, seed, a, sft, data)
-    test = data["test"]
-    state = {"completions": 0, "rollouts": 0, "eval_s": 0.0, "gen_s": 0.0, "stop": False,
-             "curve": [{"completions": 0, **point(start, a.metric), "train_seconds": 0.0, "gen_seconds": 0.0}]}
-    score, generate = tr._generate_and_score_completions, tr._generate
-    t_start = time.perf_counter()
+    torch.manual_seed(job["seed"])
+    tr = build(job, a, sft, data)
+    s = {"completions": 0, "rollouts": 0, "eval_s": 0.0, "gen_s": 0.0}
+    s["curve"] = [{"completions": 0, **start, "train_seconds": 0.0, "gen_seconds": 0.0, "steps": 0}]
+    score, generate, t0 = tr._generate_and_score_completions, tr._generate, time.perf_counter()
 
     def evaluate_now():
-        t0 = time.perf_counter()
-        scores = accuracy(tr.model, tr.processing_class, test, a.eval_samples, a.length + 1)
-        state["eval_s"] += time.perf_counter() - t0
-        state["curve"].append({"completions": state["completions"], **point(scores, a.metric),
-                               "train_seconds": time.perf_counter() - t_start - state["eval_s"],
-                               "gen_seconds": state["gen_s"]})
+        e0 = time.perf_counter()
+        point = evaluate(tr.model, tr.processing_class, data["test"], a.length + 1)
+        s["eval_s"] += time.perf_counter() - e0
+        s["curve"].append({"completions": s["completions"], **point, "steps": tr.state.global_step,
+                           "train_seconds": time.perf_counter() - t0 - s["eval_s"], "gen_seconds": s["gen_s"]})
 
     def timed_generate(prompts):
-        t0 = time.perf_counter()
+        g0 = time.perf_counter()
         try:
             return generate(prompts)
         finally:
-            if tr.model.training:
-                state["gen_s"] += time.perf_counter() - t0
-                state["completions"] += len(prompts) * tr.accelerator.num_processes
+            s["gen_s"] += time.perf_counter() - g0
+            s["completions"] += len(prompts)
 
-    def counting_score(inputs):
-        """Every method's rollouts pass here: evaluate before each eval_every-th new rollout, i.e. once the
-        model is done with all rollouts so far, and stop at the budget."""
-        if tr.model.training and state["rollouts"] and state["rollouts"] % a.eval_every == 0:
+    def budgeted_score(inputs):
+        """Every rollout passes here before it is generated: evaluate once the model is done with all rollouts so
+        far (every eval_every), and stop instead of generating past the budget."""
+        if s["rollouts"] and s["rollouts"] % a.eval_every == 0 and s["curve"][-1]["completions"] < s["completions"]:
             evaluate_now()
-            state["stop"] = state["completions"] >= a.budget
-        out = score(inputs)
-        if tr.model.training:
-            state["rollouts"] += 1
-        return out
+        if s["completions"] >= a.budget * a.rollout:
+            raise BudgetReached
+        s["rollouts"] += 1
+        return score(inputs)
 
-    tr._generate_and_score_completions, tr._generate = counting_score, timed_generate
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, st, control, **kw):
-            control.should_training_stop = control.should_training_stop or state["stop"]
-
-    tr.add_callback(Stop())
-    from transformers.trainer_callback import PrinterCallback
-
-    tr.remove_callback(PrinterCallback)  # its end-of-training dict would bury the benchmark's lines
-    tr.train()
-    total = time.perf_counter() - t_start - state["eval_s"]
-    extra = {}
-    if hasattr(tr, "rollout_history"):
-        hist = tr.rollout_history
-        extra = {"mean_epochs_used": statistics.mean(r["epochs_used"] for r in hist) if hist else None,
-                 "early_stops": sum(r["early_stop"] for r in hist)}
-    ds = {k: sum(v) for k, v in tr._metrics["train"].items() if k.startswith("dynamic_sampling/")}
-    return {"method": method, "lr": lr, "seed": seed, "curve": state["curve"], "completions": state["completions"],
-            "steps": tr.state.global_step, "train_seconds": total, "generation_seconds": state["gen_s"],
-            **extra, **({"dynamic_sampling": ds} if ds else {})}
+    tr._generate_and_score_completions, tr._generate = budgeted_score, timed_generate
+    try:
+        tr.train()
+    except BudgetReached:
+        pass
+    train_seconds = time.perf_counter() - t0 - s["eval_s"]
+    if s["curve"][-1]["completions"] < s["completions"]:
+        evaluate_now()
+    hist = getattr(tr, "rollout_history", None)
+    extra = {"mean_epochs_used": statistics.fmean(r["epochs_used"] for r in hist) if hist else None,
+             "early_stops": sum(bool(r["early_stop"]) for r in hist) if hist else None}
+    return {**job, "curve": s["curve"], "completions": s["completions"], "steps": tr.state.global_step,
+            "train_seconds": train_seconds, "generation_seconds": s["gen_s"], **extra}
 
 
-# ---------------------------------------------------------------------------------------------- analysis
-def at(curve: list[dict], x: float, key: str = "accuracy") -> float:
-    """The curve's value at ``x`` completions (linear interpolation; the last value beyond the end)."""
-    for p, q in zip(curve, curve[1:]):
-        if p["completions"] <= x <= q["completions"]:
-            w = (x - p["completions"]) / max(q["completions"] - p["completions"], 1)
-            return p[key] + w * (q[key] - p[key])
-    return curve[-1][key]
+def time_one(job: dict, a, sft: str) -> dict:
+    """Seconds per completion of one method at one completion length (generation forced to the full length)."""
+    import torch
+
+    torch.manual_seed(job["seed"])
+    data = task_data(job["length"], 10)
+    tr = build(job, a, sft, data, gen_kwargs={"min_new_tokens": job["length"] + 1})
+    s = {"gen": 0.0, "n": 0, "rollouts": 0, "entries": []}
+    score, generate = tr._generate_and_score_completions, tr._generate
+
+    def timed_generate(prompts):
+        g0 = time.perf_counter()
+        try:
+            return generate(prompts)
+        finally:
+            s["gen"], s["n"] = s["gen"] + time.perf_counter() - g0, s["n"] + len(prompts)
+
+    def budgeted_score(inputs):
+        """Times whole rollouts: from the first rollout's start to the moment the next one past the last timed
+        would start (the trainer's start-up before the first rollout is left out)."""
+        s["entries"].append(time.perf_counter())
+        if s["rollouts"] >= a.timing_rollouts:
+            raise BudgetReached
+        s["rollouts"] += 1
+        return score(inputs)
+
+    tr._generate_and_score_completions, tr._generate = budgeted_score, timed_generate
+    try:
+        tr.train()
+    except BudgetReached:
+        pass
+    total = s["entries"][-1] - s["entries"][0]
+    return {**job, "seconds_per_completion": total / s["n"], "generation_share": s["gen"] / total}
 
 
-def auc(curve: list[dict], budget: int) -> float:
-    """Mean accuracy over [0, budget] completions (trapezoids on the evaluated points)."""
-    xs = [p["completions"] for p in curve if p["completions"] <= budget]
-    ys = [p["accuracy"] for p in curve if p["completions"] <= budget]
-    if xs[-1] < budget:
-        xs, ys = xs + [budget], ys + [at(curve, budget)]
-    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])) / budget
+def run_job(job: dict) -> dict:
+    """A worker's entry point (one thread; everything it needs is in ``job``)."""
+    import torch
 
-
-def reach(curve: list[dict], level: float, key: str) -> float | None:
-    """``key`` (completions or train_seconds) at the first crossing of ``level``, interpolated; None if never."""
-    for p, q in zip(curve, curve[1:]):
-        if q["accuracy"] >= level > p["accuracy"] or (p is curve[0] and p["accuracy"] >= level):
-            if p["accuracy"] >= level:
-                return p[key]
-            w = (level - p["accuracy"]) / (q["accuracy"] - p["accuracy"])
-            return p[key] + w * (q[key] - p[key])
-    return None
-
-
-def ci(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student-t interval) over seeds."""
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return m, float("nan")
-    return m, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def summarize(runs: list[dict], a) -> dict:
-    by: dict[str, dict[float, list[dict]]] = {}
-    for r in runs:
-        by.setdefault(r["method"], {}).setdefault(r["lr"], []).append(r)
-    sweep, best = {}, {}
-    for m, lrs in by.items():
-        sweep[m] = {lr: statistics.median(auc(r["curve"], a.budget) for r in rs) for lr, rs in lrs.items()}
-        best[m] = max(sweep[m], key=sweep[m].get)
-    chosen = {m: by[m][best[m]] for m in by}
-    s = {"budget": a.budget, "seeds": a.seeds, "metric": a.metric, "sweep_median_auc": sweep, "best_lr": best, "methods": {}}
-    ref = chosen.get("trl_mu1")
-    # Projection (a model, not a measurement): generation made k times slower so that it is PROJECTED_SHARE of
-    # μ=1's time, as with long completions of a real model on a GPU; every method's generation is scaled alike.
-    k = None
-    if ref:
-        g = sum(r["generation_seconds"] for r in ref)
-        o = sum(r["train_seconds"] for r in ref) - g
-        k = PROJECTED_SHARE * o / ((1 - PROJECTED_SHARE) * g) if g > 0 else None
-        for rs in by.values():
-            for runs_at_lr in rs.values():
-                for r in runs_at_lr:
-                    for pt in r["curve"]:
-                        pt["projected_seconds"] = pt["train_seconds"] + (k - 1) * pt.get("gen_seconds", 0.0)
-    s["projection_factor"] = k
-    # The accuracy μ=1 (at its best rate) ends with: what every method is timed to reach.
-    level = statistics.mean(at(r["curve"], a.budget) for r in ref) if ref else None
-    s["equal_accuracy_level"] = level
-    for m, rs in chosen.items():
-        row = {"lr": best[m], "auc": ci([auc(r["curve"], a.budget) for r in rs])}
-        for frac in (0.25, 0.5, 1.0):
-            row[f"acc@{frac:g}"] = ci([at(r["curve"], frac * a.budget) for r in rs])
-        row["exact@1"] = ci([at(r["curve"], a.budget, "exact") for r in rs])
-        gen, tot = sum(r["generation_seconds"] for r in rs), sum(r["train_seconds"] for r in rs)
-        row["generation_share"] = gen / max(tot, 1e-9)
-        row["seconds_per_1k_completions"] = 1000 * tot / max(sum(r["completions"] for r in rs), 1)
-        if level is not None:
-            comp = [reach(r["curve"], level, "completions") for r in rs]
-            secs = [reach(r["curve"], level, "train_seconds") for r in rs]
-            row["reached"] = sum(c is not None for c in comp)
-            row["completions_to_level"] = [c if c is not None else a.budget for c in comp]
-            row["seconds_to_level"] = [t if t is not None else r["train_seconds"] for t, r in zip(secs, rs)]
-            if k is not None:
-                proj = [reach(r["curve"], level, "projected_seconds") for r in rs]
-                row["projected_seconds_to_level"] = [t if t is not None else r["curve"][-1]["projected_seconds"]
-                                                     for t, r in zip(proj, rs)]
-        if rs[0].get("mean_epochs_used") is not None:
-            row["mean_epochs_used"] = statistics.mean(r["mean_epochs_used"] for r in rs)
-        if rs[0].get("dynamic_sampling"):
-            row["dynamic_sampling"] = {k: statistics.mean(r["dynamic_sampling"].get(k, 0) for r in rs)
-                                       for k in rs[0]["dynamic_sampling"]}
-        s["methods"][m] = row
-    s["start_accuracy"] = runs[0]["curve"][0]["accuracy"]
-    if ref and level <= s["start_accuracy"]:
-        s["equal_accuracy_level"] = None  # μ=1 ended no better than the warm start: nothing to reach
-    elif ref:
-        base = s["methods"]["trl_mu1"]
-        for m, row in s["methods"].items():
-            row["completions_ratio_vs_mu1"] = (statistics.median(row["completions_to_level"]) /
-                                               statistics.median(base["completions_to_level"]))
-            row["seconds_ratio_vs_mu1"] = (statistics.median(row["seconds_to_level"]) /
-                                           statistics.median(base["seconds_to_level"]))
-            if "projected_seconds_to_level" in row:
-                row["projected_seconds_ratio_vs_mu1"] = (statistics.median(row["projected_seconds_to_level"]) /
-                                                         statistics.median(base["projected_seconds_to_level"]))
-            kind, mu, ds = parse_method(m)
-            twin = f"trl_iters{mu}" + ("+ds" if ds else "")
-            if kind == "is" and twin in s["methods"]:
-                row["completions_ratio_vs_" + twin] = (statistics.median(row["completions_to_level"]) /
-                                                       statistics.median(s["methods"][twin]["completions_to_level"]))
-    return s
-
-
-def report(s: dict, a) -> list[str]:
-    def pm(v):
-        return f"{v[0]:.3f}±{v[1]:.3f}" if not math.isnan(v[1]) else f"{v[0]:.3f}"
-
-    lines = [f"learning-rate sweep (median AUC over seeds {s['seeds']}; budget {s['budget']} completions):"]
-    for m, sw in s["sweep_median_auc"].items():
-        lines.append(f"  {m:<15} " + "  ".join(f"lr {lr:g}: {v:.3f}" for lr, v in sorted(sw.items()))
-                     + f"   -> best {s['best_lr'][m]:g}")
-    lines.append(f"at each method's best rate (mean ± 95% CI over {len(s['seeds'])} seeds; {a.metric} accuracy of "
-                 f"{a.n_eval}×{a.eval_samples} temperature-1 samples):")
-    lines.append(f"  {'method':<15} {'AUC':>13} {'acc@25%':>13} {'acc@50%':>13} {'acc@100%':>13} {'exact@100%':>13}"
-                 f" {'gen share':>9} {'s/1k compl':>10}")
-    for m, r in s["methods"].items():
-        lines.append(f"  {m:<15} {pm(r['auc']):>13} {pm(r['acc@0.25']):>13} {pm(r['acc@0.5']):>13} "
-                     f"{pm(r['acc@1']):>13} {pm(r['exact@1']):>13} {r['generation_share']:>9.0%} "
-                     f"{r['seconds_per_1k_completions']:>10.1f}"
-                     + (f"  epochs/rollout {r['mean_epochs_used']:.2f}" if "mean_epochs_used" in r else ""))
-    if s["equal_accuracy_level"] is None:
-        lines.append("HEADLINE: TRL μ=1 ended no better than the warm start (or did not run): no equal-accuracy ratios")
+    torch.set_num_threads(1)
+    a = argparse.Namespace(**job.pop("args"))
+    t0 = time.perf_counter()
+    if job["stage"] == "timing":
+        out = time_one(job, a, job.pop("sft"))
     else:
-        lines.append(f"to reach {s['equal_accuracy_level']:.1%} (TRL μ=1's final accuracy), median over seeds:")
-        for m, r in s["methods"].items():
-            twin = next((k for k in r if k.startswith("completions_ratio_vs_trl_iters")), None)
-            lines.append(f"  {m:<15} reached {r['reached']}/{len(s['seeds'])}  completions "
-                         f"{statistics.median(r['completions_to_level']):>7.0f} ({r['completions_ratio_vs_mu1']:.2f}× μ=1"
-                         + (f", {r[twin]:.2f}× {twin[len('completions_ratio_vs_'):]}" if twin else "")
-                         + f")  train s {statistics.median(r['seconds_to_level']):>6.0f} "
-                           f"({r['seconds_ratio_vs_mu1']:.2f}× μ=1)"
-                         + (f"  projected {r['projected_seconds_ratio_vs_mu1']:.2f}× μ=1"
-                            if "projected_seconds_ratio_vs_mu1" in r else ""))
-        if s.get("projection_factor"):
-            lines.append(f"  (projected: a model, not a measurement: generation {s['projection_factor']:.1f}× slower, "
-                         f"so that it is {PROJECTED_SHARE:.0%} of μ=1's time as with long completions on a GPU)")
-        lines.append("headline (goals: completions ≤ 0.5× μ=1 and ≤ 0.8× num_iterations, wall-clock ≤ 0.7× μ=1):")
-        for m, r in s["methods"].items():
-            if m.startswith("is"):
-                twin = next((k for k in r if k.startswith("completions_ratio_vs_trl_iters")), None)
-                lines.append(f"HEADLINE {m}: completions {r['completions_ratio_vs_mu1']:.2f}× μ=1"
-                             + (f", {r[twin]:.2f}× {twin[len('completions_ratio_vs_'):]}" if twin else "")
-                             + f"; wall-clock {r['seconds_ratio_vs_mu1']:.2f}× μ=1 measured"
-                             + (f", {r['projected_seconds_ratio_vs_mu1']:.2f}× projected at "
-                                f"{PROJECTED_SHARE:.0%} generation" if "projected_seconds_ratio_vs_mu1" in r else ""))
+        sft, start = job.pop("sft"), job.pop("start")
+        out = run_one(job, a, sft, task_data(a.length, a.n_eval), start)
+    return {**out, "wall_seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------------------------- the protocol
+def key(r: dict) -> tuple:
+    return r["stage"], r["task"], r["method"], r.get("lr"), r["seed"], r.get("length")
+
+
+def execute(jobs: list[dict], a, done: list[dict], ctx: dict) -> list[dict]:
+    """Run the jobs not already in results.jsonl (``--jobs`` at a time), appending each result as it ends."""
+    have = {key(r) for r in done}
+    todo = [j for j in jobs if key(j) not in have]
+    print(f"  {len(jobs)} runs planned, {len(jobs) - len(todo)} already done", flush=True)
+    payload = [{**j, "args": {k: v for k, v in vars(a).items()}, **ctx} for j in todo]
+    results = []
+    path = os.path.join(a.out, "results.jsonl")
+    if a.jobs > 1 and len(payload) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(a.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outs = pool.map(run_job, payload)
+            results = [_save(r, path) for r in outs]
+    else:
+        results = [_save(run_job(p), path) for p in payload]
+    return done + results
+
+
+def _save(r: dict, path: str) -> dict:
+    with open(path, "a") as f:
+        f.write(json.dumps(r) + "\n")
+    if r["stage"] != "timing":
+        last = r["curve"][-1]
+        print(f"  {r['stage']:<6} {r['task']:<6} {r['method']:<20} lr {r['lr']:<7g} seed {r['seed']:<5} "
+              f"greedy {last['greedy']:.1%} sampled {last['sampled']:.1%} entropy {last['entropy']:.3f}  "
+              f"{r['train_seconds']:.0f}s ({r['steps']} steps)", flush=True)
+    return r
+
+
+def grid_jobs(task: str, methods: list[str], lrs: list[float], a, stage: str = "grid") -> list[dict]:
+    return [{"stage": stage, "task": task, "method": m, "lr": lr, "seed": s}
+            for m in methods for lr in lrs for s in a.tuning_seeds]
+
+
+def tuning_scores(runs: list[dict], task: str, a) -> dict:
+    """{method: {lr: mean tuning AUC of the greedy curve}} over the tuning stages of ``task``."""
+    out: dict = {}
+    for r in runs:
+        if r["task"] == task and r["stage"] in ("grid", "screen"):
+            out.setdefault(r["method"], {}).setdefault(r["lr"], []).append(
+                st.auc(r["curve"], a.budget * a.rollout, PRIMARY))
+    return {m: {lr: statistics.fmean(v) for lr, v in lrs.items()} for m, lrs in out.items()}
+
+
+def screen_methods(mu_best_lr: dict, a) -> list[tuple[str, float]]:
+    """Every combination of SCREEN_FACTORS but the plain grpo_is runs of the grid, at the best rate of its μ's
+    plain run and at the next rate up the grid."""
+    out = []
+    for mu in SCREEN_FACTORS["mu"]:
+        if mu not in mu_best_lr:
+            continue
+        lr = mu_best_lr[mu]
+        up = [x for x in sorted(a.lrs) if x > lr][:1]
+        for sh in SCREEN_FACTORS["reshuffle"]:
+            for stop in SCREEN_FACTORS["stop"]:
+                for rp in SCREEN_FACTORS["replay"]:
+                    name = f"is{mu}{sh}{stop}{rp}"
+                    if name != f"is{mu}":
+                        out += [(name, x) for x in [lr] + up]
+    return out
+
+
+def select(scores: dict, a) -> dict:
+    """What the tuning seeds decide: each method's rate, the grpo_is finalists, TRL's best μ, the better control."""
+    best_lr = {m: st.best_by(v) for m, v in scores.items()}
+    best = {m: scores[m][best_lr[m]] for m in scores}
+    is_ranked = sorted((m for m in best if m.startswith("is")), key=best.get, reverse=True)
+    trl_iters = [m for m in best if m.startswith("trl_iters")]
+    finalists = is_ranked[:a.finalists]
+    ctl = [m for m in best if m.startswith("ctl")]
+    return {"scores": scores, "best_lr": best_lr, "tuning_auc": best, "finalists": finalists,
+            "best_is": finalists[0] if finalists else None,
+            "best_trl": max(trl_iters, key=best.get) if trl_iters else None,
+            "best_ctl": max(ctl, key=best.get) if ctl else None}
+
+
+def final_score(runs: list[dict], task: str, method: str, lr: float) -> float:
+    vals = [r["curve"][-1][PRIMARY] for r in runs
+            if r["task"] == task and r["method"] == method and r["lr"] == lr and r["stage"] in ("grid", "screen")]
+    return statistics.fmean(vals)
+
+
+def eval_methods(sel: dict) -> list[str]:
+    mus = {parse_method(m)["mu"] for m in sel["finalists"]}
+    if sel["best_trl"]:
+        mus.add(parse_method(sel["best_trl"])["mu"])
+    ctl = [f"ctl{mu}" for mu in sorted(mus) if f"ctl{mu}" in sel["best_lr"]]
+    out = ["trl_mu1"] + ([sel["best_trl"]] if sel["best_trl"] else []) + ctl + sel["finalists"]
+    return list(dict.fromkeys(m for m in out if m in sel["best_lr"]))
+
+
+def plan_task(task: str, first: dict | None, runs: list[dict], a, ctx: dict) -> tuple[list[dict], dict]:
+    """Stages 1-3 of one task on the tuning seeds; returns the runs and the selection with the fixed levels."""
+    if first is None:
+        methods = a.baselines + [f"is{mu}" for mu in a.mus] + a.extra
+    else:  # a later task: the first task's finalists and controls, re-gridded here
+        methods = eval_methods(first)
+    print(f"[{task}] grid: {len(methods)} methods × {len(a.lrs)} rates × {len(a.tuning_seeds)} tuning seeds", flush=True)
+    runs = execute(grid_jobs(task, methods, a.lrs, a), a, runs, ctx)
+    if a.screen and first is None:
+        scores = tuning_scores(runs, task, a)
+        mu_lr = {parse_method(m)["mu"]: st.best_by(scores[m]) for m in scores if m in [f"is{mu}" for mu in a.mus]}
+        screen = screen_methods(mu_lr, a)
+        print(f"[{task}] screen: {len(screen)} grpo_is configurations × {len(a.tuning_seeds)} tuning seeds",
+              flush=True)
+        runs = execute([{"stage": "screen", "task": task, "method": m, "lr": lr, "seed": s}
+                        for m, lr in screen for s in a.tuning_seeds], a, runs, ctx)
+    scores = tuning_scores(runs, task, a)
+    sel = select(scores, a)
+    finals = {m: final_score(runs, task, m, sel["best_lr"][m]) for m in sel["best_lr"]}
+    sel["start"] = ctx["start"][PRIMARY]
+    sel["best_final"] = max(finals.values())
+    sel["levels"] = st.levels(sel["start"], sel["best_final"]) if sel["best_final"] > sel["start"] else None
+    return runs, sel
+
+
+def timing_jobs(sel: dict, a) -> list[dict]:
+    methods = list(dict.fromkeys(m for m in ["trl_mu1", sel["best_trl"], sel["best_ctl"], sel["best_is"]] if m))
+    return [{"stage": "timing", "task": "dense", "method": m, "lr": sel["best_lr"][m], "seed": 0, "length": n}
+            for n in a.timing_lengths for m in methods]
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def summarize_task(runs: list[dict], task: str, sel: dict, a) -> dict:
+    """The evaluation seeds' table of one task: accuracy at fixed budgets, completions to each level (censored at
+    the budget) and the paired ratios of every finalist against TRL's best μ and the better control."""
+    budget = a.budget * a.rollout
+    ev = [r for r in runs if r["task"] == task and r["stage"] == "eval"]
+    rows = {}
+    for m in eval_methods(sel):
+        rs = sorted((r for r in ev if r["method"] == m), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        finals = [r["curve"][-1][PRIMARY] for r in rs]
+        row = {"lr": sel["best_lr"][m], "seeds": [r["seed"] for r in rs],
+               "final_median_worst": st.median_and_worst(finals),
+               "sampled": statistics.fmean(r["curve"][-1]["sampled"] for r in rs),
+               "entropy": statistics.fmean(r["curve"][-1]["entropy"] for r in rs),
+               "s_per_1k": 1000 * sum(r["train_seconds"] for r in rs) / sum(r["completions"] for r in rs),
+               "epochs_used": (statistics.fmean(r["mean_epochs_used"] for r in rs)
+                               if rs[0].get("mean_epochs_used") is not None else None)}
+        for frac in (0.25, 0.5, 1.0):
+            row[f"greedy@{frac:g}"] = st.mean_ci([st.at(r["curve"], frac * budget, PRIMARY) for r in rs])
+        if sel["levels"]:
+            row["to_level"] = [[st.censored_cost(r["curve"], lv, PRIMARY, budget) for r in rs] for lv in sel["levels"]]
+        rows[m] = row
+    ratios = {}
+    if sel["levels"]:
+        for f in sel["finalists"]:
+            for c in (sel["best_trl"], sel["best_ctl"]):
+                if f in rows and c in rows and rows[f]["seeds"] == rows[c]["seeds"]:
+                    ratios[f"{f} / {c}"] = [_ratio(rows[f]["to_level"][i], rows[c]["to_level"][i])
+                                            for i in range(len(sel["levels"]))]
+    return {"rows": rows, "ratios": ratios}
+
+
+def _ratio(num: list, den: list) -> dict:
+    est, lo, hi = st.paired_ratio([x for x, _ in num], [x for x, _ in den])
+    return {"ratio": est, "low": lo, "high": hi, "num_censored": sum(c for _, c in num),
+            "den_censored": sum(c for _, c in den), "n": len(num)}
+
+
+def summarize_timing(runs: list[dict], sel: dict) -> dict:
+    """Per length: μ=1's measured generation share and every timed method's seconds per completion over μ=1's."""
+    out = {}
+    for r in (r for r in runs if r["stage"] == "timing"):
+        out.setdefault(r["length"], {})[r["method"]] = r
+    table = {}
+    for length, by in sorted(out.items()):
+        ref = by.get("trl_mu1")
+        if ref:
+            table[length] = {"mu1_generation_share": ref["generation_share"],
+                             "per_completion_ratio": {m: r["seconds_per_completion"] / ref["seconds_per_completion"]
+                                                      for m, r in by.items()},
+                             "seconds_per_1k": {m: 1000 * r["seconds_per_completion"] for m, r in by.items()}}
+    return table
+
+
+def report(summary: dict, a) -> list[str]:
+    lines = []
+    for task, t in summary["tasks"].items():
+        sel = t["selection"]
+        lines += [f"[{task}] tuning (seeds {a.tuning_seeds}, never reported below): area under the greedy curve"]
+        for m, by_lr in sel["scores"].items():
+            mark = " <- finalist" if m in sel["finalists"] else ""
+            lines.append(f"  {m:<22} " + "  ".join(f"lr {lr:g}: {v:.3f}" for lr, v in sorted(by_lr.items()))
+                         + f"  best {sel['best_lr'][m]:g}{mark}")
+        if not sel["levels"]:
+            lines.append(f"[{task}] no tuning run ended above the warm start ({sel['start']:.1%}): no levels, no eval")
+            continue
+        lines.append(f"[{task}] levels fixed before evaluation: warm start {sel['start']:.1%}, best final tuning "
+                     f"{sel['best_final']:.1%} -> " + ", ".join(f"{lv:.1%}" for lv in sel["levels"]))
+        lines += _eval_lines(task, t, sel)
+    lines += _timing_lines(summary, a)
+    lines.append(f"time taken: {summary['cpu_hours']:.2f} CPU-hours (runs, one thread each) in "
+                 f"{summary['wall_hours']:.2f} h wall with --jobs {a.jobs}")
+    lines += _headline_lines(summary)
     return lines
 
 
-def plot(runs: list[dict], s: dict, png: str, title: str) -> None:
+def _eval_lines(task: str, t: dict, sel: dict) -> list[str]:
+    lines = [f"[{task}] evaluation seeds: greedy exact match (mean [95% bootstrap]) at 25/50/100% of the budget, "
+             f"final median/worst, sampled exact, entropy; completions to each level, median (≥: censored seeds)"]
+    for m, r in t["rows"].items():
+        acc = "  ".join(f"{r[f'greedy@{f:g}'][0]:.1%} [{r[f'greedy@{f:g}'][1]:.1%},{r[f'greedy@{f:g}'][2]:.1%}]"
+                        for f in (0.25, 0.5, 1.0))
+        levels = "  ".join(f"{statistics.median(c for c, _ in lv):>6.0f}"
+                           + (f" (≥ on {sum(x for _, x in lv)})" if any(x for _, x in lv) else "")
+                           for lv in r.get("to_level", []))
+        lines.append(f"  {m:<22} lr {r['lr']:<7g} {acc}  final {r['final_median_worst'][0]:.1%}/"
+                     f"{r['final_median_worst'][1]:.1%}  sampled {r['sampled']:.1%}  H {r['entropy']:.3f}  "
+                     f"{r['s_per_1k']:.1f} s/1k  to levels: {levels}"
+                     + (f"  epochs/rollout {r['epochs_used']:.2f}" if r["epochs_used"] is not None else ""))
+    for name, per_level in t["ratios"].items():
+        lines.append(f"  {name:<40} completions ratio (geometric mean, paired bootstrap 95%): " + "  ".join(
+            f"L{i + 1} {x['ratio']:.2f} [{x['low']:.2f},{x['high']:.2f}] (censored {x['num_censored']}/"
+            f"{x['den_censored']} of {x['n']})" for i, x in enumerate(per_level)))
+    return lines
+
+
+def _timing_lines(summary: dict, a) -> list[str]:
+    timing = summary.get("timing") or {}
+    lines = ["wall-clock, measured alone on one thread (generation forced to the full length): seconds per 1k "
+             "completions and the ratio to μ=1, at μ=1's measured generation share"]
+    for length, row in timing.items():
+        lines.append(f"  completion {length + 1:>3} tokens: μ=1 generation share {row['mu1_generation_share']:.0%}  "
+                     + "  ".join(f"{m} {row['seconds_per_1k'][m]:.1f} s ({row['per_completion_ratio'][m]:.2f}×)"
+                                 for m in row["seconds_per_1k"]))
+    return lines
+
+
+def _headline_lines(summary: dict) -> list[str]:
+    lines = []
+    for task, t in summary["tasks"].items():
+        sel = t["selection"]
+        if not sel["levels"]:
+            continue
+        best = sel["best_is"]
+        for comp, goal in ((sel["best_trl"], 0.7), (sel["best_ctl"], 0.5)):
+            x = t["ratios"].get(f"{best} / {comp}")
+            if x is None:
+                continue
+            mid = x[1]
+            met = mid["high"] < 1 and mid["ratio"] <= goal
+            lines.append(f"HEADLINE [{task}] {best} vs {comp}: completions to the 50% level {mid['ratio']:.2f}× "
+                         f"[{mid['low']:.2f}, {mid['high']:.2f}] over {mid['n']} paired seeds (censored "
+                         f"{mid['num_censored']}/{mid['den_censored']}); goal ≤ {goal}× with the interval below 1: "
+                         + ("met" if met else "missed"))
+    return lines
+
+
+def plot(runs: list[dict], summary: dict, png: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    grid = sorted({p["completions"] for r in runs for p in r["curve"]})
-    for i, (m, row) in enumerate(s["methods"].items()):
-        rs = [r for r in runs if r["method"] == m and r["lr"] == row["lr"]]
-        stats = [ci([at(r["curve"], x) for r in rs]) for x in grid]
-        mean = [v[0] for v in stats]
-        half = [0.0 if math.isnan(v[1]) else v[1] for v in stats]
-        color = plt.cm.tab10(i % 10)
-        ax.plot(grid, mean, color=color, ls="--" if m.endswith("+ds") else "-", label=f"{m} (lr {row['lr']:g})")
-        ax.fill_between(grid, [x - h for x, h in zip(mean, half)], [x + h for x, h in zip(mean, half)],
-                        color=color, alpha=0.12)
-    if s["equal_accuracy_level"] is not None:
-        ax.axhline(s["equal_accuracy_level"], color="gray", lw=0.8, ls=":", label="μ=1 final")
-    ax.set_xlabel("completions generated")
-    ax.set_ylabel(f"held-out sampled accuracy ({s.get('metric', 'letters')})")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    tasks = [t for t in summary["tasks"] if summary["tasks"][t]["selection"]["levels"]]
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5 * (len(tasks) + 1), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sel = summary["tasks"][task]["selection"]
+        for i, m in enumerate(summary["tasks"][task]["rows"]):
+            rs = [r for r in runs if r["stage"] == "eval" and r["task"] == task and r["method"] == m]
+            grid = sorted({p["completions"] for r in rs for p in r["curve"]})
+            ax.plot(grid, [statistics.fmean(st.at(r["curve"], x, PRIMARY) for r in rs) for x in grid],
+                    color=plt.cm.tab10(i % 10), label=m)
+        for lv in sel["levels"]:
+            ax.axhline(lv, color="gray", lw=0.7, ls=":")
+        ax.set(xlabel="completions generated", ylabel="held-out greedy exact match (mean over eval seeds)",
+               title=f"{task} reward; levels dotted")
+        ax.legend(fontsize=6)
+    ax = axes[0][-1]
+    timing = summary.get("timing") or {}
+    methods = sorted({m for row in timing.values() for m in row["per_completion_ratio"]})
+    for m in methods:
+        pts = [(row["mu1_generation_share"], row["per_completion_ratio"][m]) for row in timing.values()
+               if m in row["per_completion_ratio"]]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set(xlabel="μ=1's measured generation share (completion lengths " + ", ".join(
+        str(n + 1) for n in timing) + ")", ylabel="seconds per completion / μ=1's (measured)", title="wall-clock")
+    ax.legend(fontsize=6)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(png), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
 
+def load_runs(out: str) -> list[dict]:
+    path = os.path.join(out, "results.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize(runs: list[dict], selections: dict, a, wall_seconds: float) -> dict:
+    tasks = {task: {"selection": sel, **(summarize_task(runs, task, sel, a) if sel["levels"] else
+                                        {"rows": {}, "ratios": {}})} for task, sel in selections.items()}
+    first = selections[a.tasks[0]]
+    return {"tasks": tasks, "timing": summarize_timing(runs, first),
+            "cpu_hours": sum(r.get("wall_seconds", 0.0) for r in runs) / 3600, "wall_hours": wall_seconds / 3600}
+
+
 def main(argv=None):
     a = parse(argv)
-    if a.from_results:
-        runs = []
-        for path in a.from_results:
-            with open(path) as f:
-                saved = json.load(f)
-            if runs and saved["args"]["budget"] != a.budget:
-                raise SystemExit(f"{path}: budget {saved['args']['budget']} differs from {a.budget}")
-            for k, v in saved["args"].items():
-                if k not in ("from_results", "png", "out", "seeds"):
-                    setattr(a, k, v)
-            runs += saved["runs"]
-        a.seeds = sorted({r["seed"] for r in runs})
-        a.out = os.path.dirname(os.path.abspath(a.from_results[0]))
-    else:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    if a.report:
+        a.out = a.report
+        with open(os.path.join(a.out, "plan.json")) as f:
+            plan = json.load(f)
+        for k, v in plan["args"].items():
+            if k not in ("report", "out", "png"):
+                setattr(a, k, v)
+        return finish(load_runs(a.out), plan["selections"], a, plan.get("wall_seconds", 0.0))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch.set_num_threads(a.threads)
-        load = os.getloadavg()
-        print(f"load average at start: {load[0]:.2f} on {os.cpu_count()} CPUs (other jobs slow every method alike, "
-              f"ratios are measured in this run)", flush=True)
-        sft = sft_model(a)
-        data = task(a)
-        start = accuracy(AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft),
-                         data["test"], a.eval_samples, a.length + 1)
-        print(f"SFT warm start: sampled exact match {start[0]:.1%}, letters right {start[1]:.1%}", flush=True)
-        os.makedirs(a.out, exist_ok=True)
-        runs = []
-        for seed in a.seeds:
-            for m in a.methods:
-                for lr in lr_grid(m, a):
-                    r = run_one(m, lr, seed, a, sft, data, start)
-                    runs.append(r)
-                    print(f"  seed {seed} {m:<14} lr {lr:<7g} final {r['curve'][-1]['accuracy']:.1%} "
-                          f"AUC {auc(r['curve'], a.budget):.3f}  {r['train_seconds']:.0f}s train, generation "
-                          f"{r['generation_seconds'] / max(r['train_seconds'], 1e-9):.0%}", flush=True)
-                    with open(os.path.join(a.out, "results.json"), "w") as f:
-                        json.dump({"args": {k: v for k, v in vars(a).items() if k != "fixed"} |
-                                   {"lr": [f"{k}={v}" for k, v in a.fixed.items()]}, "runs": runs}, f)
-    s = summarize(runs, a)
-    plot(runs, s, a.png, f"string reversal ({a.length} letters), tiny-llama SFT-warmed; rollouts {a.prompts}×"
-                         f"{a.num_generations}, {a.minibatches} minibatches/epoch; seeds {a.seeds}")
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    os.makedirs(a.out, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    sft = sft_model(a)
+    test = task_data(a.length, a.n_eval)["test"]
+    start = evaluate(AutoModelForCausalLM.from_pretrained(sft), AutoTokenizer.from_pretrained(sft), test, a.length + 1)
+    print(f"warm start ({sft}): greedy {start['greedy']:.1%}, sampled {start['sampled']:.1%}, letters "
+          f"{start['letters']:.1%}, entropy {start['entropy']:.3f}", flush=True)
+    runs, selections, first, ctx = load_runs(a.out), {}, None, {"sft": sft, "start": start}
+    for task in a.tasks:
+        runs, sel = plan_task(task, first, runs, a, ctx)
+        first, selections[task] = first or sel, sel
+        _save_plan(a, selections, time.perf_counter() - t0)  # levels and choices on disk before any eval run
+        if sel["levels"]:
+            print(f"[{task}] eval: {eval_methods(sel)} × seeds {a.eval_seeds}", flush=True)
+            runs = execute([{"stage": "eval", "task": task, "method": m, "lr": sel["best_lr"][m], "seed": s}
+                            for m in eval_methods(sel) for s in a.eval_seeds], a, runs, ctx)
+    alone = argparse.Namespace(**{**vars(a), "jobs": 1})
+    print(f"timing at completion lengths {[n + 1 for n in a.timing_lengths]}, one run at a time", flush=True)
+    runs = execute(timing_jobs(first, a), alone, runs, ctx)
+    wall = time.perf_counter() - t0
+    _save_plan(a, selections, wall)
+    finish(runs, selections, a, wall)
+
+
+def _save_plan(a, selections: dict, wall: float) -> None:
+    with open(os.path.join(a.out, "plan.json"), "w") as f:
+        json.dump({"args": vars(a), "selections": selections, "wall_seconds": wall}, f, indent=1, default=str)
+
+
+def finish(runs: list[dict], selections: dict, a, wall: float) -> None:
+    for sel in selections.values():  # JSON turned the float learning-rate keys into strings
+        sel["scores"] = {m: {float(k): v for k, v in d.items()} for m, d in sel["scores"].items()}
+        sel["best_lr"] = {m: float(v) for m, v in sel["best_lr"].items()}
+    summary = summarize(runs, selections, a, wall)
     with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump(s, f, indent=1, default=str)
-    print(f"plot: {a.png}; every curve: {os.path.join(a.out, 'results.json')}")
-    print("\n".join(report(s, a)))
+        json.dump(summary, f, indent=1, default=str)
+    plot(runs, summary, a.png)
+    print(f"plot: {a.png}; runs: {os.path.join(a.out, 'results.jsonl')}")
+    print("\n".join(report(summary, a)))
 
 
 if __name__ == "__main__":

@@ -1,54 +1,135 @@
-"""benchmarks/rollout_efficiency.py: the curve arithmetic and the summary it prints from finished runs
-(synthetic curves with known answers; the benchmark itself is too long for the test suite)."""
+"""benchmarks/rollout_efficiency.py: its statistics (levels, censoring, geometric mean, paired bootstrap) against
+numbers worked by hand, its method names, its selection on tuning seeds and its summary of synthetic runs (the
+benchmark itself is too long for the test suite; ``--smoke`` runs it end to end)."""
 
 import importlib.util
+import math
 import os
+import sys
 import types
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("rollout_efficiency",
-                                              os.path.join(REPO, "benchmarks", "rollout_efficiency.py"))
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 
-def curve(points):
-    """(completions, accuracy, train_seconds, gen_seconds) -> a run's curve."""
-    return [{"completions": c, "accuracy": acc, "exact": 0.0, "letters": acc, "train_seconds": t, "gen_seconds": g}
-            for c, acc, t, g in points]
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def test_auc_reach_and_interpolation():
-    line = curve([(0, 0.0, 0, 0), (100, 1.0, 10, 5)])
-    assert bench.auc(line, 100) == pytest.approx(0.5)
-    assert bench.at(line, 25) == pytest.approx(0.25)
-    assert bench.reach(line, 0.4, "completions") == pytest.approx(40)
-    assert bench.reach(line, 0.4, "train_seconds") == pytest.approx(4)
-    assert bench.reach(line, 1.5, "completions") is None
-    assert bench.parse_method("is4+ds") == ("is", 4, True) and bench.parse_method("trl_mu1") == ("trl", 1, False)
-    m, half = bench.ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and half == pytest.approx(4.30 * 1.0 / 3 ** 0.5)
+st = _load("rollout_stats")
+bench = _load("rollout_efficiency")
 
 
-def test_summary_ratios_and_the_labelled_projection():
-    """μ=1 ends at 0.6 after 1,000 completions; is4 gets there at 500 but trains 4× as long per completion.
-    Measured: is4 needs 0.5× the completions and 2× the seconds of μ=1 to reach 0.6. Projected with μ=1's
-    generation scaled to 80% of its time (k = 0.8·5 / (0.2·5) = 4), is4's 500 completions cost 4·2.5 + 17.5."""
-    def run(method, points):
-        return {"method": method, "lr": 1e-4, "seed": 0, "curve": curve(points), "completions": points[-1][0],
-                "train_seconds": points[-1][2], "generation_seconds": points[-1][3]}
+def curve(points, key="greedy"):
+    return [{"completions": c, key: v, "sampled": v, "entropy": 1.0, "train_seconds": c / 100} for c, v in points]
 
-    runs = [run("trl_mu1", [(0, 0.5, 0, 0), (1000, 0.6, 10, 5)]),
-            run("is4", [(0, 0.5, 0, 0), (500, 0.6, 20, 2.5), (1000, 0.7, 40, 5)])]
-    a = types.SimpleNamespace(budget=1000, seeds=[0], metric="letters", n_eval=300, eval_samples=4)
-    s = bench.summarize(runs, a)
-    assert s["equal_accuracy_level"] == pytest.approx(0.6) and s["projection_factor"] == pytest.approx(4.0)
-    is4 = s["methods"]["is4"]
-    assert is4["completions_ratio_vs_mu1"] == pytest.approx(0.5)
-    assert is4["seconds_ratio_vs_mu1"] == pytest.approx(2.0)
-    # μ=1: 5 s of other work + 4·5 s of generation = 25; is4 at 0.6: 17.5 + 4·2.5 = 27.5
-    assert is4["projected_seconds_ratio_vs_mu1"] == pytest.approx(27.5 / 25)
-    lines = bench.report(s, a)
-    assert lines[-1].startswith("HEADLINE is4: completions 0.50× μ=1; wall-clock 2.00× μ=1 measured, 1.10× projected")
+
+def test_levels_are_fractions_of_the_way_from_the_warm_start():
+    assert st.levels(0.2, 0.6) == pytest.approx([0.3, 0.4, 0.5])
+    with pytest.raises(ValueError, match="not above the warm start"):
+        st.levels(0.5, 0.5)
+
+
+def test_first_reach_interpolates_and_censoring_counts_the_budget():
+    c = curve([(0, 0.1), (100, 0.3), (200, 0.5)])
+    assert st.first_reach(c, 0.2, "greedy") == pytest.approx(50)
+    assert st.first_reach(c, 0.4, "greedy") == pytest.approx(150)
+    assert st.first_reach(c, 0.05, "greedy") == 0  # already there at the warm start
+    assert st.first_reach(c, 0.4, "greedy", x="train_seconds") == pytest.approx(1.5)
+    assert st.censored_cost(c, 0.45, "greedy", 300) == (pytest.approx(175), False)
+    assert st.censored_cost(c, 0.9, "greedy", 300) == (300, True)  # never reached: the budget, a lower bound
+    # a dip after crossing does not move the first crossing
+    assert st.first_reach(curve([(0, 0.1), (100, 0.5), (200, 0.2), (300, 0.6)]), 0.3, "greedy") == pytest.approx(50)
+
+
+def test_geometric_mean_and_paired_bootstrap_by_hand():
+    assert st.geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        st.geometric_mean([1.0, 0.0])
+    # every seed's ratio is 0.5: estimate and every bootstrap resample are exactly 0.5
+    assert st.paired_ratio([50, 100, 200], [100, 200, 400]) == pytest.approx((0.5, 0.5, 0.5))
+    # ratios 0.25 and 1: geometric mean 0.5; resamples of 2 seeds give 0.25, 0.5 or 1 -> interval [0.25, 1]
+    est, lo, hi = st.paired_ratio([25, 300], [100, 300], n_boot=2000)
+    assert est == pytest.approx(0.5) and lo == pytest.approx(0.25) and hi == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="equal"):
+        st.paired_ratio([1, 2], [1])
+
+
+def test_pairing_matters_when_seeds_differ_in_difficulty():
+    """Hard and easy seeds (costs 100 vs 1,000) with the method always 0.8× the baseline: the paired interval is
+    the point 0.8; an unpaired comparison of the same numbers would be wide."""
+    num, den = [80, 800, 80, 800], [100, 1000, 100, 1000]
+    assert st.paired_ratio(num, den) == pytest.approx((0.8, 0.8, 0.8))
+
+
+def test_auc_mean_ci_and_best_by():
+    c = curve([(0, 0.0), (100, 1.0)])
+    assert st.auc(c, 100, "greedy") == pytest.approx(0.5)
+    assert st.auc(c, 200, "greedy") == pytest.approx(0.75)  # flat at the last value beyond the end
+    assert st.mean_ci([0.5, 0.5, 0.5]) == pytest.approx((0.5, 0.5, 0.5))
+    assert st.best_by({"a": 1.0, "b": 3.0, "c": 3.0}) == "b"  # ties: the first in order
+
+
+def test_method_names():
+    m = bench.parse_method("is4+noshuf+kl0.02+ess0.5+rp2+seq")
+    assert (m["kind"], m["mu"], m["reshuffle"], m["early_stop_kl"], m["early_stop_ess"], m["replay_rollouts"],
+            m["replay_is_level"]) == ("is", 4, False, 0.02, 0.5, 2, "sequence")
+    assert bench.parse_method("trl_mu1")["mu"] == 1 and bench.parse_method("ctl8")["kind"] == "ctl"
+    for bad in ("trl_mu2", "ctl4+kl0.1", "is4+foo", "ppo"):
+        with pytest.raises(SystemExit):
+            bench.parse_method(bad)
+    a = types.SimpleNamespace(minibatches=8)
+    assert [bench.steps_per_rollout(bench.parse_method(n), a) for n in ("trl_mu1", "trl_iters4", "ctl4", "is2+rp2")] \
+        == [1, 32, 32, 48]
+
+
+def test_arguments_refuse_overlapping_seeds_and_too_many_finalists():
+    with pytest.raises(SystemExit):
+        bench.parse(["--tuning-seeds", "0", "--eval-seeds", "0", "1"])
+    with pytest.raises(SystemExit):
+        bench.parse(["--finalists", "7"])
+    a = bench.parse(["--quick"])
+    assert a.budget == 6 and a.tasks == ["dense"] and not set(a.tuning_seeds) & set(a.eval_seeds)
+    full = bench.parse([])
+    assert len(full.eval_seeds) >= 10 and full.n_eval >= 1000 and full.tasks == ["dense", "sparse"]
+
+
+def _run(stage, method, lr, seed, points, task="dense"):
+    return {"stage": stage, "task": task, "method": method, "lr": lr, "seed": seed, "curve": curve(points),
+            "completions": points[-1][0], "train_seconds": points[-1][0] / 100, "mean_epochs_used": None}
+
+
+def test_selection_uses_tuning_runs_and_summary_pairs_seeds():
+    """Tuning: is4 beats trl_iters4 at lr 1e-3 only; the levels are 0 + (25/50/75% of 0.8). Evaluation (2 seeds):
+    is4 reaches the 50% level (0.4) at 100 and 200 completions, trl_iters4 at 200 and never (budget 400, censored):
+    ratios 0.5 and 0.5, geometric mean 0.5, one censored comparator seed."""
+    a = types.SimpleNamespace(budget=4, rollout=100, finalists=6, tuning_seeds=[9], jobs=1)
+    runs = [_run("grid", "trl_mu1", 1e-3, 9, [(0, 0.0), (400, 0.3)]),
+            _run("grid", "trl_iters4", 1e-3, 9, [(0, 0.0), (400, 0.5)]),
+            _run("grid", "ctl4", 1e-3, 9, [(0, 0.0), (400, 0.4)]),
+            _run("grid", "is4", 1e-3, 9, [(0, 0.0), (400, 0.8)]),
+            _run("grid", "is4", 3e-4, 9, [(0, 0.0), (400, 0.2)])]
+    sel = bench.select(bench.tuning_scores(runs, "dense", a), a)
+    assert sel["best_lr"]["is4"] == 1e-3 and sel["best_is"] == "is4" and sel["best_trl"] == "trl_iters4"
+    assert sel["best_ctl"] == "ctl4" and bench.eval_methods(sel) == ["trl_mu1", "trl_iters4", "ctl4", "is4"]
+    sel["levels"] = st.levels(0.0, max(bench.final_score(runs, "dense", m, sel["best_lr"][m]) for m in sel["best_lr"]))
+    assert sel["levels"] == pytest.approx([0.2, 0.4, 0.6])
+    runs += [_run("eval", "is4", 1e-3, 0, [(0, 0.0), (100, 0.4), (400, 0.8)]),
+             _run("eval", "is4", 1e-3, 1, [(0, 0.0), (200, 0.4), (400, 0.6)]),
+             _run("eval", "trl_iters4", 1e-3, 0, [(0, 0.0), (200, 0.4), (400, 0.4)]),
+             _run("eval", "trl_iters4", 1e-3, 1, [(0, 0.0), (400, 0.3)])]
+    out = bench.summarize_task(runs, "dense", sel, a)
+    mid = out["ratios"]["is4 / trl_iters4"][1]
+    assert mid["ratio"] == pytest.approx(0.5) and mid["den_censored"] == 1 and mid["num_censored"] == 0
+    assert out["rows"]["is4"]["greedy@1"][0] == pytest.approx(0.7)
+    summary = {"tasks": {"dense": {"selection": {**sel, "start": 0.0, "best_final": 0.8}, **out}}, "timing": {},
+               "cpu_hours": 0.1, "wall_hours": 0.05}
+    lines = bench.report(summary, types.SimpleNamespace(tuning_seeds=[9], jobs=1))
+    assert lines[-1].startswith("HEADLINE")  # the headline is last
+    assert any(x.startswith("HEADLINE [dense] is4 vs trl_iters4: completions to the 50% level 0.50×") for x in lines)
+    assert math.isclose(summary["cpu_hours"], 0.1)
