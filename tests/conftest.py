@@ -29,3 +29,58 @@ def tiny(registry):
 
     path = models.resolve("tiny-llama", registry)
     return path, AutoTokenizer.from_pretrained(path), arithmetic(n_train=64, n_test=8, max_operand=10)
+
+
+# --- vLLM (tests/test_vllm*.py): they run in .venv-vllm, the second command of README's test line ---
+
+VLLM_TEST_SECONDS = 240  # per test; an engine that hangs ends the whole pytest process (it is in-process)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vllm: needs vLLM (.venv-vllm); skipped where vLLM is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _vllm_deadline(request):
+    """A ``vllm`` test that runs past VLLM_TEST_SECONDS fails (SIGALRM), and one stuck where no Python runs (inside
+    the engine's C++) ends the process 30 s later with every thread's traceback (faulthandler), so CI never hangs."""
+    if request.node.get_closest_marker("vllm") is None:
+        yield
+        return
+    import faulthandler
+    import signal
+
+    def _timeout(signum, frame):
+        raise TimeoutError(f"{request.node.nodeid} ran past {VLLM_TEST_SECONDS} s")
+
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(VLLM_TEST_SECONDS)
+    faulthandler.dump_traceback_later(VLLM_TEST_SECONDS + 30, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tmp_path_factory):
+    """(engine, model dir): one in-process vLLM engine on the tiny-llama in float32 for the whole session, shut down
+    at its end. Tests that change its weights put the original ones back."""
+    import faulthandler
+
+    from rewardkit import vllm_sync
+    from rewardkit.builtin.models import build
+
+    path = str(tmp_path_factory.mktemp("vllm-model"))
+    build("tiny-llama", path)
+    faulthandler.dump_traceback_later(VLLM_TEST_SECONDS, exit=True)  # a start that never returns ends the run
+    try:
+        llm = vllm_sync.start_engine(path, max_model_len=128)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    try:
+        yield llm, path
+    finally:
+        vllm_sync.shutdown(llm)

