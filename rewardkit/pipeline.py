@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 
-from rewardkit import engines, models, plot
+from rewardkit import engines, models, plot, stage_cache
 from rewardkit import run_state as state
 from rewardkit.data import load_data, split_problem, splits
 from rewardkit.errors import RecipeError, RewardkitError
@@ -115,11 +115,16 @@ def run(recipe, registry, resume: str = "auto", observe_rewards=None) -> dict:
     r = _Run(recipe, registry, observe_rewards)
     plans = r.plan(resume)
     r.evaluate_base()
+    cache = stage_cache.cache_dir()
     for p in plans:
         if p.done and not r.trained_earlier:  # once a stage trains in this run, later stages on disk are stale
             r.reuse(p)
+        elif cache and r.restore(p, cache):
+            r.reuse(p, cached=True)
         else:
             r.train(p)
+            if cache:
+                stage_cache.store(p, cache, r.summary.get("health", {}).get(p.spec.name))
     return r.finish()
 
 
@@ -200,12 +205,22 @@ class _Run:
         self.dist.barrier()
         self.save_summary()
 
-    def reuse(self, p) -> None:
-        """A stage a previous run finished with this configuration: its result, health and score are taken over
-        (the score is recomputed only if the eval section changed since)."""
+    def restore(self, p, cache: str) -> bool:
+        """Copy the stage from the stage cache (rewardkit.stage_cache) if it holds it and nothing is on disk."""
+        if p.ckpt or not stage_cache.restore(p, cache):
+            return False
+        health = stage_cache.health(p, cache)
+        if health is not None:
+            self.previous_summary.setdefault("health", {})[p.spec.name] = health
+        return True
+
+    def reuse(self, p, cached: bool = False) -> None:
+        """A stage a previous run (or the stage cache) finished with this configuration: its result, health and
+        score are taken over (the score is recomputed only if the eval section changed since)."""
         spec, info = p.spec, p.state["info"]
-        self.log(f"stage '{spec.name}': finished in a previous run ({info['steps']} steps), not trained again")
-        self.summary["stages"].append({**info, "previous_run": True})
+        source = f"the stage cache {stage_cache.cache_dir()}" if cached else "a previous run"
+        self.log(f"stage '{spec.name}': finished in {source} ({info['steps']} steps), not trained again")
+        self.summary["stages"].append({**info, "previous_run": True, **({"stage_cache": True} if cached else {})})
         if spec.name in self.previous_summary.get("health", {}):
             self.summary.setdefault("health", {})[spec.name] = self.previous_summary["health"][spec.name]
         policy = info.get("produces_policy", True)

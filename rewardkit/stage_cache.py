@@ -1,0 +1,133 @@
+"""A cache of finished stages shared between runs: ``REWARDKIT_STAGE_CACHE=<dir>``.
+
+Many runs start from the same warm start (a sweep of RL settings, the seeds of a benchmark, a test suite): the
+SFT stage they share is trained once, stored, and copied into every later run's output directory, where it is
+reused exactly as a stage a previous run of that recipe finished (``rewardkit run`` prints "from the stage
+cache").
+
+A stage is found only under a key that decides what it trains, bit for bit:
+
+- the stage's fingerprint (``run_state.stage_config``: trainer, its arguments, rewards, model, data, seed, and
+  the fingerprint of the stage before it, so a stage is cached only with the chain that produced it);
+- rewardkit's own source (a hash of its ``.py`` files) and the versions of the libraries that train
+  (torch, transformers, trl, peft, accelerate) and of every installed rewardkit plugin distribution;
+- the machine's arithmetic: CPU model, torch's thread count and the CUDA device, since floating-point results
+  differ between them (a cache copied to another machine misses rather than returns another machine's model).
+
+Only single-process runs read or write the cache. ``checkpoint-*`` directories are not stored (a finished stage
+never resumes). Entries are written to a temporary name and renamed, so a killed run leaves no half entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+
+from rewardkit import run_state as state
+
+ENV = "REWARDKIT_STAGE_CACHE"
+HEALTH_FILE = "health.json"  # the stored stage's monitor report (it lives in summary.json, not the stage dir)
+
+
+def cache_dir() -> str | None:
+    """The cache directory, or None when caching is off (unset, or a multi-process run)."""
+    path = os.environ.get(ENV)
+    if not path or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@functools.lru_cache(maxsize=1)
+def _source_hash() -> str:
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        import platform  # noqa: PLC0415
+
+        return platform.processor()
+
+
+def environment() -> dict:
+    """What besides the recipe decides a stage's result on this machine."""
+    from importlib import metadata  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    plugins = sorted({d.metadata["Name"]: d.version for d in metadata.distributions()
+                      if any(ep.group.startswith("rewardkit") for ep in d.entry_points)}.items())
+    return {"rewardkit_source": _source_hash(), "plugins": plugins,
+            **{lib: version(lib) for lib in ("torch", "transformers", "trl", "peft", "accelerate")},
+            "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def key(fingerprint: str) -> str:
+    return state.fingerprint({"stage": fingerprint, "environment": environment()})
+
+
+def restore(plan, root: str) -> bool:
+    """Copy the cached stage of ``plan`` into its (absent) stage directory; True if it was there. The copy's
+    ``stage.json`` then points at its own ``model`` directory, and ``plan.state`` is re-read from it."""
+    entry = os.path.join(root, key(plan.fingerprint))
+    stored = state.read_json(os.path.join(entry, state.STAGE_FILE)) or {}
+    if stored.get("status") != "done" or stored.get("fingerprint") != plan.fingerprint or os.path.lexists(plan.dir):
+        return False
+    tmp = f"{plan.dir}.tmp-{os.getpid()}"
+    # a copy, not links: a stage trained again later rewrites its files in place
+    shutil.copytree(entry, tmp, ignore=lambda folder, names: [HEALTH_FILE] if folder == entry else [])
+    info = stored["info"]
+    if info.get("model_dir", "").startswith(stored["stage_dir"] + os.sep):  # a path inside the stored stage
+        info["model_dir"] = os.path.join(plan.dir, os.path.relpath(info["model_dir"], stored["stage_dir"]))
+    stored.pop("stage_dir")
+    state.write_json(os.path.join(tmp, state.STAGE_FILE), stored)
+    os.replace(tmp, plan.dir)
+    plan.state = stored
+    return True
+
+
+def health(plan, root: str) -> dict | None:
+    return state.read_json(os.path.join(root, key(plan.fingerprint), HEALTH_FILE))
+
+
+def store(plan, root: str, health_report: dict | None) -> None:
+    """Store a stage this run finished (without its checkpoints). An entry already there is kept."""
+    entry = os.path.join(root, key(plan.fingerprint))
+    if os.path.exists(entry):
+        return
+    os.makedirs(root, exist_ok=True)
+    tmp = f"{entry}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(plan.dir, tmp, ignore=lambda folder, names: [n for n in names if n.startswith("checkpoint-")])
+    stored = state.read_json(os.path.join(tmp, state.STAGE_FILE))
+    state.write_json(os.path.join(tmp, state.STAGE_FILE), {**stored, "stage_dir": os.path.abspath(plan.dir)})
+    if health_report is not None:
+        with open(os.path.join(tmp, HEALTH_FILE), "w") as f:
+            json.dump(health_report, f)
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another run stored it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+

@@ -1,0 +1,90 @@
+"""REWARDKIT_STAGE_CACHE: a finished stage is trained once and copied into later runs that would train it
+identically; anything that decides its result (its config, the chain before it, the machine's arithmetic) misses."""
+
+import json
+import os
+
+import pytest
+
+from rewardkit import stage_cache
+from rewardkit.pipeline import run
+from rewardkit.recipe import load_recipe
+from rewardkit.registry import get_registry
+
+
+def _recipe(tmp_path, out, second_lr=1e-3, first_steps=2):
+    import yaml
+
+    recipe = {
+        "output_dir": str(tmp_path / out), "seed": 0, "model": {"name": "tiny-llama"},
+        "data": {"name": "arithmetic", "params": {"n_train": 64, "n_test": 4}},
+        "stages": {
+            "first": {"trainer": {"type": "sft", "max_steps": first_steps, "per_device_train_batch_size": 8,
+                                  "save_strategy": "no"}},
+            "second": {"trainer": {"type": "sft", "max_steps": 2, "per_device_train_batch_size": 8,
+                                   "learning_rate": second_lr, "save_strategy": "no"}}}}
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return load_recipe(str(path))
+
+
+def _weights(stage_dir):
+    with open(os.path.join(stage_dir, "model", "model.safetensors"), "rb") as f:
+        return f.read()
+
+
+def _cached(summary):
+    return {s["name"]: bool(s.get("stage_cache")) for s in summary["stages"]}
+
+
+@pytest.mark.slow
+def test_a_shared_stage_is_trained_once_and_a_changed_one_misses(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(stage_cache.ENV, str(cache))
+    first = run(_recipe(tmp_path, "a"), get_registry())
+    assert _cached(first) == {"first": False, "second": False}
+    assert len(os.listdir(cache)) == 2 and not any(".tmp-" in n for n in os.listdir(cache))
+
+    # Same first stage, another second stage: the first is copied (its own model dir, the same weights), the
+    # second trains.
+    second = run(_recipe(tmp_path, "b", second_lr=3e-3), get_registry())
+    assert _cached(second) == {"first": True, "second": False}
+    b_first = tmp_path / "b" / "first"
+    stage = json.loads((b_first / "stage.json").read_text())
+    assert stage["info"]["model_dir"] == str(b_first / "model") and "stage_dir" not in stage
+    assert _weights(b_first) == _weights(tmp_path / "a" / "first")
+    assert _weights(tmp_path / "b" / "second") != _weights(tmp_path / "a" / "second")
+
+    # A changed first stage changes the key of everything after it: both train.
+    third = run(_recipe(tmp_path, "c", first_steps=3), get_registry())
+    assert _cached(third) == {"first": False, "second": False}
+
+    # Without the variable nothing is read or written.
+    monkeypatch.delenv(stage_cache.ENV)
+    entries = sorted(os.listdir(cache))
+    fourth = run(_recipe(tmp_path, "d"), get_registry())
+    assert _cached(fourth) == {"first": False, "second": False} and sorted(os.listdir(cache)) == entries
+
+
+def test_the_key_holds_what_decides_the_arithmetic(monkeypatch):
+    import torch
+
+    base = stage_cache.key("abc")
+    assert stage_cache.key("abd") != base
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert stage_cache.key("abc") != base
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(stage_cache, "_cpu_model", lambda: "another CPU")
+    assert stage_cache.key("abc") != base
+    monkeypatch.setattr(stage_cache, "_source_hash", lambda: "edited source")
+    assert stage_cache.key("abc") != base
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_multi_process_runs_do_not_use_it(monkeypatch, tmp_path, world):
+    monkeypatch.setenv(stage_cache.ENV, str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert (stage_cache.cache_dir() is None) == (world == "2")
