@@ -91,7 +91,7 @@ def parse(argv=None):
     p.add_argument("--prompts", type=int, default=64, help="prompts per rollout")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--minibatches", type=int, default=8, help="optimizer steps per epoch of a rollout")
-    p.add_argument("--warmup-completions", type=int, help="learning-rate warm-up, in completions (default: 1 rollout)")
+    p.add_argument("--warmup-completions", type=int, help="learning-rate warm-up, in completions (default: 2 rollouts)")
     p.add_argument("--eval-every", type=int, default=2, help="evaluate every N rollouts")
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--sft-steps", type=int, default=150,
@@ -110,7 +110,7 @@ def parse(argv=None):
     a.mus = a.mus or sorted({parse_method(m)["mu"] for m in a.baselines if parse_method(m)["kind"] != "trl"
                              or parse_method(m)["mu"] > 1})
     a.rollout = a.prompts * a.num_generations
-    a.warmup_completions = a.warmup_completions or a.rollout
+    a.warmup_completions = a.warmup_completions or 2 * a.rollout
     if a.smoke and a.png == p.get_default("png"):
         a.png = os.path.join(a.out, "rollout_efficiency.png")
     ctl_mus = {parse_method(m)["mu"] for m in a.baselines if m.startswith("ctl")}
@@ -466,7 +466,7 @@ def select(scores: dict, a) -> dict:
     best_lr = {m: st.best_by(v) for m, v in scores.items()}
     best = {m: scores[m][best_lr[m]] for m in scores}
     is_ranked = sorted((m for m in best if m.startswith("is")), key=best.get, reverse=True)
-    trl_iters = [m for m in best if m.startswith("trl_iters")]
+    trl_iters = [m for m in best if parse_method(m)["kind"] == "trl"]  # num_iterations = μ, μ = 1 included
     finalists = is_ranked[:a.finalists]
     ctl = [m for m in best if m.startswith("ctl")]
     return {"scores": scores, "best_lr": best_lr, "tuning_auc": best, "finalists": finalists,

@@ -133,3 +133,25 @@ def test_selection_uses_tuning_runs_and_summary_pairs_seeds():
     assert lines[-1].startswith("HEADLINE")  # the headline is last
     assert any(x.startswith("HEADLINE [dense] is4 vs trl_iters4: completions to the 50% level 0.50×") for x in lines)
     assert math.isclose(summary["cpu_hours"], 0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, steps", [("trl_mu1", 2), ("ctl2", 8), ("is2+rp1", 12)])
+def test_a_run_stops_at_the_budget_without_an_extra_rollout(registry, tmp_path, method, steps):
+    """Budget 2 rollouts of 4 × 4 in 2 minibatches: exactly 32 completions are generated (none past the budget),
+    every planned optimizer step on them is taken (μ=1: 1 per rollout; ctl2: 4; is2 with one replayed rollout:
+    4 + 8), and the last evaluation is at the budget."""
+    import torch
+
+    from rewardkit import models
+
+    torch.set_num_threads(1)
+    a = bench.parse(["--smoke", "--out", str(tmp_path)])
+    a.budget, a.n_eval = 2, 8
+    path = models.resolve("tiny-llama", registry)
+    data = bench.task_data(a.length, a.n_eval)
+    start = {"greedy": 0.0, "sampled": 0.0, "letters": 0.0, "entropy": 0.0}
+    r = bench.run_one({"stage": "eval", "task": "dense", "method": method, "lr": 1e-3, "seed": 0}, a, path, data, start)
+    assert r["completions"] == 2 * a.rollout == 32
+    assert r["steps"] == steps
+    assert r["curve"][-1]["completions"] == 32 and r["curve"][-1]["steps"] == steps
