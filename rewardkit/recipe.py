@@ -48,6 +48,9 @@ class StageSpec:
     early_stop: EarlyStop | None = None
     monitor: Monitor = dataclasses.field(default_factory=Monitor)
     rollout_log: RolloutLog = dataclasses.field(default_factory=RolloutLog)
+    # rewardkit.environments: a registered environment {name, params, max_output_chars}; plain "module:function" tools
+    environment: dict | None = None
+    tools: list = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -172,7 +175,8 @@ def _stage_spec(name: str, sraw: Any, at: str, defaults: dict, problems: list[st
                      reward_faults=_override(FaultPolicy, defaults, stage.reward_faults, f"{at}reward_faults",
                                              problems),
                      early_stop=early, monitor=_override(Monitor, defaults, stage.monitor, f"{at}monitor", problems),
-                     rollout_log=_override(RolloutLog, defaults, stage.rollout_log, f"{at}rollout_log", problems))
+                     rollout_log=_override(RolloutLog, defaults, stage.rollout_log, f"{at}rollout_log", problems),
+                     environment=stage.environment, tools=stage.tools or [])
 
 
 def _override(cls, defaults: dict, section: dict | None, where: str, problems: list[str]):
@@ -238,6 +242,8 @@ def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry,
                     problems.append(f"{where}.{key}: cannot read {p}: {type(exc).__name__}: {exc}")
                     continue
                 cols = found if cols is None else [c for c in cols if c in found]
+                if key == "path" and (bad := _test_size_problem(p, data, where)):
+                    problems.append(bad)
     else:
         return None
     if cols is None:
@@ -262,6 +268,43 @@ def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry,
             if col not in cols:
                 cols.append(col)
     return cols
+
+
+def _test_size_problem(path: str, data: dict, where: str) -> str | None:
+    """A ``test_size`` count that leaves no training rows of the file ``path`` (the run's split would fail)."""
+    size = data.get("test_size")
+    if data.get("test_path") or not isinstance(size, int):
+        return None
+    rows = _file_rows(path)
+    if rows is not None and size >= rows:
+        return (f"{where}.test_size: {size} rows held out of {path}, which has {rows}; hold out fewer (or a "
+                f"fraction, e.g. 0.1)")
+    return None
+
+
+def _file_rows(path: str) -> int | None:
+    """Rows of a local data file, counted without loading it as a dataset (None where that cannot be done)."""
+    import json  # noqa: PLC0415
+
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".jsonl":
+            with open(path) as f:
+                return sum(1 for line in f if line.strip())
+        if ext == ".parquet":
+            import pyarrow.parquet as pq  # noqa: PLC0415
+
+            return pq.read_metadata(path).num_rows
+        if ext == ".csv":
+            import csv  # noqa: PLC0415
+
+            with open(path, newline="") as f:
+                return max(0, sum(1 for _ in csv.reader(f)) - 1)
+        with open(path) as f:
+            rows = json.load(f)
+        return len(rows) if isinstance(rows, list) else len(next(iter(rows.values()), []))
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the column check
+        return None
 
 
 def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, problems: list[str]) -> None:
@@ -307,6 +350,7 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
     eval_split = recipe.eval.split if recipe.eval else None
     # (data, split, where): the splits the run reads, checked when a dataset's splits are known without loading it
     reads = [(recipe.data, eval_split, "eval.split")] if recipe.eval and recipe.data else []
+    scored: list = []  # (columns, stage): a stage's own data the eval reward scores (after it, or for early_stop)
 
     for stage in recipe.stages:
         where = f"stages.{stage.name}" if multi else ""
@@ -329,7 +373,14 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
                             for p in stage_problems(stage_cls, stage, cols, registry))
             if recipe.eval and stage.evaluate and stage_cls.produces_policy and stage.data != recipe.data:
                 reads.append((stage.data, eval_split, f"eval.split (after stage {stage.name})"))
+                scored.append((cols, stage.name))
+        from rewardkit import environments  # noqa: PLC0415 - tools and environments (docs/environments.md)
+
+        problems.extend(environments.stage_problems(stage, registry, f"{where}." if multi else "",
+                                                    environments.model_dir(stage.model.get("name"), registry, recipe)))
         reads.append((stage.data, "train", f"{where + '.' if multi else ''}data"))
+        if stage.early_stop and stage.data != recipe.data:
+            scored.append((cols, stage.name))
         if stage.early_stop:
             ew = f"{where + '.' if multi else ''}early_stop"
             reads.append((stage.data, stage.early_stop.split, f"{ew}.split"))
@@ -352,7 +403,19 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
         problems.extend(_reward_problems(registry, recipe.eval.reward.name, recipe.eval.reward.params, "eval.reward",
                                          base_cols))
         problems.extend(_evaluate.check_threshold(recipe.eval, registry))
+        problems.extend(p for cols, name in scored if (p := _eval_columns(registry, recipe.eval.reward, cols, name)))
     return problems
+
+
+def _eval_columns(registry, reward, cols, stage: str) -> str | None:
+    """Why the eval reward cannot score a stage's own data (a column it reads is not there), or None."""
+    try:
+        missing = [str(c) for c in registry.reward_columns(reward.name, reward.params) if c not in cols] \
+            if cols is not None else []
+    except PluginError:
+        return None  # reported at eval.reward
+    return (f"eval.reward: reward '{reward.name}' scores stage {stage}'s data, which lacks column(s) "
+            f"{', '.join(missing)} (its columns are {', '.join(cols)})") if missing else None
 
 
 def _reward_problems(registry, name, params, where, cols) -> list[str]:

@@ -65,7 +65,8 @@ def check_scores(section: EarlyStop, ev: Eval, registry, where: str) -> list[str
 class StopRule:
     """The decision alone, fed one score at a time: ``update(step, score)`` returns why to stop, or None."""
 
-    def __init__(self, target: float | None = None, patience: int | None = None, min_delta: float = 0.0):
+    def __init__(self, target: float | None = None, patience: int | None = None,
+                 min_delta: float = EarlyStop.min_delta):
         self.target, self.patience, self.min_delta = target, patience, min_delta
         self.best, self.stale, self.history = -math.inf, 0, []
 

@@ -104,6 +104,37 @@ def snapshot(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+# overrides -> the one message: a split or column a stage reads that only a run used to find (after training)
+BAD_DATA = {
+    ("stages.grpo.data.rename={answer: gold}", "stages.grpo.rewards=[{name: exact_match, params: {column: gold}}]"):
+        "eval.reward: reward 'exact_match' scores stage grpo's data, which lacks column(s) answer",
+    ("stages.sft.data.rename={answer: gold}",):  # early_stop scores sft's own data with the eval reward
+        "eval.reward: reward 'exact_match' scores stage sft's data, which lacks column(s) answer",
+}
+
+
+@pytest.mark.parametrize("overrides", list(BAD_DATA))
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_column_a_stage_reads_is_checked_before_training(capsys, builtin_registry, recipe, tmp_path, command,
+                                                           overrides):
+    out = tmp_path / "out"
+    err = refused(capsys, command, recipe, f"output_dir={out}", *overrides)
+    assert BAD_DATA[overrides] in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_held_out_count_larger_than_the_file_is_refused(capsys, builtin_registry, tmp_path, command):
+    rows = "".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(10))
+    (tmp_path / "d.jsonl").write_text(rows)
+    path = tmp_path / "r.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\nmodel: {{name: tiny-llama}}\n"
+                    "data: {path: d.jsonl, test_size: 50}\ntrainer: {type: sft, max_steps: 1}\n")
+    err = refused(capsys, command, str(path))
+    assert "data.test_size: 50 rows held out of" in err and "which has 10" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flag", [[], ["--fresh"], ["--resume"]])
 def test_a_refused_run_leaves_a_previous_run_as_it_was(capsys, builtin_registry, recipe, tmp_path, flag):
     out = tmp_path / "out"
