@@ -62,6 +62,11 @@ class Stage:
                                            "min_delta, anneal_steps}")
     monitor: dict | None = option(None, "overrides the recipe's monitor for this stage")
     rollout_log: dict | None = option(None, "overrides the recipe's rollout_log for this stage")
+    environment: dict | None = option(None, "grpo/grpo_is: a registered environment whose tools the model calls in "
+                                            "multi-turn episodes: {name, params, max_output_chars} "
+                                            "(docs/environments.md)")
+    tools: list | None = option(None, "grpo/grpo_is: plain tool functions, 'module:function' strings "
+                                      "(docs/environments.md)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,7 +76,9 @@ class GRPOStage(_TRLStage):
         return problems
 
     def extra_config(self, ctx):
-        return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
+        from rewardkit import environments  # noqa: PLC0415
+
+        return {"reward_weights": [b.weight for b in ctx.spec.rewards], **environments.config_defaults(ctx.spec)}
 
     def result_metrics(self, trainer) -> dict:
         """With dynamic sampling, its totals over the stage (rounds, dropped groups, extra completions, ...)."""
@@ -94,7 +96,11 @@ class GRPOStage(_TRLStage):
                 f"completions, {ds['filled_zero_var_groups']} groups filled back"]
 
     def trainer_kwargs(self, ctx):
-        return {"reward_funcs": ctx.rewards}
+        """The rewards, and a stage's tools or environment as TRL's ``tools``/``environment_factory``
+        (rewardkit.environments)."""
+        from rewardkit import environments  # noqa: PLC0415
+
+        return {"reward_funcs": ctx.rewards, **environments.trainer_kwargs(ctx)}
 
 
 class DPOStage(_TRLStage):
