@@ -172,7 +172,9 @@ class EpisodeFactory:
 class FaultAwareReward:
     """A reward function that raises :class:`EnvironmentFault` for the rollouts whose environment had a fault, so
     that ``CheckedReward`` (which re-runs a raising batch sample by sample) applies the fault policy to exactly
-    those rollouts; the others are scored by ``fn`` as usual."""
+    those rollouts; the others are scored by ``fn`` as usual. An episode that ends on a tool result (TRL drops a
+    final turn cut to nothing) is scored with an empty final answer appended: what a tool returned is never read
+    as the model's answer (a reward reads the last message)."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -183,12 +185,18 @@ class FaultAwareReward:
             fault = getattr(env, "fault", None)
             if fault:
                 raise EnvironmentFault(f"the environment failed in this episode (unjudged): {fault}")
+        completions = [c + [{"role": "assistant", "content": ""}] if _ends_on_tool(c) else c for c in completions]
         return self.fn(prompts=prompts, completions=completions, environments=environments, **kwargs)
 
     def __getattr__(self, name):  # probe_gold, extract_answer, score_range, ... of the wrapped reward
         if name == "fn":
             raise AttributeError(name)
         return getattr(self.fn, name)
+
+
+def _ends_on_tool(completion) -> bool:
+    return isinstance(completion, list) and bool(completion) and isinstance(completion[-1], dict) \
+        and completion[-1].get("role") == "tool"
 
 
 def guard_rewards(rewards: list) -> list:

@@ -225,3 +225,18 @@ def test_the_tiny_tool_tokenizer_renders_and_parses_what_trl_needs():
     assert parse("<|call|>multiply{a:12,b:34}<|end|></s>")["tool_calls"] == [call]
     assert parse("408</s>") == {"role": "assistant", "content": "408"}
     assert "tool_calls" not in parse("<|call|>multiply{a:12,b:3</s>")  # malformed: plain text, no call
+
+
+def test_a_tool_result_is_never_read_as_the_models_answer():
+    seen = []
+
+    def last_text(prompts, completions, **kw):
+        seen.extend(c[-1]["content"] for c in completions)
+        return [1.0 if c[-1]["content"] == "408" else 0.0 for c in completions]
+
+    reward = envs.FaultAwareReward(last_text)
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "m"}}]}
+    cut = [call, {"role": "tool", "name": "m", "content": "408"}]  # the final turn was cut to nothing
+    answered = cut + [{"role": "assistant", "content": "408"}]
+    assert reward(prompts=["p", "p"], completions=[cut, answered], environments=[Calculator(), Calculator()]) \
+        == [0.0, 1.0]

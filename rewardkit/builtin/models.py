@@ -23,15 +23,19 @@ CHAT_TEMPLATE = (
 # ``<|call|>name{a:12,b:"x"}<|end|>`` (bare keys, JSON values: short for a character-level model), an assistant turn
 # still ends in </s>, a tool result is ``<|tool|>text<|end|>``. Prefix-preserving (TRL's multi-turn loop needs it).
 TOOL_SPECIAL = ["<|tool|>", "<|call|>"]
+# Assistant turns are wrapped in {% generation %} so SFT can train on them alone (assistant_only_loss): never on
+# the tool results between them.
 TOOL_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{% if m['content'] is string %}{{ m['content'] }}{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['role'] == 'assistant' %}{% generation %}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% endif %}"
     "{% if m['tool_calls'] is defined and m['tool_calls'] %}{% for c in m['tool_calls'] %}"
     "{% set f = c['function'] if c['function'] is defined else c %}<|call|>{{ f['name'] }}"
     "{% if f['arguments'] is mapping %}{{ '{' }}"
-    "{% for k, v in f['arguments'].items() %}{{ k }}:{{ v | tojson }}{% if not loop.last %},{% endif %}{% endfor %}"
-    "{{ '}' }}"
-    "{% else %}{{ f['arguments'] }}{% endif %}<|end|>{% endfor %}{% endif %}"
-    "{% if m['role'] == 'assistant' %}</s>{% else %}<|end|>{% endif %}{% endfor %}"
+    "{% for k, v in f['arguments'].items() %}{% if v is not none %}{{ k }}:{{ v | tojson }}"
+    "{% if not loop.last %},{% endif %}{% endif %}{% endfor %}{{ '}' }}"
+    "{% else %}{{ f['arguments'] }}{% endif %}<|end|>{% endfor %}{% endif %}</s>{% endgeneration %}"
+    "{% else %}{% if m['content'] is string %}{{ m['content'] }}{% endif %}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 # transformers' response parser for that format (tokenizer.response_template, saved with the tokenizer): what TRL's
