@@ -138,8 +138,8 @@ class EvalReward:
 class Eval:
     """``eval:``: held-out evaluation by generation before training and after each stage (rewardkit.evaluate)."""
 
-    reward: EvalReward | None = option(None, "reward name or block {name, params} scoring greedy completions "
-                                             "(the reward that scores greedy completions)", required=True)
+    reward: EvalReward | None = option(None, "the reward that scores greedy completions: a name or {name, params}",
+                                       required=True)
     split: str = option("test", "split to evaluate")
     n: int | None = option(None, "evaluate the first N rows (default all)", range=at_least(1))
     max_new_tokens: int = option(16, "generation length", range=at_least(1))

@@ -225,7 +225,7 @@ def check_keys(cls, section: Any, where: str, problems: list[str]) -> dict:
         else:
             clean[key] = _settled(value, hints[key], f"{where}.{key}", problems)
     for name, f in fields.items():
-        if f.metadata.get(_REQUIRED) and section.get(name) is None and name not in section:
+        if f.metadata.get(_REQUIRED) and section.get(name) is None:
             problems.append(f"{where}.{name}: missing ({f.metadata['help']})")
     return clean
 
