@@ -123,3 +123,107 @@ def test_qlora_grpo_trains_adapters_on_cpu(tmp_path, builtin_registry):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
     merged = AutoModelForCausalLM.from_pretrained(summary["stages"][0]["model_dir"])
     assert isinstance(merged.model.layers[0].self_attn.q_proj, torch.nn.Linear)  # exported unquantized
+
+
+# --------------------------------------------------------------------------- rloo and kto: TRL's trainers as stages
+def _stage_context(tmp_path, registry, tiny, trainer: dict, data: dict, rewards=()):
+    """(stage class, StageContext) of a one-stage recipe, as the pipeline builds them (rewardkit.StageContext)."""
+    from rewardkit import StageContext
+
+    body = {"model": {"name": "tiny-llama"}, "data": data, "trainer": trainer}
+    if rewards:
+        body["rewards"] = [{"name": r} for r in rewards]
+    recipe = load_recipe(recipe_file(tmp_path, body), registry=registry)
+    spec = recipe.stages[0]
+    built = [registry.build_reward(b.name, b.params, b.alias, spec.reward_faults) for b in spec.rewards]
+    path, tok, _ = tiny
+    dataset = registry.load("datasets", data["name"])(**data["params"])
+    return (registry.load("trainers", spec.trainer_type),
+            StageContext(recipe, spec, registry, path, tok, dataset, str(tmp_path / "out" / spec.name), built, []))
+
+
+def test_rloo_stage_builds_trls_rloo_trainer_with_the_recipes_rewards(tmp_path, registry, tiny):
+    from trl import RLOOTrainer
+
+    cls, ctx = _stage_context(tmp_path, registry, tiny, {"type": "rloo", "num_generations": 4, "beta": 0.1,
+                                                          "per_device_train_batch_size": 4},
+                              {"name": "arithmetic", "params": {"n_train": 16, "n_test": 4}}, ["exact_match"])
+    trainer = cls().build_trainer(ctx)
+    assert type(trainer) is RLOOTrainer and cls.rollout_metrics and not cls.rollout_groups
+    assert trainer.args.num_generations == 4 and trainer.args.beta == 0.1 and trainer.args.seed == 0
+    assert trainer.reward_func_names == ["exact_match"] and trainer.reward_weights.tolist() == [1.0]
+
+
+def test_kto_stage_builds_trls_kto_trainer_from_preference_pairs(tmp_path, registry, tiny):
+    from trl import KTOTrainer
+
+    cls, ctx = _stage_context(tmp_path, registry, tiny, {"type": "kto", "per_device_train_batch_size": 4},
+                              {"name": "arithmetic_preferences", "params": {"n_train": 16, "n_test": 4}})
+    trainer = cls().build_trainer(ctx)
+    assert type(trainer) is KTOTrainer and not cls.takes_rewards and cls.produces_policy
+    labels = trainer.train_dataset["label"]  # TRL unpaired each pair: chosen desirable, rejected not
+    assert len(labels) == 32 and sum(labels) == 16
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ({"type": "rloo", "sync_ref_model": True, "beta": 0.0}, "trainer.sync_ref_model: true with beta: 0 has no "
+                                                           "reference model to sync (RLOOTrainer refuses it)"),
+    ({"type": "kto", "per_device_train_batch_size": 1}, "trainer.per_device_train_batch_size: KTO's loss_type 'kto' "
+                                                         "estimates its KL term"),
+    ({"type": "kto", "train_sampling_strategy": "random"}, "trainer.train_sampling_strategy: KTO's loss_type 'kto' "
+                                                           "pairs each example with its batch neighbours"),
+    ({"type": "kto", "sync_ref_model": True, "precompute_ref_log_probs": True},
+     "trainer.sync_ref_model: cannot be combined with precompute_ref_log_probs (KTOTrainer refuses it)"),
+    ({"type": "kto", "num_generations": 2}, "trainer.num_generations: not a field of KTOConfig"),
+])
+def test_rloo_and_kto_refusals_are_found_by_validation(tmp_path, registry, trainer, expected):
+    from rewardkit.errors import RecipeError
+
+    data = {"name": "arithmetic" if trainer["type"] == "rloo" else "arithmetic_preferences", "params": {"n_test": 4}}
+    body = {"model": {"name": "tiny-llama"}, "data": data, "trainer": trainer}
+    if trainer["type"] == "rloo":
+        body["rewards"] = [{"name": "exact_match"}]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe_file(tmp_path, body), registry=registry)
+    assert expected in str(err.value), str(err.value)
+
+
+def test_kto_loss_without_the_kl_term_takes_a_batch_of_one(registry):
+    kto = registry.load("trainers", "kto")
+    assert kto.check_args({"loss_type": "apo_zero_unpaired", "per_device_train_batch_size": 1}, registry) == []
+
+
+def _changed(model_dir: str, registry) -> bool:
+    """Whether the trained model's weights differ from the tiny-llama it started from."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rewardkit import models
+
+    before = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-llama", registry)).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_rloo_trains_a_few_steps_from_a_recipe_with_the_monitor(tmp_path, builtin_registry):
+    builtin_registry.add("rewards", "sevens", sevens, dist="tests")  # varies within a group from the start
+    path = recipe_file(tmp_path, {"model": {"name": "tiny-llama"}, "data": DATA, "trainer": {
+        "type": "rloo", "max_steps": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+        "num_generations": 4, "max_completion_length": 4, "logging_steps": 1}, "rewards": [{"name": "sevens"}]})
+    summary = run(load_recipe(path, registry=builtin_registry), builtin_registry)
+    assert summary["stages"][0]["steps"] == 3 and "rloo" in summary["health"]
+    assert len([r for r in log_rows(tmp_path, "rloo") if "reward" in r]) == 3
+    assert _changed(summary["stages"][0]["model_dir"], builtin_registry)
+
+
+@pytest.mark.slow
+def test_kto_trains_a_few_steps_from_a_recipe(tmp_path, builtin_registry):
+    path = recipe_file(tmp_path, {"model": {"name": "tiny-llama"},
+                                  "data": {"name": "arithmetic_preferences", "params": {"n_train": 64, "n_test": 8}},
+                                  "trainer": {"type": "kto", "max_steps": 3, "learning_rate": 1e-3,
+                                              "per_device_train_batch_size": 4, "logging_steps": 1}})
+    summary = run(load_recipe(path, registry=builtin_registry), builtin_registry)
+    assert summary["stages"][0]["steps"] == 3 and "health" not in summary
+    assert len([r for r in log_rows(tmp_path, "kto") if "loss" in r]) == 3
+    assert _changed(summary["stages"][0]["model_dir"], builtin_registry)

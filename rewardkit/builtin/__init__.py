@@ -34,6 +34,10 @@ def register_trainers(register):
              description="PPO with a value head (GAE, clipped losses, adaptive KL) on TRL's GRPO machinery")
     register("reward_model", "rewardkit.trainers.reward_model:RewardModelStage",
              description="TRL RewardTrainer (Bradley-Terry) on preference pairs; held-out accuracy")
+    register("rloo", "rewardkit.trainers.trl_stages:RLOOStage",
+             description="TRL RLOOTrainer (REINFORCE leave-one-out baseline) with rewards from the registry")
+    register("kto", "rewardkit.trainers.trl_stages:KTOStage",
+             description="TRL KTOTrainer on desirable/undesirable completions (or preference pairs, unpaired)")
 
 
 @hookimpl

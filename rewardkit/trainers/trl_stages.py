@@ -46,6 +46,22 @@ class _TRLStage(Stage):
         return {}
 
 
+def _sync_without_reference(cls, args: dict, trainer: str) -> list[str]:
+    """GRPO and RLOO keep no reference model at beta 0, so there is nothing to sync (their trainers refuse it)."""
+    beta = args.get("beta", cls.fields()["beta"].default)
+    if args.get("sync_ref_model") is True and beta == 0:
+        return [f"sync_ref_model: true with beta: 0 has no reference model to sync ({trainer} refuses it); set "
+                f"beta > 0 or drop sync_ref_model"]
+    return []
+
+
+def _sync_with_precomputed(args: dict, trainer: str) -> list[str]:
+    """DPO and KTO: a reference that changes cannot have its log-probs computed once up front."""
+    if args.get("sync_ref_model") is True and args.get("precompute_ref_log_probs") is True:
+        return [f"sync_ref_model: cannot be combined with precompute_ref_log_probs ({trainer} refuses it)"]
+    return []
+
+
 class SFTStage(_TRLStage):
     """Supervised fine-tuning (TRL ``SFTTrainer``), prompt/completion, conversational or text data."""
 
@@ -68,12 +84,7 @@ class GRPOStage(_TRLStage):
     @classmethod
     def check_args(cls, args: dict, registry) -> list[str]:
         """Also: GRPOTrainer refuses to sync a reference model it does not have (beta 0)."""
-        problems = super().check_args(args, registry)
-        beta = args.get("beta", cls.fields()["beta"].default)
-        if args.get("sync_ref_model") is True and beta == 0:
-            problems.append("sync_ref_model: true with beta: 0 has no reference model to sync (GRPOTrainer refuses "
-                            "it); set beta > 0 or drop sync_ref_model")
-        return problems
+        return super().check_args(args, registry) + _sync_without_reference(cls, args, "GRPOTrainer")
 
     def extra_config(self, ctx):
         from rewardkit import environments  # noqa: PLC0415
@@ -114,10 +125,7 @@ class DPOStage(_TRLStage):
     @classmethod
     def check_args(cls, args: dict, registry) -> list[str]:
         """Also: DPOTrainer refuses a synced reference together with precomputed reference log-probs."""
-        problems = super().check_args(args, registry)
-        if args.get("sync_ref_model") is True and args.get("precompute_ref_log_probs") is True:
-            problems.append("sync_ref_model: cannot be combined with precompute_ref_log_probs (DPOTrainer refuses it)")
-        return problems
+        return super().check_args(args, registry) + _sync_with_precomputed(args, "DPOTrainer")
 
     def result_metrics(self, trainer) -> dict:
         return dict(trainer.summary_metrics)
@@ -127,3 +135,54 @@ class DPOStage(_TRLStage):
         keep = test is not None and {"chosen", "rejected"} <= set(test.column_names)
         return {"heldout": test.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                 if c in test.column_names]) if keep else None}
+
+
+class RLOOStage(_TRLStage):
+    """REINFORCE Leave-One-Out (TRL ``RLOOTrainer``, Ahmadian et al. 2024) on prompts with rewards from the
+    registry: each completion's baseline is the mean reward of the other completions of its prompt. TRL's trainer
+    unchanged; it logs GRPO's metric names, so the health monitor watches it (it writes no rollout log)."""
+
+    config_class = "trl:RLOOConfig"
+    trainer_class = "trl:RLOOTrainer"
+    takes_rewards = True
+    column_layouts = (("prompt",),)
+    rollout_metrics = True
+
+    @classmethod
+    def check_args(cls, args: dict, registry) -> list[str]:
+        """Also: RLOOTrainer refuses to sync a reference model it does not have (beta 0)."""
+        return super().check_args(args, registry) + _sync_without_reference(cls, args, "RLOOTrainer")
+
+    def extra_config(self, ctx):
+        return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
+
+    def trainer_kwargs(self, ctx):
+        return {"reward_funcs": ctx.rewards}
+
+
+class KTOStage(_TRLStage):
+    """Kahneman-Tversky Optimization (TRL ``KTOTrainer``, Ethayarajh et al. 2024) on completions labelled desirable
+    or not (prompt/completion/label), or on preference pairs, which TRL unpairs (chosen: desirable)."""
+
+    config_class = "trl:KTOConfig"
+    trainer_class = "trl:KTOTrainer"
+    column_layouts = (("prompt", "completion", "label"), ("prompt", "chosen", "rejected"))
+
+    @classmethod
+    def check_args(cls, args: dict, registry) -> list[str]:
+        """Also what KTOTrainer refuses once built: a synced reference with precomputed log-probs, and, for a loss
+        that estimates the KL term from the other completions of a batch, a batch of 1 or a shuffled order."""
+        problems = super().check_args(args, registry) + _sync_with_precomputed(args, "KTOTrainer")
+        fields = cls.fields()
+        loss = args.get("loss_type", fields["loss_type"].default)
+        if loss == "apo_zero_unpaired":  # the one loss without the KL estimate
+            return problems
+        batch = args.get("per_device_train_batch_size", fields["per_device_train_batch_size"].default)
+        if isinstance(batch, int) and batch == 1:
+            problems.append(f"per_device_train_batch_size: KTO's loss_type {loss!r} estimates its KL term from the "
+                            f"other completions of a batch, so it needs at least 2, got 1")
+        order = args.get("train_sampling_strategy", fields["train_sampling_strategy"].default)
+        if order != "sequential":
+            problems.append(f"train_sampling_strategy: KTO's loss_type {loss!r} pairs each example with its batch "
+                            f"neighbours and needs 'sequential', got {order!r}")
+        return problems
