@@ -10,8 +10,12 @@ TRL 1.16 ``num_iterations``      ``grpo_is``
 replays the same minibatches in  reshuffles the rollout into new minibatches every epoch (``reshuffle``);
 the same order every pass        epoch 0 keeps TRL's order, so ``reshuffle: false`` replays TRL exactly
 always runs μ passes             stops reusing a rollout once approx. KL(old‖new) of a minibatch exceeds
-                                 ``early_stop_kl``; the next optimizer step uses a fresh rollout, so optimizer
+                                 ``early_stop_kl`` or the ESS of its sequence weights falls below
+                                 ``early_stop_ess``; the next optimizer step uses a fresh rollout, so optimizer
                                  steps (LR schedule, logging, checkpoints) are never skipped or repeated
+trains each rollout only while   ``replay_rollouts``: the last K rollouts are trained again beside each fresh one,
+it is the current one            each sample weighted by min(π_prox/π_behav, ``replay_is_cap``) (decoupled PPO
+                                 objective with truncated IS; docs/grpo_is.md "Reuse levers")
 k3 KL to the reference, fixed β  any registered estimator (``kl_estimator``) in the loss, weighted by the token
                                  ratio even under GSPO, or k1 in the advantage as a reward-to-go
                                  (``kl_placement``); optional adaptive β toward ``beta_target`` nats per sequence

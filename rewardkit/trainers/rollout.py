@@ -11,6 +11,9 @@ here, once:
 - :class:`RolloutBuffer`: the rollout, its epoch/minibatch cursor, the epoch-0 order (TRL's own shuffle, so
   ``reshuffle: false`` replays TRL's ``num_iterations`` exactly) and a seeded permutation for every later epoch
   (:func:`rewardkit.algorithms.grpo_is.epoch_permutation`: a resumed run reshuffles as the uninterrupted one did).
+- :class:`ReplayStore`: the last K rollouts with their behaviour log-probs, for a trainer that replays them
+  (grpo_is's ``replay_rollouts``); a rollout served with replayed ones has more minibatches per epoch
+  (``_rollout_minibatches``), and the epoch/rollout bookkeeping follows the buffer's own count.
 - :class:`RolloutReuseMixin`: the trainer side: ``_prepare_inputs`` serves minibatches, one stale-rollout check
   (``early_stop_kl`` against KL(π_old‖π_θ), k3, the **global token mean** over every process's tokens of the
   minibatch that opens an optimizer step; ``early_stop_ess``, where the trainer's config has it, against the
