@@ -383,13 +383,13 @@ def run_job(job: dict) -> dict:
 
     torch.set_num_threads(1)
     a = argparse.Namespace(**job.pop("args"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if job["stage"] == "timing":
         out = time_one(job, a, job.pop("sft"))
     else:
         sft, start = job.pop("sft"), job.pop("start")
         out = run_one(job, a, sft, task_data(a.length, a.n_eval), start)
-    return {**out, "wall_seconds": time.perf_counter() - t0}
+    return {**out, "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 # ---------------------------------------------------------------------------------------------- the protocol
@@ -593,8 +593,9 @@ def report(summary: dict, a) -> list[str]:
                      f"{sel['best_final']:.1%} -> " + ", ".join(f"{lv:.1%}" for lv in sel["levels"]))
         lines += _eval_lines(task, t, sel)
     lines += _timing_lines(summary, a)
-    lines.append(f"time taken: {summary['cpu_hours']:.2f} CPU-hours (runs, one thread each) in "
-                 f"{summary['wall_hours']:.2f} h wall with --jobs {a.jobs}")
+    lines.append(f"time taken: {summary['cpu_hours']:.2f} CPU-hours (process time of the runs, one thread each; "
+                 f"{summary.get('run_hours', 0.0):.2f} h of run wall time) in {summary['wall_hours']:.2f} h wall "
+                 f"with --jobs {a.jobs} (the wall time includes the SFT warm start, the CPU-hours do not)")
     lines += _headline_lines(summary)
     return lines
 
@@ -627,6 +628,20 @@ def _timing_lines(summary: dict, a) -> list[str]:
         lines.append(f"  completion {length + 1:>3} tokens: μ=1 generation share {row['mu1_generation_share']:.0%}  "
                      + "  ".join(f"{m} {row['seconds_per_1k'][m]:.1f} s ({row['per_completion_ratio'][m]:.2f}×)"
                                  for m in row["seconds_per_1k"]))
+    task = next(iter(summary["tasks"].values()), None)
+    if not timing or task is None or not task["selection"]["levels"]:
+        return lines
+    sel = task["selection"]
+    lines.append(f"  MODEL, not a measurement: wall-clock to the 50% level of {a.tasks[0]} = its completion ratio "
+                 f"(measured, evaluation seeds) × the seconds-per-completion ratio measured at each length:")
+    for comp in (sel["best_trl"], sel["best_ctl"]):
+        x = task["ratios"].get(f"{sel['best_is']} / {comp}")
+        if x is None:
+            continue
+        per_length = [(n, row["per_completion_ratio"]) for n, row in timing.items()]
+        lines.append(f"    {sel['best_is']} / {comp}: " + "  ".join(
+            f"{n + 1} tokens {x[1]['ratio'] * r[sel['best_is']] / r[comp]:.2f}×" for n, r in per_length
+            if sel["best_is"] in r and comp in r))
     return lines
 
 
@@ -674,8 +689,8 @@ def plot(runs: list[dict], summary: dict, png: str) -> None:
     timing = summary.get("timing") or {}
     methods = sorted({m for row in timing.values() for m in row["per_completion_ratio"]})
     for m in methods:
-        pts = [(row["mu1_generation_share"], row["per_completion_ratio"][m]) for row in timing.values()
-               if m in row["per_completion_ratio"]]
+        pts = sorted((row["mu1_generation_share"], row["per_completion_ratio"][m]) for row in timing.values()
+                     if m in row["per_completion_ratio"])
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
     ax.set(xlabel="μ=1's measured generation share (completion lengths " + ", ".join(
         str(n + 1) for n in timing) + ")", ylabel="seconds per completion / μ=1's (measured)", title="wall-clock")
@@ -699,7 +714,8 @@ def summarize(runs: list[dict], selections: dict, a, wall_seconds: float) -> dic
                                         {"rows": {}, "ratios": {}})} for task, sel in selections.items()}
     first = selections[a.tasks[0]]
     return {"tasks": tasks, "timing": summarize_timing(runs, first),
-            "cpu_hours": sum(r.get("wall_seconds", 0.0) for r in runs) / 3600, "wall_hours": wall_seconds / 3600}
+            "cpu_hours": sum(r.get("cpu_seconds", 0.0) for r in runs) / 3600,
+            "run_hours": sum(r.get("wall_seconds", 0.0) for r in runs) / 3600, "wall_hours": wall_seconds / 3600}
 
 
 def main(argv=None):
