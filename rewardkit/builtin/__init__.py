@@ -8,6 +8,7 @@ from rewardkit import hookimpl
 from rewardkit.builtin.datasets import (ARITHMETIC_COLUMNS, PREFERENCE_COLUMNS, REVERSE_COLUMNS,
                                         REVERSE_PREFERENCE_COLUMNS)
 from rewardkit.algorithms.kl import ESTIMATORS
+from rewardkit.builtin.tools import TOOL_MULTIPLICATION_COLUMNS
 
 
 @hookimpl
@@ -53,6 +54,8 @@ def register_datasets(register):
     register("reverse_policy_preferences", "rewardkit.builtin.datasets:reverse_policy_preferences",
              columns=REVERSE_PREFERENCE_COLUMNS,
              description="reversal preference pairs, rejected = a policy model's own wrong sample")
+    register("tool_multiplication", "rewardkit.builtin.tools:tool_multiplication", columns=TOOL_MULTIPLICATION_COLUMNS,
+             description="seeded multi-digit a*b= problems as chat messages, with tool-call episodes for SFT")
 
 
 @hookimpl
@@ -63,3 +66,9 @@ def register_models(register):
              description="2-layer 128-wide Qwen2, character tokenizer with chat template")
     register("tiny-llama-tools", "rewardkit.builtin.models:tiny_llama_tools",
              description="tiny-llama with a tool-calling chat template and response parser (<|call|>, <|tool|>)")
+
+
+@hookimpl
+def register_environments(register):
+    register("calculator", "rewardkit.builtin.tools:Calculator",
+             description="one tool, mul(a, b): the product of two integers (for tool_multiplication)")
