@@ -51,3 +51,15 @@ def test_grpo_trains_on_vllm_samples_that_the_synced_engine_scores_like_the_trai
     base = load_file(os.path.join(models.resolve("tiny-llama", get_registry()), "model.safetensors"))
     assert any(not torch.equal(trained[k], base[k]) for k in trained)
     assert psutil.Process().children(recursive=True) == []
+
+
+def test_dynamic_sampling_refills_rollouts_from_vllm(tmp_path):
+    """Every group of the untrained model scores 0 under plain exact match, so each rollout is regenerated up to
+    dynamic_sampling_max_rounds times by vLLM; the merged rollout keeps each row's vLLM log-probs with its row."""
+    _run("recipes/cpu/arithmetic_grpo_vllm.yaml", tmp_path, "trainer.max_steps=2", "eval.n=8",
+         "trainer.dynamic_sampling=true", "trainer.dynamic_sampling_max_rounds=2",
+         "rewards=[{name: exact_match, weight: 1.0}]")
+    steps = [r for r in _records(tmp_path / "grpo" / "log.jsonl") if "dynamic_sampling/rounds" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(r["dynamic_sampling/rounds"] == 2 and r["dynamic_sampling/extra_completions"] > 0 for r in steps)
+    assert max(r["sampling/sampling_logp_difference/max"] for r in steps) <= 1e-3, steps

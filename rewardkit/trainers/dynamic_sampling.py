@@ -67,9 +67,6 @@ class DynamicSamplingConfig:
                      f"(per_device_train_batch_size {self.per_device_train_batch_size} × steps_per_generation "
                      f"{self.steps_per_generation} = {local}) must be a multiple of num_generations "
                      f"({self.num_generations})")
-        if getattr(self, "use_vllm", False):
-            p.append("dynamic_sampling: not supported with use_vllm (rewardkit has not run it with vLLM); "
-                     "use transformers generation")
         return p
 
 
