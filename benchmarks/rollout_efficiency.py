@@ -111,7 +111,8 @@ def parse(argv=None):
                              or parse_method(m)["mu"] > 1})
     a.rollout = a.prompts * a.num_generations
     a.warmup_completions = a.warmup_completions or 2 * a.rollout
-    if a.smoke and a.png == p.get_default("png"):
+    a.png_given = a.png != p.get_default("png")
+    if a.smoke and not a.png_given:
         a.png = os.path.join(a.out, "rollout_efficiency.png")
     ctl_mus = {parse_method(m)["mu"] for m in a.baselines if m.startswith("ctl")}
     problems = [f"rollout {a.rollout} (prompts × num_generations) must split into minibatches × μ = "
@@ -724,9 +725,11 @@ def main(argv=None):
         a.out = a.report
         with open(os.path.join(a.out, "plan.json")) as f:
             plan = json.load(f)
+        png = a.png if a.png_given else None
         for k, v in plan["args"].items():
-            if k not in ("report", "out", "png"):
+            if k not in ("report", "out"):
                 setattr(a, k, v)
+        a.png = png or a.png  # the plot goes where the run put it unless --png says otherwise
         return finish(load_runs(a.out), plan["selections"], a, plan.get("wall_seconds", 0.0))
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
