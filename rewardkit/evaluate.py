@@ -170,26 +170,28 @@ def k_metrics(reward_fn, completions: list[str], scores: list[float | None], sam
 def evaluate(model, tokenizer, dataset, reward_fn, max_new_tokens: int = Eval.max_new_tokens,
              batch_size: int = Eval.batch_size, n: int | None = None, samples: int = Eval.samples,
              temperature: float = Eval.temperature, pass_k: list[int] | None = None,
-             maj_k: list[int] | None = None, correct_at: float | None = None) -> dict:
+             maj_k: list[int] | None = None, correct_at: float | None = None, generate_fn=None) -> dict:
     """Mean reward of greedy completions on ``dataset`` (first ``n`` rows); unjudged samples counted apart.
 
     With ``samples=k`` also the mean reward of k sampled completions per prompt at ``temperature``: the
     accuracy of the stochastic policy RL trains, which moves before the greedy answer does; and from the same
     samples pass@k for k in ``pass_k`` and maj@k for k in ``maj_k`` (:func:`k_metrics`; ``None``: the defaults
-    of :func:`default_ks`).
+    of :func:`default_ks`). ``generate_fn`` replaces :func:`generate` (same signature): multi-turn episodes with
+    tools (rewardkit.episodes) give the final answer of each episode.
     """
+    gen = generate_fn or generate
     if n is not None:
         dataset = dataset.select(range(min(n, len(dataset))))
     prompts = list(dataset["prompt"])
     columns = {c: list(dataset[c]) for c in dataset.column_names if c not in ("prompt", "completion")}
-    completions = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    completions = gen(model, tokenizer, prompts, max_new_tokens, batch_size)
     score, unjudged = _mean(_scores(reward_fn, prompts, completions, columns))
     result = {"score": score, "n": len(prompts), "unjudged": unjudged,
               "examples": list(zip(prompts[:3], completions[:3]))}
     if samples:
         rep = [p for p in prompts for _ in range(samples)]
         rep_cols = {c: [v for v in vals for _ in range(samples)] for c, vals in columns.items()}
-        sampled = generate(model, tokenizer, rep, max_new_tokens, batch_size, temperature)
+        sampled = gen(model, tokenizer, rep, max_new_tokens, batch_size, temperature)
         scores = _scores(reward_fn, rep, sampled, rep_cols)
         result["sampled_score"], result["sampled_unjudged"] = _mean(scores)
         result["samples"], result["temperature"] = samples, temperature

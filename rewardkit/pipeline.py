@@ -47,11 +47,16 @@ def _evaluator(recipe, registry):
     from rewardkit.evaluate import evaluate  # noqa: PLC0415
 
     fn = registry.build_reward(ev.reward.name, ev.reward.params, alias="eval")
+    from rewardkit import episodes  # noqa: PLC0415 - a recipe with an environment is judged on whole episodes
+
+    tool_episodes, counter = episodes.from_recipe(recipe, registry), [0]
 
     def run(model, tokenizer, dataset, split=ev.split, n=ev.n, samples=ev.samples, where="eval.split"):
         _require_split(dataset, split, where)
-        return evaluate(model, tokenizer, dataset[split], fn, ev.max_new_tokens, ev.batch_size, n, samples,
-                        ev.temperature, ev.pass_k, ev.maj_k, ev.correct_at)
+        ep = tool_episodes and episodes.EvaluationEpisodes(tool_episodes, dataset[split], n, recipe.output_dir, counter)
+        result = evaluate(model, tokenizer, dataset[split], fn, ev.max_new_tokens, ev.batch_size, n, samples,
+                          ev.temperature, ev.pass_k, ev.maj_k, ev.correct_at, generate_fn=ep and ep.generate_fn)
+        return ep.finish(result) if ep else result
 
     return run
 

@@ -1,0 +1,83 @@
+"""A third-party environment package (tests/plugins/rewardkit-toyenv), installed by pip through its entry point:
+listed by ``rewardkit plugins``, validated in a recipe (did-you-mean, bad params) and trained in a GRPO stage."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import rewardkit
+
+TOY = os.path.join(os.path.dirname(__file__), "plugins", "rewardkit-toyenv")
+
+
+@pytest.fixture(scope="module")
+def toy_site(tmp_path_factory):
+    """rewardkit-toyenv built and installed by pip into a temporary folder (the venv is untouched)."""
+    root = tmp_path_factory.mktemp("toyenv")
+    src = shutil.copytree(TOY, root / "src")
+    site = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(src)], check=True, timeout=300, capture_output=True)
+    return str(site)
+
+
+def _cli(site, *args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.run([sys.executable, "-m", "rewardkit.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def _recipe(tmp_path, **environment) -> str:
+    rows = [{"prompt": f"value of k{i}?", "table": f"k{i}={i * 7};z=0", "answer": str(i * 7)} for i in range(12)]
+    data = tmp_path / "lookup.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "seed": 0, "model": {"name": "tiny-llama-tools"},
+        "data": {"path": str(data), "test_size": 4, "chat": True},
+        "stages": {"grpo": {
+            "trainer": {"type": "grpo", "max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2,
+                        "max_completion_length": 24, "logging_steps": 1},
+            "environment": {"name": "toy.lookup"} | environment,
+            "rewards": [{"name": "exact_match"}]}}}, sort_keys=False))
+    return str(path)
+
+
+def test_toy_package_imports_only_public_rewardkit_names():
+    for folder, _, files in os.walk(os.path.join(TOY, "rewardkit_toyenv")):
+        for name in files:
+            tree = ast.parse(open(os.path.join(folder, name)).read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rewardkit"):
+                    assert node.module == "rewardkit" and {a.name for a in node.names} <= set(rewardkit.__all__)
+
+
+def test_installed_environment_is_listed_and_validated(toy_site, tmp_path):
+    listed = _cli(toy_site, "plugins", "--json")
+    (toy,) = [p for p in json.loads(listed.stdout)["plugins"] if "toy.lookup" in p["registered"].get("environments", [])]
+    assert toy["name"] == "toyenv" and toy["distribution"] == "rewardkit-toyenv", toy
+    good = _cli(toy_site, "validate", _recipe(tmp_path, params={"case_sensitive": False}))
+    assert good.returncode == 0, good.stderr
+    bad = _cli(toy_site, "validate", _recipe(tmp_path, params={"case_sensitve": False}))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "did you mean 'case_sensitive' for 'case_sensitve'" in bad.stderr, bad.stderr
+    missing = _cli(toy_site, "validate", _recipe(tmp_path, name="toy.lookpu"))
+    assert missing.returncode == 2 and "did you mean 'toy.lookup'" in missing.stderr, missing.stderr
+
+
+@pytest.mark.slow
+def test_installed_environment_trains_in_a_grpo_stage(toy_site, tmp_path):
+    out = _cli(toy_site, "run", _recipe(tmp_path))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    (stage,) = json.loads((tmp_path / "out" / "summary.json").read_text())["stages"]
+    assert stage["trainer"] == "grpo" and stage["steps"] == 2
+    log = [json.loads(line) for line in open(tmp_path / "out" / "grpo" / "log.jsonl")]
+    assert any("tools/call_frequency" in r for r in log)  # TRL ran its tool loop with the environment's tool
