@@ -1,7 +1,8 @@
 """``rewardkit new-plugin NAME``: write a ready ``rewardkit-NAME`` package from ``rewardkit/templates/plugin``.
 
 The package has a pyproject declaring the ``rewardkit`` entry point, a hook module registering one reward
-(``NAME.contains``), the reward itself and tests using :mod:`rewardkit.testing`. ``pip install -e`` it and
+(``NAME.contains``) and one environment (``NAME.scratchpad``, docs/environments.md), both, and tests using
+:mod:`rewardkit.testing`. ``pip install -e`` it and
 ``rewardkit plugins`` lists it.
 """
 
@@ -22,7 +23,9 @@ LAYOUT = {
     "__init__.py.tmpl": "{module}/__init__.py",
     "plugin.py.tmpl": "{module}/plugin.py",
     "rewards.py.tmpl": "{module}/rewards.py",
+    "environment.py.tmpl": "{module}/environment.py",
     "test_rewards.py.tmpl": "tests/test_rewards.py",
+    "test_environment.py.tmpl": "tests/test_environment.py",
 }
 
 

@@ -29,13 +29,14 @@ def test_new_plugin_installs_is_listed_and_its_tests_pass(tmp_path, capsys):
                             text=True, env=env, timeout=120, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     [info] = [p for p in json.loads(listed.stdout)["plugins"] if p["distribution"] == "rewardkit-tone-check"]
-    assert info["registered"] == {"rewards": ["tone-check.contains"]} and not info["error"]
+    assert info["registered"] == {"rewards": ["tone-check.contains"],
+                                  "environments": ["tone-check.scratchpad"]} and not info["error"]
     # and the tests it came with (using rewardkit.testing) pass against the installed copy.
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             f"--basetemp={tmp_path / 'inner'}", "tests"], capture_output=True, text=True,
                            env=env, timeout=300, cwd=pkg)
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert "3 passed" in tests.stdout
+    assert "5 passed" in tests.stdout
 
 
 def test_bad_name_and_existing_dir_are_user_errors(tmp_path, capsys):
