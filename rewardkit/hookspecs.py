@@ -139,8 +139,9 @@ def register_trainers(register) -> None:
     Called once, when the registry loads plugins.
 
     ``register(name, obj, *, description=None)`` where ``obj`` (usually a ``"module:Class"`` string, so that
-    listing plugins never imports torch) is a subclass of :class:`rewardkit.Stage` (``from rewardkit import Stage,
-    StageContext``; the full contract is the docstring of :mod:`rewardkit.trainers.base` and docs/architecture.md's
+    listing plugins never imports torch) is a subclass of :class:`rewardkit.Stage`, or of :class:`rewardkit.TRLStage`
+    for a TRL trainer built with the recipe's model section (``from rewardkit import Stage, StageContext``; the
+    full contract is the docstring of :mod:`rewardkit.trainers.base` and docs/architecture.md's
     "Trainer contract"). The class declares ``config_class`` (the config dataclass its ``trainer`` section is
     checked against, field by field, by ``check_args``), ``column_layouts`` (the dataset columns it consumes),
     ``takes_rewards``, ``produces_policy`` (false for a reward model), ``model_class`` (how its result is reloaded),

@@ -22,9 +22,10 @@ TOY = os.path.join(os.path.dirname(__file__), "plugins", "rewardkit-toytrainer")
 
 
 # --------------------------------------------------------------------------- public and typed
-def test_stage_and_context_are_public_and_importing_rewardkit_stays_light():
-    assert {"Stage", "StageContext"} <= set(rewardkit.__all__)
-    code = ("import sys, rewardkit; from rewardkit import Stage, StageContext; "
+def test_stage_and_context_are_public_and_importing_rewardkit_stays_light(registry):
+    assert {"Stage", "StageContext", "TRLStage"} <= set(rewardkit.__all__)
+    assert all(issubclass(registry.load("trainers", name), rewardkit.TRLStage) for name in registry.names("trainers"))
+    code = ("import sys, rewardkit; from rewardkit import Stage, StageContext, TRLStage; "
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout

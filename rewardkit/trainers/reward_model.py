@@ -12,7 +12,7 @@ from trl import RewardTrainer
 from rewardkit import models
 from rewardkit.reward_scoring import pair_texts, score_texts
 from rewardkit.trainers.base import HeldOutMetrics
-from rewardkit.trainers.trl_stages import _TRLStage
+from rewardkit.trainers.trl_stages import TRLStage
 
 
 class SequenceClassifier:
@@ -50,7 +50,7 @@ class HeldOutRewardTrainer(HeldOutMetrics, RewardTrainer):
                                    self.args.per_device_eval_batch_size, self.args.max_length or 512)
 
 
-class RewardModelStage(_TRLStage):
+class RewardModelStage(TRLStage):
     """Reward model (TRL ``RewardTrainer``, Bradley–Terry) on prompt/chosen/rejected pairs."""
 
     config_class = "trl:RewardConfig"

@@ -10,9 +10,13 @@ from rewardkit import models, vllm_sync
 from rewardkit.trainers.base import Stage, StageContext
 
 
-class _TRLStage(Stage):
-    """A stage whose trainer is ``trainer_class`` built the way TRL's trainers are: the model as a path with its
-    init kwargs, quantization and LoRA configs; ``trainer_kwargs`` and ``extra_config`` add what a stage needs."""
+class TRLStage(Stage):
+    """A stage whose trainer is ``trainer_class`` (``"module:Class"``, a TRL trainer or one taking its keywords),
+    built the way TRL's trainers are: the model as a path with the recipe's model section (dtype, quantization,
+    LoRA) as ``model_init_kwargs``, ``quantization_config`` and ``peft_config``, the stage's train split, tokenizer
+    and callbacks; ``extra_config(ctx)`` adds config values and ``trainer_kwargs(ctx)`` trainer keywords (a GRPO
+    stage's ``reward_funcs``). Public as ``rewardkit.TRLStage``: a plugin wrapping a TRL trainer subclasses it and
+    sets ``config_class``, ``trainer_class`` and the declarations of ``rewardkit.Stage``."""
 
     trainer_class = ""
 
@@ -26,6 +30,7 @@ class _TRLStage(Stage):
         return problems
 
     def trainer_kwargs(self, ctx: StageContext) -> dict:
+        """Keywords for ``trainer_class`` beyond the model, config, data, tokenizer and callbacks."""
         return {}
 
     def build_trainer(self, ctx: StageContext):
@@ -43,6 +48,7 @@ class _TRLStage(Stage):
         return vllm_sync.stop_engine_after_training(trainer)
 
     def extra_config(self, ctx: StageContext) -> dict:
+        """Config values the stage sets itself (not from the recipe's trainer section)."""
         return {}
 
 
@@ -62,7 +68,7 @@ def _sync_with_precomputed(args: dict, trainer: str) -> list[str]:
     return []
 
 
-class SFTStage(_TRLStage):
+class SFTStage(TRLStage):
     """Supervised fine-tuning (TRL ``SFTTrainer``), prompt/completion, conversational or text data."""
 
     config_class = "trl:SFTConfig"
@@ -70,7 +76,7 @@ class SFTStage(_TRLStage):
     column_layouts = (("prompt", "completion"), ("messages",), ("text",))
 
 
-class GRPOStage(_TRLStage):
+class GRPOStage(TRLStage):
     """Group Relative Policy Optimization (TRL ``GRPOTrainer``) with rewards from the registry, plus an optional
     ``dynamic_sampling`` (rewardkit.trainers.dynamic_sampling; off, the trainer is TRL's unchanged)."""
 
@@ -114,7 +120,7 @@ class GRPOStage(_TRLStage):
         return {"reward_funcs": ctx.rewards, **environments.trainer_kwargs(ctx)}
 
 
-class DPOStage(_TRLStage):
+class DPOStage(TRLStage):
     """Direct Preference Optimization (TRL ``DPOTrainer``) on prompt/chosen/rejected pairs; the preference
     accuracy on the ``test`` split's pairs is measured after training (rewardkit.trainers.dpo)."""
 
@@ -137,7 +143,7 @@ class DPOStage(_TRLStage):
                                                 if c in test.column_names]) if keep else None}
 
 
-class RLOOStage(_TRLStage):
+class RLOOStage(TRLStage):
     """REINFORCE Leave-One-Out (TRL ``RLOOTrainer``, Ahmadian et al. 2024) on prompts with rewards from the
     registry: each completion's baseline is the mean reward of the other completions of its prompt. TRL's trainer
     unchanged; it logs GRPO's metric names, so the health monitor watches it (it writes no rollout log)."""
@@ -160,7 +166,7 @@ class RLOOStage(_TRLStage):
         return {"reward_funcs": ctx.rewards}
 
 
-class KTOStage(_TRLStage):
+class KTOStage(TRLStage):
     """Kahneman-Tversky Optimization (TRL ``KTOTrainer``, Ethayarajh et al. 2024) on completions labelled desirable
     or not (prompt/completion/label), or on preference pairs, which TRL unpairs (chosen: desirable)."""
 
