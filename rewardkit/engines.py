@@ -1,5 +1,6 @@
-"""What each distributed engine can run, checked before anything loads: FSDP on CPU, DeepSpeed ZeRO-3 with the
-work rewardkit does on the main process alone. docs/operations.md has what was measured, engine by engine."""
+"""What each engine can run, checked before anything loads: FSDP on CPU, DeepSpeed ZeRO-3 with the work rewardkit
+does on the main process alone, vLLM generation where vLLM is not installed. docs/operations.md has what was
+measured, engine by engine; README ("Generation with vLLM") the vLLM environment."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ import os
 
 
 def problems(recipe) -> list[str]:
-    return cpu_fsdp_problems(recipe) + zero3_problems(recipe)
+    return cpu_fsdp_problems(recipe) + zero3_problems(recipe) + vllm_problems(recipe)
+
+
+def vllm_problems(recipe) -> list[str]:
+    """A stage that asks for vLLM generation (``use_vllm``) in a Python environment without vLLM: refused before the
+    run starts, not when TRL builds the trainer after the evaluations and the model load."""
+    from rewardkit import vllm_sync  # noqa: PLC0415
+
+    asking = [s.name for s in recipe.stages if s.trainer_args.get("use_vllm")]
+    if not asking or vllm_sync.available():
+        return []
+    return [f"stages.{name}.trainer.use_vllm: vLLM is not installed in this Python environment; run with the one "
+            "`.ci/setup` creates (.venv-vllm/bin/rewardkit) or set use_vllm: false" for name in asking]
 
 
 def deepspeed() -> bool:

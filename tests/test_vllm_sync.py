@@ -46,3 +46,18 @@ def test_the_engine_is_built_in_the_policys_dtype():
     assert vllm_sync.dtype_name(torch.nn.Linear(2, 2)) == "float32"
     assert vllm_sync.dtype_name(torch.nn.Linear(2, 2).to(torch.bfloat16)) == "bfloat16"
     assert vllm_sync.engine_kwargs("m")["dtype"] == "float32"
+
+
+def test_a_stage_asking_for_vllm_where_it_is_missing_is_refused_before_the_run(monkeypatch):
+    from rewardkit import engines
+
+    stage = types.SimpleNamespace(name="grpo", trainer_args={"use_vllm": True}, early_stop=None, model={})
+    other = types.SimpleNamespace(name="sft", trainer_args={}, early_stop=None, model={})
+    recipe = types.SimpleNamespace(stages=[other, stage], eval=None)
+    monkeypatch.setattr(vllm_sync, "available", lambda: False)
+    assert engines.vllm_problems(recipe) == [
+        "stages.grpo.trainer.use_vllm: vLLM is not installed in this Python environment; run with the one "
+        "`.ci/setup` creates (.venv-vllm/bin/rewardkit) or set use_vllm: false"]
+    assert engines.vllm_problems(recipe) == [p for p in engines.problems(recipe) if "vllm" in p]
+    monkeypatch.setattr(vllm_sync, "available", lambda: True)
+    assert engines.vllm_problems(recipe) == []
