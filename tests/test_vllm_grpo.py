@@ -42,11 +42,11 @@ def test_grpo_trains_on_vllm_samples_that_the_synced_engine_scores_like_the_trai
     from rewardkit import models
     from rewardkit.registry import get_registry
 
-    _run("recipes/cpu/arithmetic_grpo_vllm.yaml", tmp_path, "trainer.max_steps=3", "~eval")
+    _run("recipes/cpu/arithmetic_grpo_vllm.yaml", tmp_path, "trainer.max_steps=5", "~eval")
     steps = [r for r in _records(tmp_path / "grpo" / "log.jsonl") if "sampling/sampling_logp_difference/max" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert any(r["grad_norm"] > 0 for r in steps[:-1])  # a rollout came after an update (else nothing to sync)
     assert max(r["sampling/sampling_logp_difference/max"] for r in steps) <= 1e-3, steps
-    assert any(r["reward_std"] > 0 for r in steps)
     trained = load_file(str(tmp_path / "grpo" / "model" / "model.safetensors"))
     base = load_file(os.path.join(models.resolve("tiny-llama", get_registry()), "model.safetensors"))
     assert any(not torch.equal(trained[k], base[k]) for k in trained)
@@ -62,4 +62,16 @@ def test_dynamic_sampling_refills_rollouts_from_vllm(tmp_path):
     steps = [r for r in _records(tmp_path / "grpo" / "log.jsonl") if "dynamic_sampling/rounds" in r]
     assert [r["step"] for r in steps] == [1]
     assert all(r["dynamic_sampling/rounds"] == 2 and r["dynamic_sampling/extra_completions"] > 0 for r in steps)
+    assert max(r["sampling/sampling_logp_difference/max"] for r in steps) <= 1e-3, steps
+
+
+def test_grpo_with_a_lora_adapter_syncs_the_merged_weights(tmp_path):
+    """With LoRA, TRL merges the adapter, yields the merged weights and unmerges them in place once its iterator is
+    exhausted: the sync must load each weight as it comes, or vLLM would hold the base weights (loading them after
+    the iterator ran out measured a gap of 0.29 at the first rollout after an update)."""
+    _run("recipes/cpu/arithmetic_grpo_vllm.yaml", tmp_path, "trainer.max_steps=5", "~eval",
+         "trainer.learning_rate=1.0e-2", "model.lora={r: 8, lora_alpha: 16, target_modules: all-linear}")
+    steps = [r for r in _records(tmp_path / "grpo" / "log.jsonl") if "sampling/sampling_logp_difference/max" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert any(r["grad_norm"] > 0 for r in steps[:-1])  # a rollout came after an update (else nothing to sync)
     assert max(r["sampling/sampling_logp_difference/max"] for r in steps) <= 1e-3, steps
