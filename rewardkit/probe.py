@@ -394,6 +394,11 @@ def probe_recipe(recipe, registry, rows: int = ROWS) -> list[RewardReport]:
             gold_column = _gold_column(cols, data_rows[0]) if data_rows else None
             reports.append(probe_reward(spec.name, block, reward, data_rows, gold_column, columns=cols,
                                         judges=judges, fresh=build))
+        if getattr(spec, "environment", None) and data_rows:  # its tools and multi-turn episodes
+            from rewardkit.probe_episodes import probe_environment  # noqa: PLC0415
+
+            cols = registry.reward_columns(spec.rewards[0].name, spec.rewards[0].params)
+            reports += probe_environment(spec, registry, data_rows, _gold_column(cols, data_rows[0]))
     return reports
 
 
