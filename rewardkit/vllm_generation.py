@@ -51,6 +51,6 @@ class StopEngineCallback(TrainerCallback):
         self.generation = generation
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.generation.llm is not None:
-            vllm_sync.shutdown(self.generation.llm)
+        if self.generation.llm is not None:  # several processes (untested on CPU) keep their process group
+            vllm_sync.shutdown(self.generation.llm, process_group=self.generation.accelerator.num_processes == 1)
             self.generation.llm = None

@@ -15,8 +15,8 @@ with vLLM"), two things go wrong on CPU:
 TRL also passes no ``dtype``, so vLLM runs a float32 checkpoint in bfloat16 (a log-prob gap of 0.004-0.012 against
 the float32 trainer); ``SyncedVLLMGeneration`` builds the engine in the policy's own dtype.
 
-:func:`colocated` puts ``rewardkit.vllm_generation.SyncedVLLMGeneration`` in the place of TRL's ``VLLMGeneration`` while a trainer is
-built; everything else (when to sync, sampling, the importance correction) stays TRL's.
+:func:`colocated` puts ``rewardkit.vllm_generation.SyncedVLLMGeneration`` in the place of TRL's ``VLLMGeneration``
+while a trainer is built; everything else (when to sync, sampling, the importance correction) stays TRL's.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def checkpoint_weights(named: Iterable[tuple[str, object]], config) -> Iterator[
 
 def push_weights(llm, weights: Iterable[tuple[str, object]]) -> float:
     """Loads ``weights`` (checkpoint-format names and tensors, consumed one at a time) into ``llm``'s model in place
-    through vLLM's ``reload_weights`` (in this process: ``external_launcher``) and drops its prefix cache (its cached keys and values came from the old weights). Returns
-    the seconds it took."""
+    through vLLM's ``reload_weights`` (in this process: ``external_launcher``) and drops its prefix cache (its
+    cached keys and values came from the old weights). Returns the seconds it took."""
     start = time.perf_counter()
     llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True})
     llm.reset_prefix_cache()
@@ -115,9 +115,10 @@ def _rendezvous_env() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
-def shutdown(llm) -> None:
-    """Stops an in-process engine and tears down the torch.distributed group it created, so that another engine can
-    start in this process."""
+def shutdown(llm, process_group: bool = True) -> None:
+    """Stops an in-process engine and vLLM's parallel groups, so that another engine can start in this process; with
+    ``process_group`` also torch.distributed's default group (the engine created it in a single-process run; in a
+    multi-process run the trainer's processes still need theirs: pass False)."""
     from vllm.distributed.parallel_state import (  # noqa: PLC0415
         destroy_distributed_environment, destroy_model_parallel)
 
@@ -125,7 +126,8 @@ def shutdown(llm) -> None:
     if engine is not None and hasattr(engine, "engine_core"):
         engine.engine_core.shutdown()
     destroy_model_parallel()
-    destroy_distributed_environment()
+    if process_group:
+        destroy_distributed_environment()
 
 
 @contextlib.contextmanager
