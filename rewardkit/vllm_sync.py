@@ -39,7 +39,12 @@ def available() -> bool:
 
 
 def set_env_defaults() -> None:
-    for key, value in ENV_DEFAULTS.items():
+    """ENV_DEFAULTS, and ``OMP_NUM_THREADS`` at torch's current thread count: vLLM lowers torch's threads to 1 for
+    serving unless that is set (0.31 on CPU happens to skip it, having made ``torch.set_num_threads`` a no-op first),
+    and training in the same process would run on one thread."""
+    import torch  # noqa: PLC0415
+
+    for key, value in {**ENV_DEFAULTS, "OMP_NUM_THREADS": str(torch.get_num_threads())}.items():
         os.environ.setdefault(key, value)
 
 

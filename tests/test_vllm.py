@@ -60,10 +60,14 @@ def policy(vllm_engine):
     return AutoModelForCausalLM.from_pretrained(path, dtype="float32"), AutoTokenizer.from_pretrained(path)
 
 
-def test_the_engine_runs_in_this_process(vllm_engine):
+def test_the_engine_runs_in_this_process_and_leaves_torchs_threads(vllm_engine):
+    import os
+
     import psutil
+    import torch
 
     assert psutil.Process().children(recursive=True) == []  # nothing to outlive the test session
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])  # what set_env_defaults read before start
 
 
 def test_log_probs_of_vllm_samples_match_the_trainers_forward_pass(vllm_engine, policy):
