@@ -19,6 +19,10 @@ zero_variance_groups   frac_reward_zero_std (of what was   now - start >= zero_s
 reward_up_eval_down    reward + held-out score (greedy,     mean held-out score of the last window of evaluations
                        eval_n rows every eval_every steps)  <= the best earlier window's - eval_drop (0.1) while
                                                            the training reward is above what it was then
+tool_errors            tools/failure_frequency (stages      now - start >= tool_error_rise (0.3)
+                       with tools, TRL's tool loop)
+tool_calls_drift       tools/call_frequency (tool calls     now / start >= tool_calls_ratio (2.0) or <= 1/ratio
+                       per episode)                         (episode length in model tokens: length_drift)
 ====================== =================================== ======================================================
 
 An alarm fires once per stage, the first time its condition holds, as a ``[rewardkit] health:`` log
@@ -39,6 +43,7 @@ from rewardkit.errors import RewardkitError
 from rewardkit.recipe_schema import ALARMS, Monitor  # noqa: F401 - ALARMS: the checks, named where they are declared
 
 LENGTH, ZERO_STD, REWARD = "completions/mean_length", "frac_reward_zero_std", "reward"
+TOOL_ERRORS, TOOL_CALLS = "tools/failure_frequency", "tools/call_frequency"  # TRL's, in stages with tools
 # Under dynamic sampling the trained groups carry signal by construction: the alarm reads what was generated.
 ZERO_STD_KEYS = ("dynamic_sampling/generated_frac_reward_zero_std", ZERO_STD)
 # KL to the reference in nats per token, as TRL logs it (PPO logs it too, beside its per-sequence ppo/kl);
@@ -138,6 +143,28 @@ def zero_variance_groups(frac: list[float], w: int, rise: float) -> dict | None:
     return None
 
 
+def tool_errors(frac: list[float], w: int, rise: float) -> dict | None:
+    """The share of tool calls that failed (the model read ``{'error': ...}``) rose by ``rise`` since the start."""
+    d = drift(frac, w)
+    if d is None or d[1] - d[0] < rise:
+        return None
+    return {"message": f"{d[1]:.0%} of tool calls fail vs {d[0]:.0%} at the start (alarm at +{rise:.0%})",
+            "start": d[0], "now": d[1]}
+
+
+def tool_calls_drift(calls: list[float], w: int, ratio: float) -> dict | None:
+    """Tool calls per episode grew or shrank by ``ratio`` (from none at the start: any rise to 1 or more)."""
+    d = drift(calls, w)
+    if d is None:
+        return None
+    start, now = d
+    moved = now >= max(ratio * start, 1.0) if start == 0 else (now / start >= ratio or now / start <= 1 / ratio)
+    if moved:
+        return {"message": f"{now:.2f} tool calls per episode vs {start:.2f} at the start (alarm at x{ratio:g} "
+                           f"either way)", "start": start, "now": now}
+    return None
+
+
 def reward_up_eval_down(evals: list[tuple[int, float, float]], w: int, drop: float) -> dict | None:
     """``evals``: (step, held-out score, training reward then), oldest first. Scores and rewards are averaged
     over windows of ``w`` evaluations; fires when the latest window's score is at least ``drop`` below the best
@@ -192,6 +219,8 @@ class HealthMonitor:
         self._add("entropy", _first(logs, ENTROPY_KEYS))
         self._add("zero_std", _first(logs, ZERO_STD_KEYS))
         self._add("reward", _first(logs, (REWARD,)))
+        self._add("tool_errors", _first(logs, (TOOL_ERRORS,)))
+        self._add("tool_calls", _first(logs, (TOOL_CALLS,)))
         means = {k: float(logs[f"rewards/{k}/mean"]) for k in self.weights
                  if isinstance(logs.get(f"rewards/{k}/mean"), (int, float))}
         s = shares(means, self.weights) if len(means) == len(self.weights) else None
@@ -204,6 +233,8 @@ class HealthMonitor:
             "kl_acceleration": kl_acceleration(self.series.get("kl", []), w, c.kl_growth, c.kl_min),
             "entropy_collapse": entropy_collapse(self.series.get("entropy", []), w, c.entropy_ratio),
             "zero_variance_groups": zero_variance_groups(self.series.get("zero_std", []), w, c.zero_std_rise),
+            "tool_errors": tool_errors(self.series.get("tool_errors", []), w, c.tool_error_rise),
+            "tool_calls_drift": tool_calls_drift(self.series.get("tool_calls", []), w, c.tool_calls_ratio),
         }
         return self._settle(step, found)
 
@@ -232,7 +263,7 @@ class HealthMonitor:
     def watched(self) -> dict[str, str]:
         """Per alarm: 'watched', or why it could not be (its metric was never logged)."""
         have = {"length_drift": "length", "kl_acceleration": "kl", "entropy_collapse": "entropy",
-                "zero_variance_groups": "zero_std"}
+                "zero_variance_groups": "zero_std", "tool_errors": "tool_errors", "tool_calls_drift": "tool_calls"}
         out = {a: ("watched" if k in self.series else "not logged") for a, k in have.items()}
         out["reward_dominance"] = "watched" if len(self.weights) > 1 else "one reward"
         out["reward_up_eval_down"] = "watched" if self.evals else "no held-out evaluation while training"

@@ -21,7 +21,7 @@ TEST_SIZE = (lambda v: v >= 1 if isinstance(v, int) else 0 < v < 1,
              "must be a count of rows (at least 1) or a fraction between 0 and 1")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 ALARMS = ("length_drift", "reward_dominance", "kl_acceleration", "entropy_collapse", "zero_variance_groups",
-          "reward_up_eval_down")  # rewardkit.monitor's checks
+          "reward_up_eval_down", "tool_errors", "tool_calls_drift")  # rewardkit.monitor's checks
 FAULT_POLICIES = ("fail", "skip")
 
 
@@ -205,6 +205,10 @@ class Monitor:
                                   range=Range(0, 1, low_open=True, high_open=True))
     zero_std_rise: float = option(0.5, "zero_variance_groups: rise of their share since the start",
                                   range=Range(0, 1, low_open=True))
+    tool_error_rise: float = option(0.3, "tool_errors: rise of the share of tool calls that failed since the start",
+                                    range=Range(0, 1, low_open=True))
+    tool_calls_ratio: float = option(2.0, "tool_calls_drift: tool calls per episode now/start at or beyond this "
+                                          "factor either way", range=above(1, "a factor of change"))
     eval_every: int | None = option(None, "steps between held-out evaluations while training (default: max_steps/10 "
                                           "when the recipe has eval; 0: off)", range=at_least(0, "0: off"))
     eval_n: int = option(128, "held-out rows per evaluation while training", range=at_least(1))

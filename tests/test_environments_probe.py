@@ -91,3 +91,29 @@ def test_exact_match_on_episodes_has_no_finding():
 def test_a_reward_that_reads_tool_results_is_a_finding():
     (report,) = probe_environment(_spec("reads_tool_results"), _registry(), ROWS, "answer")
     assert [r.probe for r in report.findings] == ["check: judges the model's answer"]
+
+
+# --------------------------------------------------------------------------- the health monitor on tool use
+def test_monitor_alarms_on_rising_tool_errors_and_drifting_tool_calls():
+    from rewardkit import monitor as m
+
+    assert m.tool_errors([0.0, 0.1, 0.5, 0.6], 2, 0.3)["now"] == 0.55
+    assert m.tool_errors([0.0, 0.1, 0.2, 0.3], 2, 0.3) is None
+    assert m.tool_calls_drift([1.0, 1.0, 0.4, 0.4], 2, 2.0)["now"] == 0.4  # the model stopped calling its tool
+    assert m.tool_calls_drift([1.0, 1.0, 1.2, 1.3], 2, 2.0) is None
+    assert m.tool_calls_drift([0.0, 0.0, 1.0, 2.0], 2, 2.0)["start"] == 0.0  # from none to several
+
+
+def test_monitor_watches_tool_metrics_only_where_tools_are_logged():
+    from rewardkit import monitor as m
+
+    mon = m.HealthMonitor(m.resolve({}), {"correct": 1.0})
+    fired = []
+    for step, (fail, calls) in enumerate([(0.0, 1.0), (0.0, 1.0), (0.5, 1.0), (0.6, 1.5)], 1):
+        fired += mon.observe(step, {"reward": 0.5, "completions/mean_length": 20.0, "tools/failure_frequency": fail,
+                                    "tools/call_frequency": calls})
+    assert [a["alarm"] for a in fired] == ["tool_errors"]
+    assert mon.watched()["tool_calls_drift"] == "watched"
+    plain = m.HealthMonitor(m.resolve({}), {"correct": 1.0})
+    plain.observe(1, {"reward": 0.5, "completions/mean_length": 20.0})
+    assert plain.watched()["tool_errors"] == "not logged"
