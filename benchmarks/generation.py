@@ -197,10 +197,11 @@ def time_grpo(path: str, s: Setup, use_vllm: bool) -> dict:
         built = time.perf_counter() - start
         vllm_sync.stop_engine_after_training(trainer)
         generation = getattr(trainer, "vllm_generation", None)
+        train_start = time.perf_counter()
         trainer.train()
     k = s.steps_per_rollout
-    result = {"rollout_s": clock.times[2 * k - 1] - clock.times[k - 1], "first_rollout_s": clock.times[k - 1] - start,
-              "trainer_build_s": built}
+    result = {"rollout_s": clock.times[2 * k - 1] - clock.times[k - 1],
+              "first_rollout_s": clock.times[k - 1] - train_start, "trainer_build_s": built}
     if use_vllm:
         result["sync_s"] = generation.last_sync_seconds
     return result
