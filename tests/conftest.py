@@ -1,11 +1,32 @@
 # fresh_registry / builtin_registry come from rewardkit.testing, rewardkit's pytest plugin (pytest11 entry point).
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # CI runs the suite on 2 xdist workers (README's test command). Two torch processes with a thread per core
+    # each oversubscribe the cores and run several times slower; one thread each keeps both cores busy instead.
+    # The environment variables reach the runs tests start as subprocesses.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Embedded models are built once per test session into a private cache."""
     monkeypatch.setenv("REWARDKIT_CACHE", str(tmp_path_factory.getbasetemp() / "rk-cache"))
+
+
+@pytest.fixture
+def stage_cache(tmp_path_factory, monkeypatch):
+    """Finished stages shared between this session's runs (rewardkit.stage_cache): recipe tests that start from
+    the same SFT warm start train it once. Under xdist a session is one worker: tests sharing a warm start carry
+    the same ``xdist_group`` mark."""
+    path = tmp_path_factory.getbasetemp() / "rk-stages"
+    monkeypatch.setenv("REWARDKIT_STAGE_CACHE", str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +105,9 @@ def vllm_engine(tmp_path_factory):
         yield llm, path
     finally:
         vllm_sync.shutdown(llm)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: xdist hands tests out in this order, so the long runs start early and the short ones
+    fill the gaps at the end instead of one worker finishing a long run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

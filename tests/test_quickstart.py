@@ -28,7 +28,8 @@ def scores(summary):
 
 
 @pytest.mark.slow
-def test_quickstart_learns_on_the_ci_seed(tmp_path):
+@pytest.mark.xdist_group("arithmetic_sft")  # its SFT stage is arithmetic_ppo.yaml's: trained once (stage_cache)
+def test_quickstart_learns_on_the_ci_seed(tmp_path, stage_cache):
     summary, stdout = run_recipe(tmp_path / "qs")
     ev = scores(summary)
     assert set(ev) == {"base", "sft", "grpo"} and ev["base"]["n"] == 300
