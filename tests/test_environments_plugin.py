@@ -35,19 +35,21 @@ def _cli(site, *args):
                           timeout=600, env=env)
 
 
-def _recipe(tmp_path, **environment) -> str:
+def _stage(**environment) -> dict:
+    return {"trainer": {"type": "grpo", "max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2,
+                        "max_completion_length": 24, "logging_steps": 1},
+            "environment": {"name": "toy.lookup"} | environment, "rewards": [{"name": "exact_match"}]}
+
+
+def _recipe(tmp_path, **stages) -> str:
     rows = [{"prompt": f"value of k{i}?", "table": f"k{i}={i * 7};z=0", "answer": str(i * 7)} for i in range(12)]
     data = tmp_path / "lookup.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump({
         "output_dir": str(tmp_path / "out"), "seed": 0, "model": {"name": "tiny-llama-tools"},
-        "data": {"path": str(data), "test_size": 4, "chat": True},
-        "stages": {"grpo": {
-            "trainer": {"type": "grpo", "max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 2,
-                        "max_completion_length": 24, "logging_steps": 1},
-            "environment": {"name": "toy.lookup"} | environment,
-            "rewards": [{"name": "exact_match"}]}}}, sort_keys=False))
+        "data": {"path": str(data), "test_size": 4, "chat": True}, "stages": stages or {"grpo": _stage()}},
+        sort_keys=False))
     return str(path)
 
 
@@ -64,13 +66,14 @@ def test_installed_environment_is_listed_and_validated(toy_site, tmp_path):
     listed = _cli(toy_site, "plugins", "--json")
     (toy,) = [p for p in json.loads(listed.stdout)["plugins"] if "toy.lookup" in p["registered"].get("environments", [])]
     assert toy["name"] == "toyenv" and toy["distribution"] == "rewardkit-toyenv", toy
-    good = _cli(toy_site, "validate", _recipe(tmp_path, params={"case_sensitive": False}))
-    assert good.returncode == 0, good.stderr
-    bad = _cli(toy_site, "validate", _recipe(tmp_path, params={"case_sensitve": False}))
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "did you mean 'case_sensitive' for 'case_sensitve'" in bad.stderr, bad.stderr
-    missing = _cli(toy_site, "validate", _recipe(tmp_path, name="toy.lookpu"))
-    assert missing.returncode == 2 and "did you mean 'toy.lookup'" in missing.stderr, missing.stderr
+    # one validate call, every problem at once: the good stage has none, the two bad ones one each
+    out = _cli(toy_site, "validate", _recipe(tmp_path, good=_stage(params={"case_sensitive": False}),
+                                             typo=_stage(params={"case_sensitve": False}),
+                                             missing=_stage(name="toy.lookpu")))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "stages.good" not in out.stderr and "2 problems" in out.stderr, out.stderr
+    assert "stages.typo.environment:" in out.stderr and "did you mean 'case_sensitive' for 'case_sensitve'" in out.stderr
+    assert "stages.missing.environment: unknown environment 'toy.lookpu' (did you mean 'toy.lookup'?)" in out.stderr
 
 
 @pytest.mark.slow
