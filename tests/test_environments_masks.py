@@ -172,3 +172,40 @@ def test_rollout_reuse_minibatches_keep_tool_masks_with_their_tokens(tools_model
             assert tok.decode(ids[tmask == 0]) == TOOL_TEXT.format(a * b)
             served += 1
     assert served == 2 * len(out["completion_ids"])
+
+
+class BrokenMultiplier(Multiplier):
+    def multiply(self, a: int, b: int) -> str:
+        """Multiply two integers.
+
+        Args:
+            a: the first factor
+            b: the second factor
+        """
+        if a == 12:
+            raise envs.EnvironmentFault("the worker died")
+        return str(a * b)
+
+
+def test_an_environment_fault_in_trls_loop_never_reaches_the_model_or_the_score(tools_model, tmp_path):
+    from datasets import Dataset
+
+    from rewardkit.reward_checks import CheckedReward
+    from rewardkit.trainers.dynamic_sampling import DynamicSamplingGRPOConfig, DynamicSamplingGRPOTrainer
+
+    path, tok = tools_model
+    reward = envs.guard_rewards([CheckedReward(exact, "exact", "test", {"policy": "skip", "max_rate": 1.0,
+                                                                        "fail_fast_first_step": False})])[0]
+    args = DynamicSamplingGRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                                     max_steps=1, max_completion_length=64, report_to="none", bf16=False, seed=0,
+                                     max_tool_calling_iterations=2)
+    trainer = DynamicSamplingGRPOTrainer(model=path, args=args, reward_funcs=[reward], processing_class=tok,
+                                         train_dataset=Dataset.from_list(rows(2) * 4),
+                                         environment_factory=envs.EpisodeFactory(BrokenMultiplier, 64, None))
+    scripted(trainer)
+    inputs, out = rollout(trainer)  # rows 12*34 (faults) and 7*9 (works), two episodes each
+    texts = [tok.decode(ids[m.bool()]) for ids, m in zip(out["completion_ids"], out["completion_mask"])]
+    assert all("#1" not in t and "worker" not in t for t in texts)  # the rolled-back result is nowhere
+    assert texts[0] == "<|call|>multiply{a:12,b:34}<|end|></s>"  # the episode ended at the call
+    assert texts[2].endswith("<|tool|>63<|end|><|assistant|>63</s>")
+    assert reward.skipped == 2 and reward.seen == 4  # the faulted episodes unjudged, counted by the policy
