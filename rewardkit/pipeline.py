@@ -124,12 +124,14 @@ def run(recipe, registry, resume: str = "auto", observe_rewards=None) -> dict:
     for p in plans:
         if p.done and not r.trained_earlier:  # once a stage trains in this run, later stages on disk are stale
             r.reuse(p)
-        elif cache and r.restore(p, cache):
-            r.reuse(p, cached=True)
-        else:
-            r.train(p)
-            if cache:
-                stage_cache.store(p, cache, r.summary.get("health", {}).get(p.spec.name))
+            continue
+        with stage_cache.claim(p, cache):  # another run training this stage finishes first; then it is a hit
+            if cache and r.restore(p, cache):
+                r.reuse(p, cached=True)
+            else:
+                r.train(p)
+                if cache:
+                    stage_cache.store(p, cache, r.summary.get("health", {}).get(p.spec.name))
     return r.finish()
 
 

@@ -14,12 +14,15 @@ A stage is found only under a key that decides what it trains, bit for bit:
 - the machine's arithmetic: CPU model, torch's thread count and the CUDA device, since floating-point results
   differ between them (a cache copied to another machine misses rather than returns another machine's model).
 
+Runs on one machine may share the directory: a run about to train a cacheable stage holds that stage's lock
+file, so another run that needs the same stage waits and then copies it instead of training it a second time.
 Only single-process runs read or write the cache. ``checkpoint-*`` directories are not stored (a finished stage
 never resumes). Entries are written to a temporary name and renamed, so a killed run leaves no half entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,9 +36,9 @@ HEALTH_FILE = "health.json"  # the stored stage's monitor report (it lives in su
 
 
 def cache_dir() -> str | None:
-    """The cache directory, or None when caching is off (unset, or a multi-process run)."""
+    """The cache directory, or None when caching is off (unset, a multi-process run, or not POSIX)."""
     path = os.environ.get(ENV)
-    if not path or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if not path or int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.name != "posix":
         return None
     return os.path.abspath(os.path.expanduser(path))
 
@@ -86,6 +89,24 @@ def environment() -> dict:
 
 def key(fingerprint: str) -> str:
     return state.fingerprint({"stage": fingerprint, "environment": environment()})
+
+
+@contextlib.contextmanager
+def claim(plan, root: str | None):
+    """Hold the stage's lock (``<key>.lock``, released when the process ends, however it ends) while this run
+    restores or trains it; no-op when caching is off."""
+    if root is None:
+        yield
+        return
+    import fcntl  # noqa: PLC0415 - POSIX; the cache is off where it is missing (cache_dir)
+
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f"{key(plan.fingerprint)}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def restore(plan, root: str) -> bool:

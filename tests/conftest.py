@@ -19,14 +19,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REWARDKIT_CACHE", str(tmp_path_factory.getbasetemp() / "rk-cache"))
 
 
+@pytest.fixture(scope="session")
+def stage_cache_path(tmp_path_factory):
+    """One stage-cache directory for the session and all its xdist workers (their base temp dirs share a parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "rk-stages"
+
+
 @pytest.fixture
-def stage_cache(tmp_path_factory, monkeypatch):
+def stage_cache(stage_cache_path, monkeypatch):
     """Finished stages shared between this session's runs (rewardkit.stage_cache): recipe tests that start from
-    the same SFT warm start train it once. Under xdist a session is one worker: tests sharing a warm start carry
-    the same ``xdist_group`` mark."""
-    path = tmp_path_factory.getbasetemp() / "rk-stages"
-    monkeypatch.setenv("REWARDKIT_STAGE_CACHE", str(path))
-    return path
+    the same SFT warm start train it once; the cache's lock makes a worker that needs a stage the other worker is
+    training wait for it and copy it."""
+    monkeypatch.setenv("REWARDKIT_STAGE_CACHE", str(stage_cache_path))
+    return stage_cache_path
 
 
 @pytest.fixture(scope="module")

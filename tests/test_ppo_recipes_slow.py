@@ -35,12 +35,12 @@ def _rm_score_and_accuracy(policy_dir, rm_dir, dataset):
 
 
 @pytest.fixture(scope="module")
-def rlhf(tmp_path_factory):
+def rlhf(tmp_path_factory, stage_cache_path):
     from rewardkit.builtin.datasets import reverse
 
     out = tmp_path_factory.mktemp("rlhf")
     with pytest.MonkeyPatch.context() as mp:  # the conftest's stage_cache, for a module-scoped fixture
-        mp.setenv("REWARDKIT_STAGE_CACHE", str(tmp_path_factory.getbasetemp() / "rk-stages"))
+        mp.setenv("REWARDKIT_STAGE_CACHE", str(stage_cache_path))
         summary, acc = _run("recipes/cpu/reverse_rlhf.yaml", out)
     test = reverse(n_train=10, n_test=200, seed=0)["test"]
     rm_dir = str(out / "rm" / "model")
@@ -50,7 +50,6 @@ def rlhf(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reverse_sft")
 def test_rlhf_reward_model_is_accurate_and_ppo_raises_its_score(rlhf):
     summary, _, before, after = rlhf
     rm = next(s for s in summary["stages"] if s["name"] == "rm")
@@ -59,7 +58,6 @@ def test_rlhf_reward_model_is_accurate_and_ppo_raises_its_score(rlhf):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reverse_sft")
 @pytest.mark.xfail(strict=False, reason=(
     "the RLHF recipe's PPO stage does not reliably beat its SFT warm start (issue 28): measured 2026-12-07 on one "
     "machine, held-out exact match SFT -> PPO: seed 0 42.0% -> 41.0%, seed 1 44.5% -> 32.0%, seed 2 42.5% -> "
@@ -71,7 +69,6 @@ def test_rlhf_ppo_raises_task_metric(rlhf):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("reverse_sft")  # the RLHF recipe's SFT stage is this one's: trained once (stage_cache)
 def test_ppo_reverse_exact_match_learns(tmp_path, stage_cache):
     _, acc = _run("recipes/cpu/reverse_ppo.yaml", tmp_path)
     assert acc["ppo"] - acc["sft"] >= THRESHOLD_PPO_POINTS / 100, acc
@@ -81,7 +78,6 @@ THRESHOLD_PPO_POINTS = 15  # measured +25.0
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("arithmetic_sft")  # the quick start's SFT stage is this one's: trained once (stage_cache)
 def test_ppo_arithmetic_removes_a_quarter_of_the_warm_starts_errors(tmp_path, stage_cache):
     # What every seed of README's table clears with room, on the CI seed: PPO removes >= 25% of the SFT warm
     # start's held-out errors (measured over seeds 0-4 with benchmarks/learning.py: README, docs/ppo.md).

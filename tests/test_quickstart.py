@@ -28,7 +28,6 @@ def scores(summary):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("arithmetic_sft")  # its SFT stage is arithmetic_ppo.yaml's: trained once (stage_cache)
 def test_quickstart_learns_on_the_ci_seed(tmp_path, stage_cache):
     summary, stdout = run_recipe(tmp_path / "qs")
     ev = scores(summary)

@@ -43,7 +43,8 @@ def test_a_shared_stage_is_trained_once_and_a_changed_one_misses(tmp_path, monke
     monkeypatch.setenv(stage_cache.ENV, str(cache))
     first = run(_recipe(tmp_path, "a"), get_registry())
     assert _cached(first) == {"first": False, "second": False}
-    assert len(os.listdir(cache)) == 2 and not any(".tmp-" in n for n in os.listdir(cache))
+    entries = [n for n in os.listdir(cache) if not n.endswith(".lock")]
+    assert len(entries) == 2 and not any(".tmp-" in n for n in entries)
 
     # Same first stage, another second stage: the first is copied (its own model dir, the same weights), the
     # second trains.
@@ -88,3 +89,27 @@ def test_multi_process_runs_do_not_use_it(monkeypatch, tmp_path, world):
     monkeypatch.setenv(stage_cache.ENV, str(tmp_path))
     monkeypatch.setenv("WORLD_SIZE", world)
     assert (stage_cache.cache_dir() is None) == (world == "2")
+
+
+def test_a_second_claim_on_a_stage_waits_for_the_first(tmp_path):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(fingerprint="abc")
+    acquired = []
+
+    def second():
+        with stage_cache.claim(plan, str(tmp_path)):
+            acquired.append(time.monotonic())
+
+    with stage_cache.claim(plan, str(tmp_path)):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.5)
+        released = time.monotonic()
+        assert not acquired  # still waiting
+    thread.join(10)
+    assert acquired and acquired[0] >= released
+    with stage_cache.claim(SimpleNamespace(fingerprint="other"), str(tmp_path)):  # another stage: no wait
+        pass
