@@ -72,8 +72,7 @@ class Stage:
 @dataclass(frozen=True, kw_only=True)
 class Model:
     name: str | None = option(None, "registered model (rewardkit plugins), local directory, or hub id")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = option(None, "float32 | bfloat16 | float16 | "
-                                                                                   "auto")
+    dtype: Literal[DTYPES] | None = option(None, " | ".join(DTYPES))
     revision: str | None = option(None, "hub revision")
     trust_remote_code: bool | None = option(None, "passed to from_pretrained")
     attn_implementation: str | None = option(None, "eager | sdpa | flash_attention_2 ...")
