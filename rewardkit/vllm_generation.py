@@ -10,12 +10,15 @@ from transformers import TrainerCallback
 
 from rewardkit import vllm_sync
 
+NOT_SERVED = ("critic.",)  # submodules a trainer adds to the policy (PPO's value head), not part of the served LM
+
 
 class SyncedVLLMGeneration(trl_vllm.VLLMGeneration):
     """Differs from TRL's class in two places, both colocate mode only: the ``LLM`` is built with ``dtype`` (the
     policy's; TRL leaves vLLM to downcast float32 to bfloat16) and, without CUDA, eagerly (no torch.compile: on the
     small CPU models this serves, compiling costs more start-up than it saves); and :meth:`sync_weights` loads the
-    weights through vLLM's ``reload_weights`` with a tied ``lm_head`` sent explicitly. ``last_sync_seconds`` is
+    weights through vLLM's ``reload_weights`` with a tied ``lm_head`` sent explicitly, leaving out the modules a
+    trainer attached to the policy that vLLM's model does not have (PPO's ``critic``). ``last_sync_seconds`` is
     the last sync's duration."""
 
     last_sync_seconds: float | None = None
@@ -39,7 +42,8 @@ class SyncedVLLMGeneration(trl_vllm.VLLMGeneration):
         if self.mode != "colocate" or self.enable_sleep_mode:
             return super().sync_weights()
         base = getattr(self.model, "get_base_model", lambda: self.model)()
-        weights = vllm_sync.checkpoint_weights(self._iter_named_params(), base.config)
+        named = ((n, p) for n, p in self._iter_named_params() if not n.startswith(NOT_SERVED))
+        weights = vllm_sync.checkpoint_weights(named, base.config)
         self.last_sync_seconds = vllm_sync.push_weights(self.llm, weights)
         return None
 

@@ -44,7 +44,6 @@ def config(tmp_path, **kw):
     ("kl_estimator", "k3", "kl_estimator 'k3' with kl_placement: reward"),
     ("loss_type", "cispo", "loss_type must be one of grpo, bnpo, dr_grpo, dapo"),
     ("importance_sampling_level", "group", "importance_sampling_level must be token or sequence"),
-    ("use_vllm", True, "use_vllm: PPO does not apply TRL's sampler/trainer importance correction"),
 ])
 def test_config_errors_name_the_field(tmp_path, field, value, message):
     with pytest.raises(ValueError) as exc:

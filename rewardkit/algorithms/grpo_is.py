@@ -174,7 +174,7 @@ def _pad_left(t: torch.Tensor, length: int, value) -> torch.Tensor:
 # per-row (B, T) keys of a rollout: which side they are padded on, and with what, when rollouts are concatenated
 ROW_KEYS = {"prompt_ids": "left", "prompt_mask": "left", "completion_ids": "right", "completion_mask": "right",
             "old_per_token_logps": "right", "ref_per_token_logps": "right", "tool_mask": "right",
-            "replay_weight": "right"}
+            "replay_weight": "right", "sampling_per_token_logps": "right", "sampler_weight": "right"}
 
 
 def concat_rollouts(parts: list[dict], pad_token_id: int) -> dict:

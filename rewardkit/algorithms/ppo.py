@@ -84,13 +84,16 @@ def sequence_level_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None,
-                level: str = "token", reduce=masked_mean) -> tuple[torch.Tensor, dict]:
+                level: str = "token", reduce=masked_mean, weight: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict]:
     """PPO-clip: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε_high)) per real token, averaged by ``reduce(per_token, mask)``
     (default: the mean over real tokens; ``rewardkit.algorithms.grpo_is.aggregate_loss`` gives the others).
     ρ = exp(logp − old_logp) at ``level="token"``, :func:`sequence_level_ratio` at ``level="sequence"`` (GSPO).
 
     ``dual_clip`` = c > 1 (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL", eq. 5) also
     bounds the loss of a token with A < 0 by −c·A, so a huge ratio on a bad action cannot dominate the update.
+    ``weight`` (B, T), detached, multiplies each token's loss (the sampler/trainer correction w_samp with vLLM
+    generation, :mod:`rewardkit.algorithms.sampler`; None: 1).
     All inputs ``(B, T)``. Returns (scalar loss, stats) with ``clipfrac`` (share of tokens where the clipped
     term won), ``dual_clipfrac``, and ``approx_kl`` (k3 estimate of KL(old‖new) from tokens sampled by the old
     policy: ρ − 1 − log ρ, Schulman 2020), all detached floats.
@@ -109,7 +112,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         bound = -dual_clip * advantages  # (B, T)
         dual = (advantages < 0) & (per_token > bound)
         per_token = torch.where(advantages < 0, torch.minimum(per_token, bound), per_token)
-    loss = reduce(per_token, mask)
+    loss = reduce(per_token if weight is None else per_token * weight, mask)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
                  "dual_clipfrac": masked_mean(dual.float(), mask).item(),
@@ -119,14 +122,17 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 
 def penalty_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                        coef: float, reduce=masked_mean) -> tuple[torch.Tensor, dict]:
+                        coef: float, reduce=masked_mean, weight: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, dict]:
     """PPO's adaptive-KL-penalty objective (Schulman et al. 2017 §4), as a loss: mean over real tokens of
     −A·ρ + coef·KL(old‖new), the KL estimated by k3 = ρ − 1 − log ρ on the old policy's tokens (unbiased in value,
     and its gradient (ρ − 1)∇log π has expectation ∇KL(old‖new)). Inputs ``(B, T)``; ``coef`` is the β the
-    caller adapts toward d_targ (``rewardkit.algorithms.kl.AdaptiveKLController``, mode halve_double)."""
+    caller adapts toward d_targ (``rewardkit.algorithms.kl.AdaptiveKLController``, mode halve_double). ``weight``
+    (B, T) multiplies each token's term, as in :func:`policy_loss`."""
     ratio = torch.exp(logp - old_logp)
     kl = k3(old_logp, logp)  # (B, T)
-    loss = reduce(-advantages * ratio + coef * kl, mask)
+    per_token = -advantages * ratio + coef * kl
+    loss = reduce(per_token if weight is None else per_token * weight, mask)
     with torch.no_grad():
         stats = {"clipfrac": 0.0, "dual_clipfrac": 0.0, "approx_kl": masked_mean(kl, mask).item(),
                  "ratio_mean": masked_mean(ratio, mask).item()}

@@ -47,10 +47,12 @@ from trl import GRPOConfig, GRPOTrainer
 
 from rewardkit.algorithms.kl import builtin_estimator, kl_controller
 from rewardkit.algorithms import grpo_is as core
+from rewardkit.algorithms import sampler
 from rewardkit.trainers.base import over_processes
 from rewardkit.trainers.dynamic_sampling import DynamicSamplingConfig, DynamicSamplingMixin
 from rewardkit.algorithms.masked import kl_old_new
 from rewardkit.trainers.rollout import ReplayStore, RolloutReuseMixin
+from rewardkit.trainers import sampler_correction
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
 
@@ -102,8 +104,8 @@ class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
         if self.loss_type not in core.SUPPORTED_LOSS_TYPES:
             problems.append(f"loss_type={self.loss_type!r}: grpo_is implements the clipped-surrogate losses "
                             f"{', '.join(core.SUPPORTED_LOSS_TYPES)}")
-        if self.use_vllm:
-            problems.append("use_vllm: not supported by grpo_is (use trainer: grpo)")
+        problems += sampler.biasing_sampling_problems(self.use_vllm, self.vllm_importance_sampling_correction,
+                                                      self.top_p, self.top_k, self.min_p, self.generation_kwargs)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -150,13 +152,26 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
 
     # ------------------------------------------------------------------ rollout
     def _make_rollout(self, prompts: list[dict]) -> dict:
-        batch = self._generate_and_score_completions(prompts)
+        with sampler_correction.deferred(self):  # applied below, on the raw ratios (sampler_correction's docstring)
+            batch = self._generate_and_score_completions(prompts)
         self._rollout_ref_kl = [0.0, 0.0]
+        self._correct_for_sampler(batch)
         if self.args.kl_placement == "reward" and self.beta != 0.0:
             self._kl_into_advantages(batch)
         if self.args.replay_rollouts:
             batch = self._with_replay(batch)
         return batch
+
+    def _correct_for_sampler(self, batch: dict) -> None:
+        """With vLLM generation: ``sampler_weight`` w_samp = min(π_behav/π_samp, c) in TRL's mode, π_behav the
+        trainer's log-probs at generation (``old_per_token_logps``, computed here when TRL skipped them, as TRL
+        itself does when it corrects), stored with the rollout (a replayed sample keeps its own)."""
+        if not sampler_correction.active(self) or batch.get("sampling_per_token_logps") is None:
+            return
+        if batch.get("old_per_token_logps") is None:
+            batch["old_per_token_logps"] = self._policy_logps(batch)
+        batch["sampler_weight"] = sampler_correction.weights(self, batch, batch["old_per_token_logps"],
+                                                             self._row_mask(batch))
 
     def _policy_logps(self, rows: dict) -> torch.Tensor:
         """Log-probs of ``rows``' completion tokens under the current policy, no gradient. (B, T)"""
@@ -268,11 +283,13 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
         metrics = self._metrics[mode]
         logged = {k: len(v) for k, v in metrics.items()}
         beta, self.beta, self._stash = self.beta, 0.0, {}
-        replay_w = inputs.get("replay_weight")
+        replay_w = sampler.combined_weight(inputs.get("sampler_weight"), inputs.get("replay_weight"))
         flags = self.use_vllm, self.vllm_importance_sampling_correction
         try:
-            if replay_w is not None:  # TRL's sampler-correction hook multiplies the per-token loss by this weight
-                self.use_vllm = self.vllm_importance_sampling_correction = True
+            # TRL's sampler-correction hook multiplies the per-token loss by w_samp·w_replay; without either, TRL
+            # must not look for its own ratio (grpo_is generated with TRL's correction deferred)
+            self.use_vllm = self.vllm_importance_sampling_correction = replay_w is not None
+            if replay_w is not None:
                 inputs = dict(inputs, importance_sampling_ratio=replay_w)
             loss = super()._compute_loss(model, inputs)
             logps = self._stash["logps"]
@@ -288,7 +305,7 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
             per_token_kl = self.kl_fn(logps, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:  # the token ratio, also under GSPO: the one that unbiases k·ρ
                 per_token_kl = per_token_kl * torch.exp(logps - old)
-                if replay_w is not None:  # a replayed sample's KL term is corrected to π_behav as its loss is
+                if replay_w is not None:  # a replayed or vLLM sample's KL term is corrected as its loss is
                     per_token_kl = per_token_kl * replay_w
             loss = loss + beta * self._aggregate(per_token_kl, mask, inputs, mode)
             with torch.no_grad():

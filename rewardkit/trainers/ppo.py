@@ -38,6 +38,7 @@ from rewardkit.algorithms import ppo as alg
 from rewardkit.algorithms.grpo_is import aggregate_loss, clip_masks
 from rewardkit.algorithms.kl import AdaptiveKLController, builtin_estimator, kl_controller
 from rewardkit.trainers.ppo_config import GRPO_ONLY
+from rewardkit.trainers import sampler_correction
 from rewardkit.trainers.rollout import RolloutReuseMixin
 from rewardkit.trainers.rollout_kl import estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
@@ -241,7 +242,7 @@ class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._last_rows, self._last_row_ids = inputs, getattr(self, "_rollout_row_ids", None)
-        with self._without_trl_old_logps():
+        with self._without_trl_old_logps(), sampler_correction.deferred(self):  # PPO's own pass gives both
             out = super()._generate_and_score_completions(inputs)  # TRL generates and calls the reward functions
         mode = "train" if self.model.training else "eval"
         self._metrics[mode].pop("frac_reward_zero_std", None)  # a GRPO group statistic, meaningless here
@@ -250,6 +251,7 @@ class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
         if "tool_mask" in out:  # tool outputs: attended to, but not the policy's actions
             mask = mask * out["tool_mask"]
         old_logp, values, kl, ref_logp = self._old_values_and_kl(out, mask)
+        w_samp = sampler_correction.weights(self, out, old_logp, mask, mode)  # vLLM: min(π_old/π_samp, c), else None
         beta = self.kl_ctl.beta
         # kl_placement: reward puts −β·k1 into every token's reward; loss adds β·k·ρ in _compute_loss instead
         rewards = alg.token_rewards(score, torch.zeros_like(kl) if self.kl_in_loss else kl, beta, mask)  # (B, T)
@@ -261,6 +263,8 @@ class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
         # completion_mask stays the attention mask TRL built (old log-probs and values used it); loss_mask is PPO's.
         out.update(loss_mask=mask, advantages=advantages, returns=returns, old_values=values,
                    old_per_token_logps=old_logp, ref_per_token_logps=ref_logp)
+        if w_samp is not None:
+            out["sampler_weight"] = w_samp
         if self.args.loss_type == "dapo":  # its normaliser: the rollout's loss tokens, all processes
             out["num_items_in_batch"] = self.accelerator.reduce(mask.sum(), reduction="sum")
         return out
@@ -338,15 +342,17 @@ class PPOTrainer(RolloutReuseMixin, GRPOTrainer):
         old = inputs["old_per_token_logps"]
         self._stale_check(logp, old, mask)
         reduce = self._reduce(inputs, mode)
+        w = inputs.get("sampler_weight")  # vLLM generation: w_samp on every policy-loss and KL token (docs/ppo.md)
         if cfg.policy_loss == "penalty":
             pg_loss, pg = alg.penalty_policy_loss(logp, old, inputs["advantages"], mask, self.penalty_ctl.beta,
-                                                  reduce=reduce)
+                                                  reduce=reduce, weight=w)
         else:
             pg_loss, pg = alg.policy_loss(logp, old, inputs["advantages"], mask, cfg.epsilon, cfg.epsilon_high,
-                                          cfg.dual_clip, level=cfg.importance_sampling_level, reduce=reduce)
+                                          cfg.dual_clip, level=cfg.importance_sampling_level, reduce=reduce, weight=w)
         kl_loss = torch.zeros((), device=logp.device)
         if self.kl_in_loss and self.use_ref:
-            kl_loss = reduce(self._kl_loss_term(logp, old, inputs["ref_per_token_logps"]), mask)
+            kl_term = self._kl_loss_term(logp, old, inputs["ref_per_token_logps"])
+            kl_loss = reduce(kl_term if w is None else kl_term * w, mask)
         vf_loss, vf = alg.value_loss(values.float(), inputs["old_values"], inputs["returns"], mask,
                                           cfg.cliprange_value)
         mean_entropy = masked.masked_mean(entropy, mask)

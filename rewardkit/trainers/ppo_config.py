@@ -9,6 +9,7 @@ from trl import GRPOConfig
 
 from rewardkit.algorithms.kl import LOSS_UNBIASED, REWARD_ESTIMATORS
 from rewardkit.algorithms.ppo import LOSS_AGGREGATIONS
+from rewardkit.algorithms import sampler
 from rewardkit.trainers.rollout_kl import RolloutKLConfig
 
 CRITICS = ("value_head", "separate")
@@ -166,10 +167,8 @@ class PPOConfig(RolloutKLConfig, GRPOConfig):
                      f"averaged), got {self.loss_type!r}")
         if self.importance_sampling_level not in ("token", "sequence"):
             p.append(f"importance_sampling_level must be token or sequence, got {self.importance_sampling_level!r}")
-        if self.use_vllm:
-            p.append("use_vllm: PPO does not apply TRL's sampler/trainer importance correction yet, so vLLM's "
-                     "samples would be trained on as if the trained model had drawn them; use transformers "
-                     "generation (use_vllm: false)")
+        p += sampler.biasing_sampling_problems(self.use_vllm, self.vllm_importance_sampling_correction,
+                                               self.top_p, self.top_k, self.min_p, self.generation_kwargs)
         if self.reward_clip is not None and self.reward_clip <= 0:
             p.append(f"reward_clip must be > 0 or null, got {self.reward_clip}")
         return p
