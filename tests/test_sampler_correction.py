@@ -98,19 +98,24 @@ def test_sampling_filters_that_bias_the_ratio_are_refused_with_vllm(tmp_path, co
         cls(**kw, use_vllm=True, **{field: value})
     with pytest.raises(ValueError, match=f"{field}={value!r} with use_vllm"):  # also through generation_kwargs
         cls(**kw, use_vllm=True, generation_kwargs={field: value})
+    if field == "top_p":  # vLLM's min_tokens masks EOS in its log-probs: the same bias
+        with pytest.raises(ValueError, match="generation_kwargs.min_tokens=2 with use_vllm: vLLM masks the end"):
+            cls(**kw, use_vllm=True, generation_kwargs={"min_tokens": 2})
     cls(**kw, **{field: value})  # without vLLM the trainer samples and scores the same distribution
     cls(**kw, use_vllm=True)  # full support: accepted (the correction applies)
 
 
-def test_loading_a_recipe_refuses_the_filter_naming_the_trainer_section(builtin_registry):
+def test_loading_a_recipe_refuses_the_filter_naming_the_trainer_section():
     """Before any model loads (``load_recipe`` validates), as a RecipeError (the CLI's exit code 2)."""
     from rewardkit import RecipeError
     from rewardkit.recipe import load_recipe
+    from rewardkit.registry import get_registry
 
+    registry = get_registry()  # the recipes' length penalty is rewardkit-math's
     for name, config in (("arithmetic_grpo_is_vllm", "GRPOISConfig"), ("arithmetic_ppo_vllm", "PPOConfig")):
         path = os.path.join(ROOT, "recipes", "cpu", f"{name}.yaml")
-        load_recipe(path, ["~eval"], builtin_registry)  # as shipped: valid
+        load_recipe(path, ["~eval"], registry)  # as shipped: valid
         with pytest.raises(RecipeError) as exc:
-            load_recipe(path, ["trainer.top_p=0.9"], builtin_registry)
+            load_recipe(path, ["trainer.top_p=0.9"], registry)
         assert f"trainer.{config} rejects these values: top_p=0.9 with use_vllm: vLLM's log-probs are those of " \
                "the truncated distribution" in str(exc.value)

@@ -88,7 +88,8 @@ def biasing_sampling_problems(use_vllm: bool, correction: bool, top_p: float, to
     """Sampling filters that make the sampler/trainer ratio biased, refused with vLLM generation: vLLM reports the
     log-probs of the filtered, renormalised distribution it sampled from, the trainer scores the full softmax, so
     every ratio π_behav/π_samp is below 1 by the mass the filter removed, and the correction (and, without it, the
-    old-policy ratio) would be computed against a different distribution."""
+    old-policy ratio) would be computed against a different distribution. vLLM's ``min_tokens`` (in
+    ``generation_kwargs``) does the same to the end-of-sequence token (README, "Generation with vLLM")."""
     if not use_vllm:
         return []
     kw = generation_kwargs or {}
@@ -97,7 +98,12 @@ def biasing_sampling_problems(use_vllm: bool, correction: bool, top_p: float, to
               "top_k": values["top_k"] is not None and values["top_k"] > 0,
               "min_p": values["min_p"] is not None and values["min_p"] > 0.0}
     what = "the sampler/trainer correction" if correction else "the importance ratios"
-    return [f"{name}={values[name]!r} with use_vllm: vLLM's log-probs are those of the truncated distribution it "
-            f"samples from, the trainer's of the full one, so {what} would be biased by the mass the filter removes; "
-            f"sample from the full distribution (top_p: 1.0, top_k: 0, min_p: null) or use_vllm: false"
-            for name in BIASING_SETTINGS if biased[name]]
+    found = [f"{name}={values[name]!r} with use_vllm: vLLM's log-probs are those of the truncated distribution "
+             f"it samples from, the trainer's of the full one, so {what} would be biased by the mass the filter "
+             f"removes; sample from the full distribution (top_p: 1.0, top_k: 0, min_p: null) or use_vllm: false"
+             for name in BIASING_SETTINGS if biased[name]]
+    if (kw.get("min_tokens") or 0) > 0:
+        found.append(f"generation_kwargs.min_tokens={kw['min_tokens']!r} with use_vllm: vLLM masks the end-of-sequence "
+                     f"token in the log-probs it returns until min_tokens, the trainer does not, so {what} would be "
+                     f"biased by the end-of-sequence probability; drop min_tokens or use_vllm: false")
+    return found
