@@ -4,7 +4,7 @@ reshuffles, the prompt stream's order and resume, and PPO continuing a rollout a
 import pytest
 import torch
 
-from rewardkit.trainers.rollout import PromptStream, RolloutBuffer
+from rewardkit.trainers.rollout import PromptStream, RolloutBuffer, RolloutReuseMixin, _new_acc
 
 
 class OneProcess:
@@ -121,3 +121,35 @@ def test_ppo_resumed_mid_rollout_ends_where_the_uninterrupted_run_does(tmp_path)
     assert resumed.rollout_history == full.rollout_history
     p_full, p_res = full.model.state_dict(), resumed.model.state_dict()
     assert max((p_full[k] - p_res[k]).abs().max().item() for k in p_full) < 1e-5
+
+
+class _Buffer:
+    cursor, minibatches, epoch, index = (0, 0), 1, 0, 1
+
+
+class _Measured(RolloutReuseMixin):
+    """Just enough of a trainer for ``_record_minibatch`` to close an epoch (one minibatch per epoch, two epochs)."""
+
+    def __init__(self, stop_ess: float):
+        from collections import defaultdict
+        from types import SimpleNamespace
+
+        self.accelerator = OneProcess()
+        self.args = SimpleNamespace(rollout_epochs=2, gradient_accumulation_steps=1, should_save=False)
+        self.state = SimpleNamespace(global_step=0)
+        self.buffer, self._acc, self.epoch_history = _Buffer(), _new_acc(), []
+        self._metrics = {"train": defaultdict(list)}
+        self.stop_ess = stop_ess
+
+    def _ess(self, logp, old, mask) -> float:
+        return self.stop_ess  # what the stop rule sees: the ESS over every process's sequences
+
+
+def test_logged_ess_is_the_value_the_stop_rule_compares():
+    """rollout/ess is the mean of what ``_ess`` (the early_stop_ess rule, all processes) returned, not a
+    per-process ESS computed again: here that would be 1.0 (π_θ = π_old)."""
+    t = _Measured(stop_ess=0.3)
+    logp = torch.zeros(2, 3)
+    t._record_minibatch(logp, logp.clone(), torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3), torch.ones(2, 3))
+    assert t.epoch_history[0]["ess"] == pytest.approx(0.3)
+    assert t._metrics["train"]["rollout/ess"] == [pytest.approx(0.3)]

@@ -33,7 +33,8 @@ per epoch, ``trainer.epoch_history`` / ``trainer.rollout_history`` the same in m
 ``rollout/early_stop``           1 when a stale check (``early_stop_kl`` or ``early_stop_ess``) retired the
                                  rollout, else 0, per rollout; ``rollout/early_stop_ess`` 1 when it was the ESS
 ``rollout/ess``                  normalised effective sample size (Σw)²/(n·Σw²) of the sequence weights
-                                 w = π_θ(y|x)/π_old(y|x) of a minibatch, averaged over an epoch's minibatches
+                                 w = π_θ(y|x)/π_old(y|x) of a minibatch over every process (the value
+                                 ``early_stop_ess`` is compared with), averaged over an epoch's minibatches
 ``rollout/count``                rollouts generated so far
 ================================ ==========================================================================
 
@@ -327,7 +328,9 @@ class RolloutReuseMixin:
         rmin, rmax = core.ratio_range(coef.detach(), mask)
         if not math.isnan(rmin):
             acc["ratio_min"], acc["ratio_max"] = min(acc["ratio_min"], rmin), max(acc["ratio_max"], rmax)
-        acc["ess_sum"] += core.ess_fraction(core.sequence_log_weights(logp.detach(), old, mask)).item()
+        # the stop rule's ESS (all processes' sequences): every process adds the same value, so the epoch's sum
+        # over processes divided by the minibatches summed over processes is its mean over minibatches
+        acc["ess_sum"] += self._ess(logp, old, mask)
         acc["minibatches"] += 1
         epoch, mb = self.buffer.cursor
         if mb == self.buffer.minibatches - 1:
