@@ -36,8 +36,8 @@ import pluggy
 
 from rewardkit import hookimpl, hookspecs, values
 from rewardkit.errors import PluginError
-from rewardkit.factories import (TRL_REWARD_EXTRAS, EnvironmentFactory, bind_problems, has_method,  # noqa: F401
-                                 is_reward_function, required_columns)
+from rewardkit.factories import (EnvironmentFactory, bind_problems, has_method, is_reward_function,
+                                 required_columns)
 from rewardkit.reward_checks import AsyncCheckedReward, CheckedReward, FaultPolicy
 
 KINDS = ("rewards", "kl_estimators", "trainers", "datasets", "models", "environments")
@@ -397,19 +397,26 @@ class Registry:
         return bind_problems(obj, params, f"reward '{name}' from {comp.provider}")
 
     def reward_columns(self, name: str, params: dict) -> list[str]:
-        """Dataset columns reward ``name`` needs with these params."""
+        """Dataset columns reward ``name`` needs with these params.
+
+        The plugin's ``columns=`` (a list, a callable ``columns(params)``, or a ``"module:attr"`` string naming
+        either) is the plugin's code: any failure importing or calling it is a :class:`PluginError` naming the
+        reward and its plugin."""
         comp = self.get("rewards", name)
-        cols = comp.columns
-        if isinstance(cols, str):
-            cols = import_target(cols)
-        if callable(cols):
-            return list(cols(dict(params)))
-        if cols is not None:
+        if comp.columns is None:
+            obj = comp.load()
+            if is_reward_function(obj):
+                return required_columns(obj)
+            return list(getattr(obj, "columns", []) or [])
+        try:
+            cols = import_target(comp.columns) if isinstance(comp.columns, str) else comp.columns
+            cols = cols(dict(params)) if callable(cols) else cols
             return list(cols)
-        obj = comp.load()
-        if is_reward_function(obj):
-            return required_columns(obj)
-        return list(getattr(obj, "columns", []) or [])
+        except Exception as exc:  # noqa: BLE001 - whatever the plugin's columns target does is its fault
+            target = comp.columns if isinstance(comp.columns, str) else getattr(
+                comp.columns, "__qualname__", type(comp.columns).__name__)
+            raise PluginError(f"reward '{name}' from {comp.provider}: its columns= target '{target}' failed "
+                              f"with params {dict(params)}: {type(exc).__name__}: {exc}") from exc
 
     def build_reward(self, name: str, params: dict | None = None, alias: str | None = None,
                      faults: "FaultPolicy | dict | None" = None) -> Callable:

@@ -365,3 +365,26 @@ def test_reward_entry_point_takes_the_plugin_road_lazily_and_can_be_blocked(monk
     [info] = [p for p in blocked.plugins() if p.dist == "shout-reward"]
     assert info.disabled and blocked._pm.is_blocked(info.key) and "shout" not in blocked.names("rewards")
     assert "exact_match" in blocked.names("rewards")  # the others still load
+
+
+def _columns_fail(params):
+    raise KeyError("column")
+
+
+@pytest.mark.parametrize("columns, culprit", [(_columns_fail, "_columns_fail"),
+                                              ("no_such_module_rk:cols", "no_such_module_rk:cols")])
+def test_a_failing_columns_target_is_a_validate_error_naming_the_plugin(builtin_registry, tmp_path, capsys,
+                                                                       columns, culprit):
+    from rewardkit.cli import main
+
+    builtin_registry.add_plugin(plugin("colsplug", register_rewards=lambda register: register(
+        "bad_cols", Scaled, columns=columns)), dist="dist-cols")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: tiny-llama}\n"
+                      "data: {name: arithmetic, params: {n_train: 100, n_test: 10}}\n"
+                      "trainer: {type: grpo, max_steps: 2, per_device_train_batch_size: 8, num_generations: 4}\n"
+                      "rewards: [{name: bad_cols, weight: 1.0}]\n")
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "rewards[0].name: reward 'bad_cols' from plugin 'colsplug' (dist-cols" in err, err
+    assert f"columns= target '{culprit}' failed" in err, err
