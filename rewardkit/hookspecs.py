@@ -11,8 +11,9 @@ collection: it records which distribution registered which name, rejects a name 
 both distributions), and resolves components only when a recipe asks for them. A hook module should be cheap
 to import: pass heavy objects as ``"module:attribute"`` strings, which rewardkit imports only on use.
 
-Hooks are called once per process, the first time a :class:`rewardkit.registry.Registry` is asked for
-anything. Every hook returns ``None``; what counts is what it passed to ``register``. A hook that raises is
+Hooks are called once per :class:`rewardkit.registry.Registry` (lazily, the first time it is asked for
+anything): a process that builds several registries (tests, ``rewardkit.testing``'s fixtures) runs them once for
+each. Every hook returns ``None``; what counts is what it passed to ``register``. A hook that raises is
 recorded against its plugin (``rewardkit plugins`` shows every such error) and the plugin's other hooks and every
 other plugin still run; a plugin with a hook no spec here names (a misspelt name) is refused whole.
 
@@ -149,8 +150,10 @@ def register_trainers(register) -> None:
     generated groups to ``trainer.rollout_log``: rewardkit then attaches the health monitor / the rollout log). It
     implements ``build_trainer(ctx)``, returning a ``transformers.Trainer`` built from the
     :class:`rewardkit.StageContext` and given ``ctx.callbacks``. Optional hooks: ``check_args(args, registry)``
-    and ``check_stage(spec, columns, registry)`` (its own validation rules, before any model loads; problems as
-    strings located from the stage, e.g. ``"trainer.beta: ..."``), ``result_metrics(trainer)`` (into
+    and ``check_stage(spec, columns, registry)`` (its own validation rules, before any model loads: ``check_args``
+    returns problems located within the trainer section, e.g. ``"beta: must be >= 0"``, to which ``check_stage``
+    adds the ``trainer.`` prefix; ``check_stage`` returns them located from the stage, e.g. ``"trainer.beta: ..."``
+    or ``"data: ..."``), ``result_metrics(trainer)`` (into
     ``summary.json``), ``health_report(trainer)`` (a monitor of its own) and ``summary_lines(info)`` (lines of the
     printed summary).
     """
@@ -196,7 +199,13 @@ def register_environments(register) -> None:
     :meth:`rewardkit.registry.Registry.environment_problems`). rewardkit hands TRL's
     ``GRPOTrainer(environment_factory=...)`` (TRL 1.16) a zero-argument callable that calls it
     (:meth:`~rewardkit.registry.Registry.build_environment`); TRL builds one instance per concurrent rollout and
-    reuses instances across batches, resetting them. What ``factory(**params)`` returns must provide:
+    reuses instances across batches, resetting them. Derive the class from :class:`rewardkit.Environment`
+    (``from rewardkit import Environment, EnvironmentFault``; docs/environments.md): any class with the methods
+    below works with TRL, but only a subclass gets rewardkit's guarantees: a tool raises
+    :class:`rewardkit.EnvironmentFault` for the environment's own failure (its sandbox or worker died), which is
+    kept from the model, ends the episode and makes every reward of the stage raise for that rollout, so the
+    recipe's ``reward_faults`` policy decides; any other exception a tool raises is the model's fault and is shown
+    to it as the tool's result. What ``factory(**params)`` returns must provide:
 
     - ``reset(**row) -> str | None``: a method defined on its class, called before every rollout with the dataset
       row's columns as keyword arguments (accept ``**kwargs``: ``prompt`` and every other column come). It
