@@ -283,7 +283,9 @@ class GRPOISTrainer(RolloutReuseMixin, DynamicSamplingMixin, GRPOTrainer):
         metrics = self._metrics[mode]
         logged = {k: len(v) for k, v in metrics.items()}
         beta, self.beta, self._stash = self.beta, 0.0, {}
-        replay_w = sampler.combined_weight(inputs.get("sampler_weight"), inputs.get("replay_weight"))
+        # w_samp: computed at generation (train); in eval, TRL's own correction of its generation, when it made one
+        w_samp = inputs.get("sampler_weight", inputs.get("importance_sampling_ratio"))
+        replay_w = sampler.combined_weight(w_samp, inputs.get("replay_weight"))
         flags = self.use_vllm, self.vllm_importance_sampling_correction
         try:
             # TRL's sampler-correction hook multiplies the per-token loss by w_samp·w_replay; without either, TRL
