@@ -43,6 +43,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers import TrainerCallback
 
+from rewardkit import stage_cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -215,20 +217,12 @@ def run(s: Setup, rounds: int, threads: int, cache: str) -> dict:
     path = os.path.join(cache, f"llama-{s.layers}x{s.width}-{s.intermediate}")
     params = build_model(s, path)
     result = {"setup": asdict(s), "parameters": params, "threads": threads, "rounds": rounds,
-              "cpu": _cpu_name(), "generate": time_generate(path, s, rounds)}
+              "cpu": stage_cache.cpu_model(), "generate": time_generate(path, s, rounds)}
     result["grpo_generate"] = time_grpo(path, s, use_vllm=False)
     result["vllm"] = time_vllm(path, s, rounds)  # from here on torch.set_num_threads is a no-op
     result["grpo_vllm"] = time_grpo(path, s, use_vllm=True)
     result["threads_after"] = torch.get_num_threads()
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def table(r: dict) -> str:

@@ -121,12 +121,12 @@ def run(recipe, registry, resume: str = "auto", observe_rewards=None) -> dict:
     plans = r.plan(resume)
     r.evaluate_base()
     cache = stage_cache.cache_dir()
-    for p in plans:
+    for p in plans:  # --fresh (resume "never") trains every stage: it stores in the cache but does not read it
         if p.done and not r.trained_earlier:  # once a stage trains in this run, later stages on disk are stale
             r.reuse(p)
             continue
         with stage_cache.claim(p, cache):  # another run training this stage finishes first; then it is a hit
-            if cache and r.restore(p, cache):
+            if cache and resume != "never" and r.restore(p, cache):
                 r.reuse(p, cached=True)
             else:
                 r.train(p)

@@ -5,7 +5,7 @@ SFT stage they share is trained once, stored, and copied into every later run's 
 reused exactly as a stage a previous run of that recipe finished (``rewardkit run`` prints "from the stage
 cache").
 
-A stage is found only under a key that decides what it trains, bit for bit:
+A stage is found only under a key made of what decides what it trains:
 
 - the stage's fingerprint (``run_state.stage_config``: trainer, its arguments, rewards, model, data, seed, and
   the fingerprint of the stage before it, so a stage is cached only with the chain that produced it);
@@ -14,9 +14,15 @@ A stage is found only under a key that decides what it trains, bit for bit:
 - the machine's arithmetic: CPU model, torch's thread count and the CUDA device, since floating-point results
   differ between them (a cache copied to another machine misses rather than returns another machine's model).
 
+What the key does not see: a local data file or model directory is named by its path, not its contents, and a
+plugin by its version, not its source (an editable plugin edited in place keeps its version). Empty the cache
+after changing either. A stage resumed from a checkpoint is stored like one trained in one go (on one machine a
+resumed run reproduces an uninterrupted one bit for bit; tests/test_resume.py).
+
 Runs on one machine may share the directory: a run about to train a cacheable stage holds that stage's lock
 file, so another run that needs the same stage waits and then copies it instead of training it a second time.
-Only single-process runs read or write the cache. ``checkpoint-*`` directories are not stored (a finished stage
+Only single-process runs read or write the cache; ``--fresh`` runs write it but do not read it. Each key keeps an empty
+``<key>.lock`` file beside its entry. ``checkpoint-*`` directories are not stored (a finished stage
 never resumes). Entries are written to a temporary name and renamed, so a killed run leaves no half entry.
 """
 
@@ -28,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 
 from rewardkit import run_state as state
 
@@ -57,7 +64,7 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
@@ -83,7 +90,7 @@ def environment() -> dict:
                       if any(ep.group.startswith("rewardkit") for ep in d.entry_points)}.items())
     return {"rewardkit_source": _source_hash(), "plugins": plugins,
             **{lib: version(lib) for lib in ("torch", "transformers", "trl", "peft", "accelerate")},
-            "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
@@ -110,23 +117,38 @@ def claim(plan, root: str | None):
 
 
 def restore(plan, root: str) -> bool:
-    """Copy the cached stage of ``plan`` into its (absent) stage directory; True if it was there. The copy's
-    ``stage.json`` then points at its own ``model`` directory, and ``plan.state`` is re-read from it."""
+    """Copy the cached stage of ``plan`` into its (absent) stage directory; True if it was there. Paths in the
+    copy's ``stage.json`` that pointed into the stored stage point into the copy; ``plan.state`` is re-read."""
     entry = os.path.join(root, key(plan.fingerprint))
     stored = state.read_json(os.path.join(entry, state.STAGE_FILE)) or {}
     if stored.get("status") != "done" or stored.get("fingerprint") != plan.fingerprint or os.path.lexists(plan.dir):
         return False
     tmp = f"{plan.dir}.tmp-{os.getpid()}"
-    # a copy, not links: a stage trained again later rewrites its files in place
-    shutil.copytree(entry, tmp, ignore=lambda folder, names: [HEALTH_FILE] if folder == entry else [])
-    info = stored["info"]
-    if info.get("model_dir", "").startswith(stored["stage_dir"] + os.sep):  # a path inside the stored stage
-        info["model_dir"] = os.path.join(plan.dir, os.path.relpath(info["model_dir"], stored["stage_dir"]))
-    stored.pop("stage_dir")
-    state.write_json(os.path.join(tmp, state.STAGE_FILE), stored)
-    os.replace(tmp, plan.dir)
+    try:
+        # a copy, not links: a stage trained again later rewrites its files in place
+        shutil.copytree(entry, tmp, ignore=lambda folder, names: [HEALTH_FILE] if folder == entry else [])
+        old_dir = stored.pop("stage_dir")
+        stored = _moved(stored, old_dir, os.path.abspath(plan.dir))
+        state.write_json(os.path.join(tmp, state.STAGE_FILE), stored)
+        os.replace(tmp, plan.dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"{ENV}: could not copy {entry} to {plan.dir} ({exc}); the stage is trained instead",
+                      stacklevel=2)
+        return False
     plan.state = stored
     return True
+
+
+def _moved(value, old: str, new: str):
+    """``value`` with every path string inside ``old`` rewritten to the same place inside ``new``."""
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    return value
 
 
 def health(plan, root: str) -> dict | None:
@@ -134,21 +156,23 @@ def health(plan, root: str) -> dict | None:
 
 
 def store(plan, root: str, health_report: dict | None) -> None:
-    """Store a stage this run finished (without its checkpoints). An entry already there is kept."""
+    """Store a stage this run finished (without its checkpoints). An entry already there is kept. A failure to
+    store (a full disk) is a warning: the stage itself is finished and stays in the run's output directory."""
     entry = os.path.join(root, key(plan.fingerprint))
     if os.path.exists(entry):
         return
-    os.makedirs(root, exist_ok=True)
     tmp = f"{entry}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(plan.dir, tmp, ignore=lambda folder, names: [n for n in names if n.startswith("checkpoint-")])
-    stored = state.read_json(os.path.join(tmp, state.STAGE_FILE))
-    state.write_json(os.path.join(tmp, state.STAGE_FILE), {**stored, "stage_dir": os.path.abspath(plan.dir)})
-    if health_report is not None:
-        with open(os.path.join(tmp, HEALTH_FILE), "w") as f:
-            json.dump(health_report, f)
     try:
-        os.replace(tmp, entry)
-    except OSError:  # another run stored it meanwhile
+        os.makedirs(root, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-
+        shutil.copytree(plan.dir, tmp, ignore=lambda folder, names: [n for n in names if n.startswith("checkpoint-")])
+        stored = state.read_json(os.path.join(tmp, state.STAGE_FILE))
+        state.write_json(os.path.join(tmp, state.STAGE_FILE), {**stored, "stage_dir": os.path.abspath(plan.dir)})
+        if health_report is not None:
+            with open(os.path.join(tmp, HEALTH_FILE), "w") as f:
+                json.dump(health_report, f)
+        os.replace(tmp, entry)
+    except OSError as exc:  # another run stored it meanwhile (the rename fails on a non-empty entry), or a disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(entry):
+            warnings.warn(f"{ENV}: could not store stage '{plan.spec.name}' in {root} ({exc})", stacklevel=2)

@@ -114,6 +114,8 @@ def vllm_engine(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first: xdist hands tests out in this order, so the long runs start early and the short ones
-    fill the gaps at the end instead of one worker finishing a long run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Modules with slow tests first: xdist hands tests out in this order, so the long runs start early and the
+    short ones fill the gaps at the end instead of one worker finishing a long run alone. A module's tests stay
+    together and in order, so its module-scoped fixtures are set up once."""
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)

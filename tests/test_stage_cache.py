@@ -60,6 +60,10 @@ def test_a_shared_stage_is_trained_once_and_a_changed_one_misses(tmp_path, monke
     third = run(_recipe(tmp_path, "c", first_steps=3), get_registry())
     assert _cached(third) == {"first": False, "second": False}
 
+    # --fresh trains every stage again (and finds the entries there already).
+    fresh = run(_recipe(tmp_path, "a"), get_registry(), resume="never")
+    assert _cached(fresh) == {"first": False, "second": False}
+
     # Without the variable nothing is read or written.
     monkeypatch.delenv(stage_cache.ENV)
     entries = sorted(os.listdir(cache))
@@ -78,7 +82,7 @@ def test_the_key_holds_what_decides_the_arithmetic(monkeypatch):
         assert stage_cache.key("abc") != base
     finally:
         torch.set_num_threads(threads)
-    monkeypatch.setattr(stage_cache, "_cpu_model", lambda: "another CPU")
+    monkeypatch.setattr(stage_cache, "cpu_model", lambda: "another CPU")
     assert stage_cache.key("abc") != base
     monkeypatch.setattr(stage_cache, "_source_hash", lambda: "edited source")
     assert stage_cache.key("abc") != base
@@ -113,3 +117,12 @@ def test_a_second_claim_on_a_stage_waits_for_the_first(tmp_path):
     assert acquired and acquired[0] >= released
     with stage_cache.claim(SimpleNamespace(fingerprint="other"), str(tmp_path)):  # another stage: no wait
         pass
+
+
+def test_paths_into_the_stored_stage_move_with_it():
+    old, new = "/runs/a/sft", "/runs/b/sft"
+    stored = {"info": {"model_dir": "/runs/a/sft/model", "curve": ["/runs/a/sft/reward_curve.png"],
+                       "other": "/runs/a/sftx/model", "steps": 3}}
+    assert stage_cache._moved(stored, old, new) == {"info": {
+        "model_dir": "/runs/b/sft/model", "curve": ["/runs/b/sft/reward_curve.png"], "other": "/runs/a/sftx/model",
+        "steps": 3}}
