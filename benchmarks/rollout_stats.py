@@ -57,6 +57,15 @@ def geometric_mean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
+def _bootstrap(values: list[float], n_boot: int, seed: int, alpha: float) -> tuple[float, float]:
+    """(1 − alpha) percentile interval of the mean of ``values`` over ``n_boot`` resamples with replacement: the
+    resampled means sorted, the low end at index ⌊alpha/2·(n_boot − 1)⌋, the high end at ⌈(1 − alpha/2)·(n_boot − 1)⌉."""
+    rng = random.Random(seed)
+    n = len(values)
+    boots = sorted(statistics.fmean(rng.choice(values) for _ in range(n)) for _ in range(n_boot))
+    return boots[math.floor(alpha / 2 * (n_boot - 1))], boots[math.ceil((1 - alpha / 2) * (n_boot - 1))]
+
+
 def paired_ratio(num: list[float], den: list[float], n_boot: int = 10000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float, float]:
     """Geometric mean over seeds of the per-seed ratios num[i]/den[i] (the same seed is one pair), with a paired
@@ -65,10 +74,7 @@ def paired_ratio(num: list[float], den: list[float], n_boot: int = 10000, seed: 
     if len(num) != len(den) or not num:
         raise ValueError(f"paired samples need equal, non-zero lengths, got {len(num)} and {len(den)}")
     logs = [math.log(a / b) for a, b in zip(num, den)]
-    rng = random.Random(seed)
-    n = len(logs)
-    boots = sorted(statistics.fmean(rng.choice(logs) for _ in range(n)) for _ in range(n_boot))
-    lo, hi = boots[int(math.floor(alpha / 2 * (n_boot - 1)))], boots[int(math.ceil((1 - alpha / 2) * (n_boot - 1)))]
+    lo, hi = _bootstrap(logs, n_boot, seed, alpha)
     return math.exp(statistics.fmean(logs)), math.exp(lo), math.exp(hi)
 
 
@@ -95,9 +101,7 @@ def median_and_worst(values: list[float], higher_is_better: bool = True) -> tupl
     return statistics.median(values), (min(values) if higher_is_better else max(values))
 
 
-def mean_ci(values: list[float], n_boot: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean over seeds with a bootstrap 95% percentile interval (accuracy at fixed budgets)."""
-    rng = random.Random(seed)
-    n = len(values)
-    boots = sorted(statistics.fmean(rng.choice(values) for _ in range(n)) for _ in range(n_boot))
-    return statistics.fmean(values), boots[int(0.025 * (n_boot - 1))], boots[int(math.ceil(0.975 * (n_boot - 1)))]
+def mean_ci(values: list[float], n_boot: int = 10000, seed: int = 0,
+            alpha: float = 0.05) -> tuple[float, float, float]:
+    """Mean over seeds with a bootstrap (1 − alpha) percentile interval (accuracy at fixed budgets)."""
+    return (statistics.fmean(values), *_bootstrap(values, n_boot, seed, alpha))

@@ -1,11 +1,16 @@
 """The code stays readable top to bottom: no class built inside a function (a factory wrapping a nested class hides
-a type from readers, pickling and isinstance), and no function over 80 lines of code in rewardkit/."""
+a type from readers, pickling and isinstance), and no function over 80 lines of code in rewardkit/, benchmarks/ and
+the first-party plugins (plugins/*/)."""
 
 import ast
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGE = os.path.join(REPO, "rewardkit")
+WALKED = [os.path.join(REPO, "rewardkit"), os.path.join(REPO, "benchmarks"),
+          *sorted(os.path.join(REPO, "plugins", d) for d in os.listdir(os.path.join(REPO, "plugins")))]
+# not yet in shape (their fork server's _child and _run are 93 and 112 lines): checked once they are split
+NOT_YET = {os.path.join("plugins", "rewardkit-code", "rewardkit_code", "zygote.py")}
+SKIPPED_DIRS = {".venv", "build", "dist", "__pycache__"}
 MAX_LINES = 80
 
 
@@ -55,12 +60,15 @@ def test_the_check_finds_both_shapes():
     assert shape_problems(documented, "h.py") == []
 
 
-def test_no_nested_class_and_no_long_function_in_rewardkit():
-    found = []
-    for folder, _, files in os.walk(PACKAGE):
-        for name in sorted(files):
-            if name.endswith(".py"):
+def test_no_nested_class_and_no_long_function_in_rewardkit_benchmarks_and_plugins():
+    found, seen = [], 0
+    for top in WALKED:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
+            for name in sorted(files):
                 path = os.path.join(folder, name)
-                with open(path, encoding="utf-8") as f:
-                    found += shape_problems(f.read(), os.path.relpath(path, REPO))
-    assert found == [], "\n".join(found)
+                if name.endswith(".py") and os.path.relpath(path, REPO) not in NOT_YET:
+                    seen += 1
+                    with open(path, encoding="utf-8") as f:
+                        found += shape_problems(f.read(), os.path.relpath(path, REPO))
+    assert seen > 50 and found == [], "\n".join(found)

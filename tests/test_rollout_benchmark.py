@@ -23,6 +23,7 @@ def _load(name):
 
 st = _load("rollout_stats")
 bench = _load("rollout_efficiency")
+runs_mod = sys.modules["rollout_runs"]  # the module rollout_efficiency imported (its SFT cache, its runs)
 
 
 def curve(points, key="greedy"):
@@ -72,6 +73,11 @@ def test_auc_mean_ci_and_best_by():
     assert st.auc(c, 100, "greedy") == pytest.approx(0.5)
     assert st.auc(c, 200, "greedy") == pytest.approx(0.75)  # flat at the last value beyond the end
     assert st.mean_ci([0.5, 0.5, 0.5]) == pytest.approx((0.5, 0.5, 0.5))
+    # one bootstrap: the paired interval is the mean interval of the log ratios, mapped back
+    logs = [math.log(0.25), math.log(0.5), 0.0, math.log(2.0)]
+    _, lo, hi = st.mean_ci(logs, n_boot=500, seed=3)
+    assert st.paired_ratio([0.25, 0.5, 1.0, 2.0], [1.0] * 4, n_boot=500, seed=3)[1:] == pytest.approx(
+        (math.exp(lo), math.exp(hi)))
     assert st.best_by({"a": 1.0, "b": 3.0, "c": 3.0}) == "b"  # ties: the first in order
 
 
@@ -97,6 +103,107 @@ def test_arguments_refuse_overlapping_seeds_and_too_many_finalists():
     assert a.budget == 6 and a.tasks == ["dense"] and not set(a.tuning_seeds) & set(a.eval_seeds)
     full = bench.parse([])
     assert len(full.eval_seeds) >= 10 and full.n_eval >= 1000 and full.tasks == ["dense", "sparse"]
+
+
+def test_a_preset_fills_only_what_the_user_left_unset():
+    """--quick's 32 prompts used to overwrite a user's --prompts 64 (equal to the argparse default)."""
+    assert bench.parse(["--quick", "--prompts", "64"]).prompts == 64
+    assert bench.parse(["--quick"]).prompts == 32 and bench.parse([]).prompts == 64
+    assert bench.parse(["--smoke", "--length", "8", "--sft-steps", "150"]).length == 8
+    assert bench.parse(["--smoke", "--sft-steps", "150"]).sft_steps == 150 and bench.parse(["--smoke"]).length == 3
+
+
+def test_the_full_protocol_needs_ten_evaluation_seeds(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.parse(["--eval-seeds"] + [str(s) for s in range(9)])
+    assert e.value.code == 2 and "at least 10" in capsys.readouterr().err
+    assert len(bench.parse(["--quick", "--eval-seeds", "0", "1"]).eval_seeds) == 2  # allowed, and labelled:
+    lines = bench.report({"tasks": {}, "timing": {}, "cpu_hours": 0.0, "wall_hours": 0.0},
+                         types.SimpleNamespace(tuning_seeds=[9], eval_seeds=[0, 1], jobs=1))
+    assert any(x.startswith("NOT THE PROTOCOL: 2 evaluation seeds") for x in lines)
+    full = bench.report({"tasks": {}, "timing": {}, "cpu_hours": 0.0, "wall_hours": 0.0},
+                        types.SimpleNamespace(tuning_seeds=[9], eval_seeds=list(range(10)), jobs=1))
+    assert not any("NOT THE PROTOCOL" in x for x in full)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+    a = bench.parse(["--smoke", "--out", str(tmp_path)])
+    bench.check_resume(a)  # nothing there yet
+    bench._save_plan(a, {}, 0.0)
+    bench.check_resume(bench.parse(["--smoke", "--out", str(tmp_path), "--jobs", "2"]))  # --jobs changes no result
+    with pytest.raises(SystemExit) as e:
+        bench.check_resume(bench.parse(["--smoke", "--out", str(tmp_path), "--prompts", "8"]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "prompts: 4 there, 8 now" in err and "rollout: 16 there, 32 now" in err
+
+
+def _job(i):
+    return {"stage": "grid", "task": "dense", "method": "trl_mu1", "lr": 1e-3, "seed": i}
+
+
+def _worker(job):
+    """Seed 0 is slow, seed 1 crashes, seed 2 is quick (a module-level function: the pool pickles it)."""
+    import time
+
+    time.sleep({0: 3.0, 1: 0.2, 2: 0.0}[job["seed"]])
+    if job["seed"] == 1:
+        raise RuntimeError("out of memory")
+    return {k: job[k] for k in ("stage", "task", "method", "lr", "seed")} | {
+        "curve": [{"greedy": 0.0, "sampled": 0.0, "entropy": 0.0}], "train_seconds": 0.0, "steps": 0}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_each_result_is_saved_as_it_ends_and_a_crash_is_recorded(tmp_path, jobs):
+    """The crashed run is in results.jsonl as failed with its error, every other run is saved too (with --jobs 2
+    in the order they end), the protocol stops after the stage, and a rerun retries only the failed run."""
+    import json
+
+    a = types.SimpleNamespace(jobs=jobs, out=str(tmp_path))
+    with pytest.raises(SystemExit, match="1 of 3 runs failed.*RuntimeError: out of memory"):
+        bench.execute([_job(0), _job(1), _job(2)], a, [], {}, worker=_worker)
+    saved = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    # two workers: seed 0 (submitted first, slow) is saved last, after the crash and the run that replaced it
+    assert [r["seed"] for r in saved] == ([1, 2, 0] if jobs > 1 else [0, 1, 2])
+    assert saved[[r["seed"] for r in saved].index(1)]["error"] == "RuntimeError: out of memory"
+    done = bench.load_runs(str(tmp_path))
+    assert sorted(r["seed"] for r in done) == [0, 2]
+    seen = []
+    bench.execute([_job(0), _job(1), _job(2)], types.SimpleNamespace(jobs=1, out=str(tmp_path)), done, {},
+                  worker=lambda j: seen.append(j["seed"]) or _worker({**j, "seed": 2}) | {"seed": j["seed"]})
+    assert seen == [1]
+
+
+def test_the_warm_start_is_cached_atomically_under_the_stage_cache_key(tmp_path, monkeypatch):
+    """Keyed like rewardkit's stages (a thread count or a setting changes the key), trained into a temporary
+    directory renamed when complete: a crash leaves no entry, a finished one is reused without training."""
+    import torch
+
+    monkeypatch.setenv("REWARDKIT_STAGE_CACHE", str(tmp_path))
+    a = bench.parse(["--smoke"])
+    trained = []
+
+    def fake_train(args, out):
+        trained.append(out)
+        os.makedirs(out)
+        if len(trained) == 1:
+            raise RuntimeError("killed")
+        open(os.path.join(out, "config.json"), "w").close()
+
+    monkeypatch.setattr(runs_mod, "train_sft", fake_train)
+    with pytest.raises(RuntimeError):
+        runs_mod.sft_model(a)
+    assert [p for p in os.listdir(tmp_path) if not p.endswith(".lock")] == []  # no half entry
+    path = runs_mod.sft_model(a)
+    assert os.path.dirname(path) == str(tmp_path) and os.path.exists(os.path.join(path, "config.json"))
+    assert runs_mod.sft_model(a) == path and len(trained) == 2 and ".tmp-" in trained[1]
+    other = types.SimpleNamespace(**{**vars(a), "sft_steps": a.sft_steps + 1})
+    assert runs_mod.warm_start_entry(other, str(tmp_path)) != path
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert runs_mod.warm_start_entry(a, str(tmp_path)) != path
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run(stage, method, lr, seed, points, task="dense"):
