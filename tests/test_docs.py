@@ -78,3 +78,41 @@ def test_every_monitor_alarm_is_documented():
     for doc in (read("docs", "safety.md"), read("docs", "recipes.md"), monitor.__doc__):
         for alarm in monitor.ALARMS:
             assert f"{alarm}" in doc, f"alarm {alarm} is not documented"
+
+
+_TREE_NAME = r"(?:[\w.]+\.py|\w+/(?:\w+/)?)"
+
+
+def _architecture_tree_paths() -> set[str]:
+    """Paths the tree in docs/architecture.md names: an entry's indentation says which folder it is in; a line may
+    name several (``ppo.py, ppo_config.py``); continuation lines name nothing."""
+    block = read("docs", "architecture.md").split("## The tree", 1)[1].split("```")[1]
+    folders: list[tuple[int, str]] = []
+    paths = set()
+    for line in block.splitlines():
+        m = re.match(rf"^( *)({_TREE_NAME}(?:, {_TREE_NAME})*)(?:\s|$)", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        prefix = "".join(name for _, name in folders)
+        for name in m.group(2).split(", "):
+            paths.add(prefix + name)
+            if name.endswith("/"):
+                folders.append((indent, name))
+    return paths
+
+
+def test_architecture_tree_names_every_module_and_only_modules_that_exist():
+    named = _architecture_tree_paths()
+    modules = set()
+    for folder, _, files in os.walk(os.path.join(REPO, "rewardkit")):
+        rel = os.path.relpath(folder, REPO).replace(os.sep, "/")
+        if "__pycache__" in rel or "/templates" in rel:
+            continue
+        modules.update(f"{rel}/{f}" for f in files if f.endswith(".py"))
+    missing = sorted(m for m in modules if m not in named)
+    assert not missing, f"docs/architecture.md's tree does not name: {', '.join(missing)}"
+    stale = sorted(p for p in named if p.startswith("rewardkit/") and p.endswith(".py") and p not in modules)
+    assert not stale, f"docs/architecture.md's tree names modules that do not exist: {', '.join(stale)}"
