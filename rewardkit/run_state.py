@@ -131,7 +131,9 @@ def stage_config(recipe, spec, previous: str | None) -> dict:
     return {"trainer": spec.trainer_type, "trainer_args": args,
             "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
             "reward_faults": given(spec.reward_faults), "seed": recipe.seed, "after": previous,
-            **({"early_stop": given(spec.early_stop), "eval": _eval(recipe)} if spec.early_stop else {})}
+            **({"early_stop": given(spec.early_stop), "eval": _eval(recipe)} if spec.early_stop else {}),
+            **({"environment": spec.environment} if spec.environment else {}),
+            **({"tools": spec.tools} if spec.tools else {})}
 
 
 def fingerprint(config: dict) -> str:

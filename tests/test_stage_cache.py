@@ -126,3 +126,18 @@ def test_paths_into_the_stored_stage_move_with_it():
     assert stage_cache._moved(stored, old, new) == {"info": {
         "model_dir": "/runs/b/sft/model", "curve": ["/runs/b/sft/reward_curve.png"], "other": "/runs/a/sftx/model",
         "steps": 3}}
+
+
+def test_a_stages_environment_and_tools_are_part_of_its_fingerprint():
+    import dataclasses
+
+    from rewardkit import run_state
+
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart.yaml"))
+    spec = recipe.stages[1]
+    base = run_state.fingerprint(run_state.stage_config(recipe, spec, None))
+    env = dataclasses.replace(spec, environment={"name": "calculator", "params": {}})
+    env2 = dataclasses.replace(spec, environment={"name": "calculator", "params": {"x": 1}})
+    tools = dataclasses.replace(spec, tools=["mod:fn"])
+    prints = {run_state.fingerprint(run_state.stage_config(recipe, s, None)) for s in (env, env2, tools)}
+    assert len(prints | {base}) == 4
