@@ -119,3 +119,28 @@ def test_loading_a_recipe_refuses_the_filter_naming_the_trainer_section():
             load_recipe(path, ["trainer.top_p=0.9"], registry)
         assert f"trainer.{config} rejects these values: top_p=0.9 with use_vllm: vLLM's log-probs are those of " \
                "the truncated distribution" in str(exc.value)
+
+
+def test_trainer_side_logs_the_raw_ratios_under_sampler_names_and_defers_trls_correction():
+    """What grpo_is and PPO call after generation: the weight in the config's mode, the raw figures logged under
+    sampler/*; nothing without use_vllm or with TRL's correction switched off; TRL's flag restored after the call."""
+    import collections
+    import types
+
+    from rewardkit.trainers import sampler_correction
+
+    args = types.SimpleNamespace(vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="token_mask",
+                                 vllm_importance_sampling_clip_min=None, vllm_importance_sampling_clip_max=1.5)
+    t = types.SimpleNamespace(use_vllm=True, args=args, vllm_importance_sampling_correction=True,
+                              accelerator=types.SimpleNamespace(num_processes=1),
+                              _metrics={"train": collections.defaultdict(list)})
+    w = sampler_correction.weights(t, {"sampling_per_token_logps": SAMPLER}, TRAINER, MASK)
+    close(w, [[0.0, 0.5, 0.0]])
+    m = t._metrics["train"]
+    assert (m["sampler/ratio_max"], m["sampler/capped"]) == ([pytest.approx(2.0)], [pytest.approx(0.5)])
+    assert m["sampler/kl"] == [pytest.approx(K3)] and m["sampler/ratio_mean"] == [pytest.approx(1.25)]
+    with sampler_correction.deferred(t):
+        assert t.vllm_importance_sampling_correction is False
+    assert t.vllm_importance_sampling_correction is True
+    args.vllm_importance_sampling_correction = False
+    assert sampler_correction.weights(t, {"sampling_per_token_logps": SAMPLER}, TRAINER, MASK) is None
