@@ -168,6 +168,7 @@ def test_kto_stage_builds_trls_kto_trainer_from_preference_pairs(tmp_path, regis
 @pytest.mark.parametrize("trainer, expected", [
     ({"type": "rloo", "sync_ref_model": True, "beta": 0.0}, "trainer.sync_ref_model: true with beta: 0 has no "
                                                            "reference model to sync (RLOOTrainer refuses it)"),
+    ({"type": "rloo", "use_vllm": True}, "trainer.use_vllm: not supported with trainer rloo"),
     ({"type": "kto", "per_device_train_batch_size": 1}, "trainer.per_device_train_batch_size: KTO's loss_type 'kto' "
                                                          "estimates its KL term"),
     ({"type": "kto", "train_sampling_strategy": "random"}, "trainer.train_sampling_strategy: KTO's loss_type 'kto' "

