@@ -20,8 +20,7 @@ def vllm_problems(recipe) -> list[str]:
     asking = [s.name for s in recipe.stages if s.trainer_args.get("use_vllm")]
     if not asking or vllm_sync.available():
         return []
-    return [f"stages.{name}.trainer.use_vllm: vLLM is not installed in this Python environment; run with the one "
-            "`.ci/setup` creates (.venv-vllm/bin/rewardkit) or set use_vllm: false" for name in asking]
+    return [f"stages.{name}.trainer.use_vllm: {vllm_sync.NOT_INSTALLED}" for name in asking]
 
 
 def deepspeed() -> bool:

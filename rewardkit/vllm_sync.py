@@ -31,6 +31,10 @@ from collections.abc import Iterable, Iterator
 ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
+NOT_INSTALLED = ("vLLM is not installed in this Python environment; run in the one `.ci/setup` creates "
+                 "(.venv-vllm/bin/rewardkit) or set use_vllm: false")
+
+
 def available() -> bool:
     """True when vLLM can be imported here (the vLLM environment, .venv-vllm)."""
     import importlib.util  # noqa: PLC0415
@@ -146,8 +150,7 @@ def colocated(args):
     if not available():
         from rewardkit.errors import RecipeError  # noqa: PLC0415
 
-        raise RecipeError("trainer.use_vllm: vLLM is not installed in this Python environment; run in the one "
-                          "`.ci/setup` creates (.venv-vllm/bin/rewardkit) or set use_vllm: false")
+        raise RecipeError(f"trainer.use_vllm: {NOT_INSTALLED}")
     if getattr(args, "vllm_mode", "colocate") != "colocate":
         yield
         return

@@ -6,17 +6,10 @@ import warnings
 import pytest
 import torch
 
-from tests.test_grpo_is import _params, make, setup, shaped_reward, synthetic_batch  # noqa: F401 (fixture)
+from tests.test_grpo_is import (  # noqa: F401 (fixtures: one_thread is autouse here too)
+    _params, make, one_thread, setup, shaped_reward, synthetic_batch)
 
 warnings.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _loss_and_grads(trainer, batch):

@@ -56,7 +56,7 @@ def test_a_stage_asking_for_vllm_where_it_is_missing_is_refused_before_the_run(m
     recipe = types.SimpleNamespace(stages=[other, stage], eval=None)
     monkeypatch.setattr(vllm_sync, "available", lambda: False)
     assert engines.vllm_problems(recipe) == [
-        "stages.grpo.trainer.use_vllm: vLLM is not installed in this Python environment; run with the one "
+        "stages.grpo.trainer.use_vllm: vLLM is not installed in this Python environment; run in the one "
         "`.ci/setup` creates (.venv-vllm/bin/rewardkit) or set use_vllm: false"]
     assert engines.vllm_problems(recipe) == [p for p in engines.problems(recipe) if "vllm" in p]
     monkeypatch.setattr(vllm_sync, "available", lambda: True)
