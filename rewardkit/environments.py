@@ -210,8 +210,14 @@ def guard_rewards(rewards: list) -> list:
 
 # --------------------------------------------------------------------------- validation (before any model loads)
 def tool_problems(fn: Callable, what: str) -> list[str]:
-    """Why transformers cannot build ``fn``'s tool schema (missing type hints, no docstring, no ``Args:``)."""
+    """Why transformers cannot build ``fn``'s tool schema (missing type hints, no docstring, no ``Args:``), or why
+    rewardkit cannot run it (an ``async def`` tool: the episode guard and the evaluation loop call tools
+    synchronously, so the model would read a coroutine object instead of a result)."""
     from transformers.utils import get_json_schema  # noqa: PLC0415
+
+    if inspect.iscoroutinefunction(inspect.unwrap(getattr(fn, "__func__", fn))):
+        return [f"{what}: is an async def function; rewardkit runs tools synchronously (the environment guard and "
+                f"evaluation episodes call them directly), so define it with plain def"]
 
     try:
         get_json_schema(fn)

@@ -56,11 +56,44 @@ class NoTools(envs.Environment):
         return None
 
 
+class AsyncTools(envs.Environment):
+    async def fetch(self, key: str) -> str:
+        """Look a key up.
+
+        Args:
+            key: what to look up
+        """
+        return key
+
+
+class Broken(Calculator):
+    """Its tool fails as an environment does (a dead worker), whatever the model asked."""
+
+    def multiply(self, a: int, b: int) -> str:
+        """Multiply.
+
+        Args:
+            a: x
+            b: y
+        """
+        raise envs.EnvironmentFault("worker died")
+
+
+async def async_tool(x: int) -> int:
+    """Add one later.
+
+    Args:
+        x: a number
+    """
+    return x + 1
+
+
 def registry() -> Registry:
     r = Registry(entry_points=False)
     r.add("environments", "calculator", Calculator)
     r.add("environments", "undocumented", Undocumented)
     r.add("environments", "no_tools", NoTools)
+    r.add("environments", "async_tools", AsyncTools)
     return r
 
 
@@ -88,16 +121,6 @@ def test_tools_are_guarded_counted_cut_and_transcribed():
 
 
 def test_an_environment_fault_is_recorded_and_rolled_back_not_raised():
-    class Broken(Calculator):
-        def multiply(self, a: int, b: int) -> str:
-            """Multiply.
-
-            Args:
-                a: x
-                b: y
-            """
-            raise envs.EnvironmentFault("worker died")
-
     env = envs.EpisodeFactory(Broken, episode_tokens=20, max_output_chars=None)()
     env.reset()
     out = env.multiply(a=1, b=2)
@@ -136,6 +159,13 @@ def test_bad_params_and_unknown_keys_are_named():
 def test_a_tool_without_typed_signature_and_docstring_is_refused():
     found = problems(environment={"name": "undocumented"})
     assert len(found) == 1 and "tool Undocumented.lookup" in found[0] and "docstring" in found[0]
+
+
+def test_async_tools_are_refused_not_run_as_sync():
+    (p,) = problems(environment={"name": "async_tools"})
+    assert "tool AsyncTools.fetch" in p and "async def" in p
+    (p,) = problems(tools=[f"{__name__}:async_tool"])
+    assert p.startswith("stages.rl.tools[0]") and "async def" in p
 
 
 def test_an_environment_without_tools_is_refused():
