@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rewardkit.environments import DEFAULT_MAX_TOOL_CALLS, tool_names
+from rewardkit.errors import RewardkitError
 
 
-class EpisodeFaultError(RuntimeError):
-    """An environment failed during evaluation episodes (not the model's fault)."""
+class EpisodeFaultError(RewardkitError):
+    """An environment failed during evaluation episodes (not the model's fault). A RewardkitError, so the CLI
+    prints its one-line message and exits with code 2 instead of a traceback."""
 
 
 @dataclass
@@ -113,8 +115,11 @@ class EpisodeGenerator:
 
         texts = [tokenizer.apply_chat_template(e.messages, tools=_tools_of(e.env) or None,
                                                add_generation_prompt=True, tokenize=False) for e in batch]
-        tokenizer.padding_side = "left"
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        finally:
+            tokenizer.padding_side = side
         budget = max(1, max(max_new_tokens - e.used for e in batch))
         sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature
                     else {"do_sample": False})

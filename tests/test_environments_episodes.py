@@ -12,6 +12,7 @@ from rewardkit import environments as envs
 from rewardkit.builtin.models import build_tokenizer
 from rewardkit.builtin.tools import Calculator, episode, tool_multiplication
 from rewardkit.episodes import EpisodeFaultError, EpisodeGenerator, tool_use_stats, write_transcripts
+from rewardkit.errors import RewardkitError
 
 
 class Scripted:
@@ -37,6 +38,19 @@ class Scripted:
         width = max(len(r) for r in rows)
         pad = [r + [self.tok.pad_token_id] * (width - len(r)) for r in rows]
         return torch.cat([input_ids, torch.tensor(pad, dtype=input_ids.dtype)], 1)
+
+
+class Broken(Calculator):
+    """Its tool fails as an environment does (a sandbox down), whatever the model asked."""
+
+    def mul(self, a: int, b: int) -> str:
+        """Multiply.
+
+        Args:
+            a: x
+            b: y
+        """
+        raise envs.EnvironmentFault("sandbox down")
 
 
 def use_tool(text: str) -> str:
@@ -111,19 +125,18 @@ def test_the_token_budget_ends_an_episode_before_a_result_that_would_cross_it(to
 
 
 def test_an_environment_fault_in_evaluation_is_raised_never_scored(tok):
-    class Broken(Calculator):
-        def mul(self, a: int, b: int) -> str:
-            """Multiply.
-
-            Args:
-                a: x
-                b: y
-            """
-            raise envs.EnvironmentFault("sandbox down")
-
     rows = prompts(2)
-    with pytest.raises(EpisodeFaultError, match="sandbox down"):
+    with pytest.raises(EpisodeFaultError, match="sandbox down") as caught:
         EpisodeGenerator(Broken, rows)(Scripted(tok, use_tool), tok, [r["prompt"] for r in rows], 60)
+    assert isinstance(caught.value, RewardkitError)  # the CLI prints it and exits 2, no traceback
+
+
+def test_the_tokenizers_padding_side_is_restored():
+    tok = build_tokenizer(tools=True)
+    tok.padding_side = "right"  # what a training stage's tokenizer may use
+    rows = prompts(1)
+    EpisodeGenerator(Calculator, rows)(Scripted(tok, use_tool), tok, [rows[0]["prompt"]], 60)
+    assert tok.padding_side == "right"
 
 
 def test_ideal_episode_shape():
