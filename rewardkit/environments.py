@@ -238,10 +238,10 @@ def _method_problems(cls: type, where: str) -> list[str]:
     return problems
 
 
-def _environment_problems(block: Any, registry, where: str) -> tuple[list[str], int]:
-    """Problems of the ``environment`` block; and how many tools its class offers (-1: unknown)."""
+def _environment_problems(block: Any, registry, where: str) -> tuple[list[str], int | None]:
+    """Problems of the ``environment`` block; and how many tools its class offers (None: unknown)."""
     if not isinstance(block, dict):
-        return [f"{where}: expected a mapping {{name, params}}, got {type(block).__name__}"], -1
+        return [f"{where}: expected a mapping {{name, params}}, got {type(block).__name__}"], None
     problems = []
     for key in block:
         if key not in ENVIRONMENT_KEYS:
@@ -250,18 +250,18 @@ def _environment_problems(block: Any, registry, where: str) -> tuple[list[str], 
                             f"keys are {', '.join(ENVIRONMENT_KEYS)}")
     name, params, cut = block.get("name"), block.get("params") or {}, block.get("max_output_chars")
     if not isinstance(name, str) or not name:
-        return problems + [f"{where}.name: missing (a registered environment; `rewardkit plugins` lists them)"], -1
+        return problems + [f"{where}.name: missing (a registered environment; `rewardkit plugins` lists them)"], None
     if not isinstance(params, dict):
-        return problems + [f"{where}.params: expected a mapping, got {type(params).__name__}"], -1
+        return problems + [f"{where}.params: expected a mapping, got {type(params).__name__}"], None
     if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int) or cut < 1):
         problems.append(f"{where}.max_output_chars: must be an integer of at least 1, got {cut!r}")
     found = registry.environment_problems(name, params)
     problems += [f"{where}: {p}" for p in found]
     if found:
-        return problems, -1
+        return problems, None
     factory = registry.load("environments", name)
     if not inspect.isclass(factory):
-        return problems, -1
+        return problems, None
     return problems + _method_problems(factory, where), len(tool_names(factory))
 
 
@@ -298,8 +298,12 @@ def _tools_problems(tools: Any, where: str) -> list[str]:
 
 
 def _limit_problems(args: dict, where: str) -> list[str]:
+    if "max_tool_calling_iterations" in args and args["max_tool_calling_iterations"] is None:
+        return [f"{where}.max_tool_calling_iterations: null leaves tool-calling turns unbounded (an episode that calls "
+                f"a tool every turn would only stop at max_completion_length); give 1 to {MAX_TOOL_CALLS_LIMIT} or "
+                f"leave it out ({DEFAULT_MAX_TOOL_CALLS})"]
     calls = args.get("max_tool_calling_iterations")
-    if calls is not None and isinstance(calls, int) and not 1 <= calls <= MAX_TOOL_CALLS_LIMIT:
+    if isinstance(calls, int) and not 1 <= calls <= MAX_TOOL_CALLS_LIMIT:
         return [f"{where}.max_tool_calling_iterations: tool-calling turns per episode must be between 1 and "
                 f"{MAX_TOOL_CALLS_LIMIT}, got {calls} (unset: {DEFAULT_MAX_TOOL_CALLS})"]
     return []
@@ -317,13 +321,14 @@ def stage_problems(spec, registry, where: str, model_dir: str | None = None) -> 
                " (only RL stages whose rollouts run TRL's tool loop do)")
         problems.append(f"{where}environment: trainer '{spec.trainer_type}' cannot run tool-calling episodes{why}; "
                         f"use one of {', '.join(TRAINERS)}")
-    n_tools = 0
+    n_tools: int | None = 0  # None: unknown (an environment that could not be loaded is reported already)
     if spec.environment:
         env_problems, n_tools = _environment_problems(spec.environment, registry, f"{where}environment")
         problems += env_problems
     if spec.tools:
         problems += _tools_problems(spec.tools, f"{where}tools")
-        n_tools += len(spec.tools) if isinstance(spec.tools, list) else 0
+        if n_tools is not None and isinstance(spec.tools, list):
+            n_tools += len(spec.tools)
     if n_tools == 0:
         problems.append(f"{where}environment: offers the model no tool (no public method besides reset and "
                         f"get_reward, and no tools:)")
@@ -390,11 +395,27 @@ def trainer_kwargs(ctx) -> dict:
     if spec.tools:
         out["tools"] = [load_tool(t) for t in spec.tools]
     if spec.environment:
-        from trl import GRPOConfig  # noqa: PLC0415
-
-        tokens = spec.trainer_args.get("max_completion_length",
-                                       GRPOConfig.__dataclass_fields__["max_completion_length"].default)
-        factory = ctx.registry.build_environment(spec.environment["name"], spec.environment.get("params") or {})
-        out["environment_factory"] = EpisodeFactory(factory, tokens, spec.environment.get("max_output_chars"))
+        out["environment_factory"] = episode_factory(spec, ctx.registry, episode_tokens(spec))
     guard_rewards(ctx.rewards)
     return out
+
+
+def episode_tokens(spec) -> int:
+    """Tokens one training episode of ``spec`` may use: its ``max_completion_length`` (TRL's default when unset)."""
+    from trl import GRPOConfig  # noqa: PLC0415
+
+    return spec.trainer_args.get("max_completion_length",
+                                 GRPOConfig.__dataclass_fields__["max_completion_length"].default)
+
+
+def tool_call_limit(spec) -> int:
+    """Tool-calling turns per episode of ``spec`` (validation refuses an explicit null; unset: the default)."""
+    return spec.trainer_args.get("max_tool_calling_iterations") or DEFAULT_MAX_TOOL_CALLS
+
+
+def episode_factory(spec, registry, tokens: int) -> EpisodeFactory:
+    """The :class:`EpisodeFactory` of ``spec``'s environment with a budget of ``tokens`` per episode (training, the
+    probe and held-out evaluation all build it here)."""
+    block = spec.environment
+    factory = registry.build_environment(block["name"], block.get("params") or {})
+    return EpisodeFactory(factory, tokens, block.get("max_output_chars"))

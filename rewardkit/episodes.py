@@ -203,13 +203,10 @@ def from_recipe(recipe, registry) -> "EpisodeGenerator | None":
     spec = next((s for s in recipe.stages if getattr(s, "environment", None)), None)
     if spec is None:
         return None
-    from rewardkit.environments import EpisodeFactory  # noqa: PLC0415
+    from rewardkit.environments import episode_factory, episode_tokens, tool_call_limit  # noqa: PLC0415
 
-    env = spec.environment
-    factory = registry.build_environment(env["name"], env.get("params") or {})
-    tokens = recipe.eval.max_new_tokens if recipe.eval else 256
-    calls = spec.trainer_args.get("max_tool_calling_iterations") or DEFAULT_MAX_TOOL_CALLS
-    return EpisodeGenerator(EpisodeFactory(factory, tokens, env.get("max_output_chars")), max_tool_calls=calls)
+    tokens = recipe.eval.max_new_tokens if recipe.eval else episode_tokens(spec)
+    return EpisodeGenerator(episode_factory(spec, registry, tokens), max_tool_calls=tool_call_limit(spec))
 
 
 class EvaluationEpisodes:

@@ -16,16 +16,18 @@ Checks of the environment itself (a finding when they fail):
 
 - ``tools raise, not hang``: every tool called with missing, empty, huge and extreme arguments returns or raises
   within :data:`TOOL_DEADLINE` seconds, and a raise is the model's error (an ``Exception``), not an
-  ``EnvironmentFault`` (which would make the episode unjudged for a mere bad argument);
-- ``episodes end``: a scripted model that calls a tool on every turn is stopped by the stage's tool-call limit.
+  ``EnvironmentFault`` (which would make the episode unjudged for a mere bad argument).
+
+That every episode ends is not probed here: ``validate`` refuses a stage whose tool-calling turns are unbounded
+(``max_tool_calling_iterations`` outside 1 to 64, null included) and rewardkit sets the default when it is unset.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
+import threading
 
-from rewardkit.environments import DEFAULT_MAX_TOOL_CALLS, EnvironmentFault, EpisodeFactory, guard_rewards, tool_names
+from rewardkit.environments import EnvironmentFault, episode_factory, episode_tokens, guard_rewards, tool_names
 
 TOOL_DEADLINE = 30.0  # seconds one adversarial tool call may take
 HUGE = "9" * 100_000
@@ -50,30 +52,40 @@ def adversarial_calls(fn) -> list[dict]:
     return calls
 
 
+def _run_with_deadline(fn, args: dict, deadline: float) -> tuple[bool, BaseException | None]:
+    """Call ``fn(**args)`` in a daemon thread: (whether it returned or raised within ``deadline`` seconds, what it
+    raised). A call that hangs is left behind in its daemon thread, which never keeps the interpreter from exiting
+    (a ThreadPoolExecutor worker would: concurrent.futures joins its workers at exit)."""
+    raised: list[BaseException] = []
+
+    def call():
+        try:
+            fn(**args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            raised.append(exc)
+
+    worker = threading.Thread(target=call, name="rewardkit-probe-tool", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    return not worker.is_alive(), (raised[0] if raised else None)
+
+
 def check_tools(env, row: dict, deadline: float = TOOL_DEADLINE) -> list[str]:
     """Findings of calling each tool of ``env`` (reset with ``row``) with :func:`adversarial_calls`."""
     findings = []
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        for name in tool_names(type(env)):
-            for args in adversarial_calls(getattr(env, name)):
-                env.reset(**row)
-                future = pool.submit(getattr(env, name), **args)
-                shown = json.dumps({k: (v[:20] + "..." if isinstance(v, str) and len(v) > 20 else v)
-                                    for k, v in args.items()}, default=str)
-                try:
-                    future.result(timeout=deadline)
-                except concurrent.futures.TimeoutError:
-                    findings.append(f"{name}({shown}) did not return within {deadline:g}s")
-                    return findings  # the worker is stuck; later calls would queue behind it
-                except EnvironmentFault as exc:
-                    findings.append(f"{name}({shown}) raised EnvironmentFault for a bad argument: {exc}")
-                except Exception:  # noqa: BLE001 - the model's error: what the probe wants
-                    pass
-                if getattr(env, "fault", None):
-                    findings.append(f"{name}({shown}) marked the episode unjudged: {env.fault}")
-    finally:
-        pool.shutdown(wait=False)
+    for name in tool_names(type(env)):
+        for args in adversarial_calls(getattr(env, name)):
+            env.reset(**row)
+            shown = json.dumps({k: (v[:20] + "..." if isinstance(v, str) and len(v) > 20 else v)
+                                for k, v in args.items()}, default=str)
+            done, exc = _run_with_deadline(getattr(env, name), args, deadline)
+            if not done:
+                findings.append(f"{name}({shown}) did not return within {deadline:g}s")
+                return findings  # the environment is stuck in that call; later calls would race it
+            if isinstance(exc, EnvironmentFault):
+                findings.append(f"{name}({shown}) raised EnvironmentFault for a bad argument: {exc}")
+            if getattr(env, "fault", None):
+                findings.append(f"{name}({shown}) marked the episode unjudged: {env.fault}")
     return findings
 
 
@@ -116,18 +128,14 @@ def probe_environment(spec, registry, rows: list[dict], gold_column: str | None)
     from rewardkit.probe import CHECK, CONTROLS, EXPLOIT_WHY, ProbeResult, RewardReport, is_exploit  # noqa: PLC0415
     from rewardkit.probe_contract import earns_gold  # noqa: PLC0415
 
-    env_block = spec.environment
-    name = env_block["name"]
-    tokens = spec.trainer_args.get("max_completion_length", 256)
-    factory = EpisodeFactory(registry.build_environment(name, env_block.get("params") or {}), tokens,
-                             env_block.get("max_output_chars"))
+    name = spec.environment["name"]
+    factory = episode_factory(spec, registry, episode_tokens(spec))
     probe_env = factory()
     tool = (tool_names(type(probe_env)) or ["tool"])[0]
     golds = [str(r.get(gold_column, "")) if gold_column else "" for r in rows]
     texts = [episode_texts(tool, {}, g, golds[(i + 1) % len(golds)] + "1") for i, g in enumerate(golds)]
     columns = {c: [r.get(c) for r in rows] for c in (rows[0] if rows else {}) if c != "prompt"}
     findings = check_tools(probe_env, rows[0] if rows else {})
-    calls = spec.trainer_args.get("max_tool_calling_iterations") or DEFAULT_MAX_TOOL_CALLS
     reports = []
     for block in spec.rewards:
         reward = guard_rewards([registry.build_reward(block.name, block.params, block.alias, spec.reward_faults)])[0]
@@ -145,7 +153,5 @@ def probe_environment(spec, registry, rows: list[dict], gold_column: str | None)
                                                         "the tool returned" if blind else None))
         report.results.append(ProbeResult(spec.name, report.reward, CHECK + "tools raise, not hang", None, gold,
                                           bool(findings), detail="; ".join(findings) or None))
-        report.results.append(ProbeResult(spec.name, report.reward, CHECK + "episodes end", None, gold, False,
-                                          detail=f"after {calls} tool-calling turns (max_tool_calling_iterations)"))
         reports.append(report)
     return reports

@@ -88,12 +88,18 @@ async def async_tool(x: int) -> int:
     return x + 1
 
 
+def make_calculator(digits: int = 3) -> Calculator:
+    """A factory function, not a class: validation cannot count its tools before it runs."""
+    return Calculator(digits)
+
+
 def registry() -> Registry:
     r = Registry(entry_points=False)
     r.add("environments", "calculator", Calculator)
     r.add("environments", "undocumented", Undocumented)
     r.add("environments", "no_tools", NoTools)
     r.add("environments", "async_tools", AsyncTools)
+    r.add("environments", "calculator_fn", make_calculator)
     return r
 
 
@@ -197,7 +203,14 @@ def test_plain_tools_are_imported_and_checked():
     assert found[2].startswith("stages.rl.tools[2]")
 
 
+def test_an_environment_of_unknown_tool_count_with_one_plain_tool_is_not_toolless():
+    assert problems(environment={"name": "calculator_fn"}, tools=[f"{__name__}:plain_tool"]) == []
+    assert problems(environment={"name": "calculator_fn"}) == []
+
+
 def test_tool_call_limits_are_bounded_and_defaulted():
+    (p,) = problems(environment={"name": "calculator"}, max_tool_calling_iterations=None)
+    assert "max_tool_calling_iterations: null leaves tool-calling turns unbounded" in p
     (p,) = problems(environment={"name": "calculator"}, max_tool_calling_iterations=0)
     assert "max_tool_calling_iterations: tool-calling turns per episode must be between 1 and 64" in p
     assert problems(environment={"name": "calculator"}, max_tool_calling_iterations=64) == []

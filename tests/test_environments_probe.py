@@ -3,6 +3,8 @@ environment, scripted episodes against the stage's rewards."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import types
 
@@ -60,6 +62,33 @@ def test_a_hanging_tool_and_a_fault_for_a_bad_argument_are_findings():
     assert "wait(" in hang and "did not return within 0.5s" in hang
     found = check_tools(BlamesItself(), {})
     assert any("parse(" in f and "marked the episode unjudged" in f and "empty input" in f for f in found)
+
+
+FOREVER = """
+import threading, time
+from rewardkit import environments as envs
+from rewardkit.probe_episodes import check_tools
+
+class SleepsForever(envs.Environment):
+    def block(self, seconds: int) -> str:
+        \"\"\"Block.
+
+        Args:
+            seconds: ignored
+        \"\"\"
+        threading.Event().wait()
+        return "never"
+
+print(check_tools(SleepsForever(), {}, deadline=0.5))
+"""
+
+
+def test_a_tool_that_never_returns_is_reported_and_the_probe_process_still_exits():
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", FOREVER], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "did not return within 0.5s" in done.stdout and "block(" in done.stdout
+    assert time.monotonic() - started < 60
 
 
 def _spec(reward: str):
