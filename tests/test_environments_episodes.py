@@ -4,13 +4,15 @@ tool_multiplication data, with a scripted stand-in for the model's generate().""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from rewardkit import environments as envs
 from rewardkit.builtin.models import build_tokenizer
-from rewardkit.builtin.tools import Calculator, episode, tool_multiplication
+from rewardkit.builtin.tools import Calculator, _factors, episode, tool_multiplication
 from rewardkit.episodes import EpisodeFaultError, EpisodeGenerator, tool_use_stats, write_transcripts
 from rewardkit.errors import RewardkitError
 
@@ -82,6 +84,19 @@ def test_the_dataset_is_seeded_disjoint_and_its_episodes_render(tok):
     assert text.endswith(f"<|call|>mul{{a:{x},b:{y}}}<|end|></s><|tool|>{x * y}<|end|><|assistant|>{x * y}</s>")
     with pytest.raises(ValueError, match="digits"):
         tool_multiplication(digits=0)
+
+
+def test_too_few_distinct_problems_for_the_held_out_splits_is_an_error_naming_digits():
+    # in a subprocess: before the check, drawing 300 distinct pairs of 81 looped forever
+    code = ("from rewardkit.builtin.tools import _factors\n"
+            "try:\n    _factors(1, 0, 300, 0, 10)\nexcept ValueError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("digits: 1-digit factors make only 81 distinct problems"), done.stderr
+    train, test, val = _factors(1, 0, 79, 1, 5)  # every pair held out but one, which training draws from
+    assert len(set(test + val)) == 80 and set(train) == {(a, b) for a in range(1, 10) for b in range(1, 10)} - set(
+        test + val)
+    with pytest.raises(ValueError, match="digits"):
+        _factors(1, 0, 81, 0, 1)
 
 
 def test_the_calculator_refuses_what_is_not_two_integers():

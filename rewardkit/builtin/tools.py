@@ -39,6 +39,13 @@ class Calculator(Environment):
 def _factors(digits: int, seed: int, n_test: int, n_val: int, n_train: int):
     """Distinct held-out problems (test, then validation), and training problems drawn from the rest."""
     lo, hi = 10 ** (digits - 1), 10 ** digits - 1
+    pairs = (hi - lo + 1) ** 2
+    needed = n_test + n_val + (1 if n_train > 0 else 0)  # training draws from the pairs not held out
+    if needed > pairs:
+        raise ValueError(f"digits: {digits}-digit factors make only {pairs} distinct problems, fewer than "
+                         f"n_test + n_val = {n_test + n_val} held-out ones"
+                         f"{' plus at least one left for training' if n_train > 0 else ''}; raise digits or "
+                         f"lower n_test/n_val")
     rng = random.Random(seed)
     held: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()
