@@ -10,10 +10,11 @@ recipe's fault policy decides (rewardkit.environments).
 
 from __future__ import annotations
 
+import functools
 import os
 
 from rewardkit.environments import Environment, EnvironmentFault
-from rewardkit_code.reward import _positive
+from rewardkit_code.reward import bounded_number
 from rewardkit_code.sandbox import ISOLATION_MODES, SandboxConfig, SandboxUnavailable, shared_pool
 
 ATTEMPTS = 2  # a job the sandbox failed on is run once more on a fresh worker before it counts as a fault
@@ -60,12 +61,13 @@ class PythonEnvironment(Environment):
         super().__init__()
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"python param 'isolation' must be one of {ISOLATION_MODES}, got {isolation!r}")
-        self.timeout = _positive("timeout", timeout, float, 0.01, 60)
-        self.workers = (_positive("workers", workers, int, 1, 64) if workers is not None
+        number = functools.partial(bounded_number, owner="python")
+        self.timeout = number("timeout", timeout, float, 0.01, 60)
+        self.workers = (number("workers", workers, int, 1, 64) if workers is not None
                         else max(1, min(2, os.cpu_count() or 1)))
-        self.config = SandboxConfig(memory_mb=_positive("memory_mb", memory_mb, int, 16, 1 << 16),
-                                    output_limit_kb=_positive("output_limit_kb", output_limit_kb, int, 1, 1 << 14),
-                                    max_processes=_positive("max_processes", max_processes, int, 1, 4096),
+        self.config = SandboxConfig(memory_mb=number("memory_mb", memory_mb, int, 16, 1 << 16),
+                                    output_limit_kb=number("output_limit_kb", output_limit_kb, int, 1, 1 << 14),
+                                    max_processes=number("max_processes", max_processes, int, 1, 4096),
                                     tmpfs_mb=8, isolation=isolation)
 
     def reset(self, **row) -> str | None:

@@ -18,12 +18,14 @@ def tests_columns(params: dict) -> list[str]:
     return [params.get("tests_column", "tests")]
 
 
-def _positive(name: str, value, kind=float, minimum=None, maximum=None):
+def bounded_number(name: str, value, kind=float, minimum=None, maximum=None, owner: str = "code.tests"):
+    """``value`` of parameter ``name`` of ``owner`` (a reward or environment) as ``kind``; a ValueError naming both
+    when it is not a number of that kind between ``minimum`` and ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise ValueError(f"code.tests param '{name}' must be a{'n integer' if kind is int else ' number'}, "
+        raise ValueError(f"{owner} param '{name}' must be a{'n integer' if kind is int else ' number'}, "
                          f"got {value!r}")
     if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        raise ValueError(f"code.tests param '{name}' must be between {minimum} and {maximum}, got {value!r}")
+        raise ValueError(f"{owner} param '{name}' must be between {minimum} and {maximum}, got {value!r}")
     return kind(value)
 
 
@@ -55,19 +57,19 @@ class CodeTests:
         if not isinstance(tests_column, str) or not tests_column:
             raise ValueError(f"code.tests param 'tests_column' must be a column name, got {tests_column!r}")
         self.mode = mode
-        self.timeout = _positive("timeout", timeout, float, 0.01, 60)
-        self.total_timeout = _positive("total_timeout", total_timeout, float, 0.01, 600)
+        self.timeout = bounded_number("timeout", timeout, float, 0.01, 60)
+        self.total_timeout = bounded_number("total_timeout", total_timeout, float, 0.01, 600)
         self.language, self.block, self.require_fence = language, block, bool(require_fence)
         self.compare, self.tests_column = compare, tests_column
-        self.workers = (_positive("workers", workers, int, 1, 64) if workers is not None
+        self.workers = (bounded_number("workers", workers, int, 1, 64) if workers is not None
                         else max(1, min(4, os.cpu_count() or 1)))
         self.config = SandboxConfig(
-            memory_mb=_positive("memory_mb", memory_mb, int, 16, 1 << 16),
-            tmpfs_mb=_positive("tmpfs_mb", tmpfs_mb, int, 1, 1 << 14),
-            max_processes=_positive("max_processes", max_processes, int, 1, 4096),
-            output_limit_kb=_positive("output_limit_kb", output_limit_kb, int, 1, 1 << 20),
-            file_size_kb=_positive("file_size_kb", file_size_kb, int, 1, 1 << 22),
-            max_open_files=_positive("max_open_files", max_open_files, int, 16, 1 << 16),
+            memory_mb=bounded_number("memory_mb", memory_mb, int, 16, 1 << 16),
+            tmpfs_mb=bounded_number("tmpfs_mb", tmpfs_mb, int, 1, 1 << 14),
+            max_processes=bounded_number("max_processes", max_processes, int, 1, 4096),
+            output_limit_kb=bounded_number("output_limit_kb", output_limit_kb, int, 1, 1 << 20),
+            file_size_kb=bounded_number("file_size_kb", file_size_kb, int, 1, 1 << 22),
+            max_open_files=bounded_number("max_open_files", max_open_files, int, 16, 1 << 16),
             isolation=isolation,
         )
         self.__name__ = "code.tests"

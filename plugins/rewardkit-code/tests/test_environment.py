@@ -108,3 +108,10 @@ def test_an_unjudged_episode_goes_to_the_fault_policy_not_to_a_wrong_score(monke
     fail = guard_rewards([CheckedReward(score, "r", "test")])[0]
     with pytest.raises(RewardError, match="environment failed"):
         fail(prompts=["a", "b"], completions=["x", "y"], environments=[ok, bad])
+
+
+def test_a_bad_param_names_the_python_environment_not_the_reward():
+    with pytest.raises(ValueError, match=r"^python param 'timeout' must be between 0.01 and 60, got 0$"):
+        PythonEnvironment(timeout=0)
+    with pytest.raises(ValueError, match=r"^python param 'workers' must be an integer"):
+        PythonEnvironment(workers=1.5)
