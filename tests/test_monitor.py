@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -198,26 +199,27 @@ def test_a_short_quick_start_raises_no_alarm(tmp_path, builtin_registry, capsys)
     assert [r["step"] for r in evals] == [4 * i for i in range(1, 11)]
 
 
+class FakeTrainer:
+    """What attach() touches of a trainer: its args' world size and add_callback."""
+
+    args = SimpleNamespace(world_size=1)
+
+    def __init__(self):
+        self.callbacks = []
+
+    def add_callback(self, cb):
+        self.callbacks.append(cb)
+
+
 def test_attach_respects_enabled_and_only_evaluates_with_eval(tmp_path):
-    from types import SimpleNamespace  # noqa: PLC0415
-
     from rewardkit.recipe import RewardBlock  # noqa: PLC0415
-
-    class Trainer:
-        args = SimpleNamespace(world_size=1)
-
-        def __init__(self):
-            self.callbacks = []
-
-        def add_callback(self, cb):
-            self.callbacks.append(cb)
 
     def ctx(monitor):
         spec = SimpleNamespace(name="grpo", monitor=monitor, evaluate=True,
                                rewards=[RewardBlock("exact_match", "correct", 0.5, {})])
         return SimpleNamespace(spec=spec, recipe=SimpleNamespace(eval=None), output_dir=str(tmp_path))
 
-    trainer = Trainer()
+    trainer = FakeTrainer()
     assert m.attach(trainer, ctx({"enabled": False})) is None and trainer.callbacks == []
     mon = m.attach(trainer, ctx({}))
     assert trainer.health_monitor is mon and mon.weights == {"correct": 0.5}

@@ -191,14 +191,17 @@ def test_cli_exit_codes_and_json(registry, tmp_path, capsys):
     assert "max_stepz" in capsys.readouterr().err
 
 
+class Declares:
+    """A reward that declares its own probe (a magic word it wrongly accepts)."""
+
+    def __call__(self, prompts, completions, answer, **kwargs):
+        return [1.0 if completion_text(c) in (str(a), "MAGIC") else 0.0 for c, a in zip(completions, answer)]
+
+    def probe_completions(self, rows):
+        return {"magic word": ["MAGIC"] * len(rows)}
+
+
 def test_reward_declared_probes_are_scored(registry, tmp_path):
-    class Declares:
-        def __call__(self, prompts, completions, answer, **kwargs):
-            return [1.0 if completion_text(c) in (str(a), "MAGIC") else 0.0 for c, a in zip(completions, answer)]
-
-        def probe_completions(self, rows):
-            return {"magic word": ["MAGIC"] * len(rows)}
-
     registry.add("rewards", "test.declares", Declares)
     recipe = load_recipe(write(tmp_path, "test.declares"), registry=registry)
     (rep,) = probe.probe_recipe(recipe, registry, rows=8)
