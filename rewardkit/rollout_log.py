@@ -96,28 +96,18 @@ class RolloutLog:
         n_groups = len(rows) // g
         chosen = sorted(random.Random(self.seed * 1_000_003 + self.rollouts).sample(range(n_groups),
                                                                                      min(self.groups, n_groups)))
-        records = []
-        for grp in chosen:
-            records += [self._record(trainer, rows, out, rewards, row_ids, i, grp) for i in range(grp * g, grp * g + g)]
-        self._append(records)
+        rows_logged = [i for grp in chosen for i in range(grp * g, grp * g + g)]
+        self._append([self._record(trainer, rows, out, row_ids, i, i // g, batch)
+                      for i, batch in zip(rows_logged, _batch_fields(trainer, out, rewards, rows_logged))])
         self.seconds += time.perf_counter() - start
 
-    def _record(self, trainer, rows, out, rewards, row_ids, i: int, grp: int) -> dict:
-        from rewardkit.algorithms.ppo import ends_with  # noqa: PLC0415
-
-        mask = out["completion_mask"][i]
-        ids = out["completion_ids"][i][mask.bool()]
-        row = rows[i]
-        scores = [float(v) for v in rewards[i].tolist()]
+    def _record(self, trainer, rows, out, row_ids, i: int, grp: int, batch: dict) -> dict:
+        row, scores, weights = rows[i], batch["scores"], batch["weights"]
         judged = [s for s in scores if not math.isnan(s)]
-        weights = trainer.reward_weights.tolist()
         rec = {"step": trainer.state.global_step, "rollout": self.rollouts, "group": grp,
                "row": None if row_ids is None else int(row_ids[i]),
                "prompt": _jsonable(row.get("prompt")),
-               "completion": trainer.processing_class.decode(ids, skip_special_tokens=True),
-               "finish_reason": "stop" if bool(ends_with(out["completion_ids"][i:i + 1], mask[None],
-                                                         trainer.eos_token_ids)) else "truncated",
-               "length": int(mask.sum().item()),
+               "completion": batch["completion"], "finish_reason": batch["finish_reason"], "length": batch["length"],
                "columns": {k: _jsonable(v) for k, v in row.items() if k != "prompt"},
                "rewards": {name: (None if math.isnan(s) else s) for name, s in zip(trainer.reward_func_names, scores)},
                "reward": sum(w * s for w, s in zip(weights, scores) if not math.isnan(s)) if judged else None,
@@ -178,3 +168,18 @@ def groups(records: list[dict]) -> list[list[dict]]:
     for r in records:
         out.setdefault((r["rollout"], r["group"]), []).append(r)
     return list(out.values())
+
+
+def _batch_fields(trainer, out: dict, rewards, idx: list[int]) -> list[dict]:
+    """What each logged row's record needs from the rollout's tensors, computed for all of them at once (one
+    decode call, one finish-reason test): per-record tensor work cost more than the write itself."""
+    from rewardkit.algorithms.ppo import ends_with  # noqa: PLC0415
+
+    ids, mask = out["completion_ids"][idx], out["completion_mask"][idx]
+    texts = trainer.processing_class.batch_decode([r[m.bool()] for r, m in zip(ids, mask)], skip_special_tokens=True)
+    stopped = ends_with(ids, mask, trainer.eos_token_ids).tolist()
+    lengths, scores = mask.sum(1).tolist(), rewards[idx].tolist()
+    weights = trainer.reward_weights.tolist()
+    return [{"completion": text, "finish_reason": "stop" if stop else "truncated", "length": int(n),
+             "scores": [float(v) for v in sc], "weights": weights}
+            for text, stop, n, sc in zip(texts, stopped, lengths, scores)]
