@@ -114,9 +114,11 @@ def vllm_engine(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first: xdist hands tests out in this order, so the long runs start early and the
-    short ones fill the gaps at the end instead of one worker finishing a long run alone. A module's tests stay
-    together and in order, so its module-scoped fixtures are set up once."""
+    """Modules with slow tests first, the longest first: CI hands whole modules to its 2 xdist workers in this
+    order (``--dist loadfile --no-loadscope-reorder``), one at a time as a worker frees up, so the long runs start
+    early and short modules fill the gaps at the end; a module's tests stay on one worker, in order, so its
+    module-scoped fixtures are set up once. (xdist's default ``load`` sends each worker a quarter of the list up
+    front, which put every slow test on one worker.)"""
     slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: (item.module not in slow_modules, _rank(item)))
 
