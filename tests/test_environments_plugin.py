@@ -6,33 +6,20 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 import rewardkit
+from tests.plugin_packages import cli, install_site
 
 TOY = os.path.join(os.path.dirname(__file__), "plugins", "rewardkit-toyenv")
 
 
 @pytest.fixture(scope="module")
 def toy_site(tmp_path_factory):
-    """rewardkit-toyenv built and installed by pip into a temporary folder (the venv is untouched)."""
-    root = tmp_path_factory.mktemp("toyenv")
-    src = shutil.copytree(TOY, root / "src")
-    site = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, timeout=300, capture_output=True)
-    return str(site)
-
-
-def _cli(site, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    return subprocess.run([sys.executable, "-m", "rewardkit.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+    """rewardkit-toyenv installed by pip into a temporary folder (the venv is untouched)."""
+    return install_site(TOY, tmp_path_factory.mktemp("toyenv"))
 
 
 def _stage(**environment) -> dict:
@@ -63,11 +50,11 @@ def test_toy_package_imports_only_public_rewardkit_names():
 
 
 def test_installed_environment_is_listed_and_validated(toy_site, tmp_path):
-    listed = _cli(toy_site, "plugins", "--json")
+    listed = cli(toy_site, "plugins", "--json")
     (toy,) = [p for p in json.loads(listed.stdout)["plugins"] if "toy.lookup" in p["registered"].get("environments", [])]
     assert toy["name"] == "toyenv" and toy["distribution"] == "rewardkit-toyenv", toy
     # one validate call, every problem at once: the good stage has none, the two bad ones one each
-    out = _cli(toy_site, "validate", _recipe(tmp_path, good=_stage(params={"case_sensitive": False}),
+    out = cli(toy_site, "validate", _recipe(tmp_path, good=_stage(params={"case_sensitive": False}),
                                              typo=_stage(params={"case_sensitve": False}),
                                              missing=_stage(name="toy.lookpu")))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
@@ -78,7 +65,7 @@ def test_installed_environment_is_listed_and_validated(toy_site, tmp_path):
 
 @pytest.mark.slow
 def test_installed_environment_trains_in_a_grpo_stage(toy_site, tmp_path):
-    out = _cli(toy_site, "run", _recipe(tmp_path))
+    out = cli(toy_site, "run", _recipe(tmp_path))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     (stage,) = json.loads((tmp_path / "out" / "summary.json").read_text())["stages"]
     assert stage["trainer"] == "grpo" and stage["steps"] == 2

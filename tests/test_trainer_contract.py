@@ -6,7 +6,6 @@ recipe with the `rewardkit` command."""
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 import typing
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 import rewardkit
+from tests.plugin_packages import cli, install_site
 from rewardkit import Stage, StageContext
 from rewardkit.trainers import base
 
@@ -138,20 +138,8 @@ def test_summary_lines_come_from_the_stage_class(registry, capsys):
 # --------------------------------------------------------------------------- a third-party trainer package
 @pytest.fixture(scope="module")
 def toy_site(tmp_path_factory):
-    """rewardkit-toytrainer built and installed by pip into a temporary folder (its .dist-info carries the entry
-    point from its pyproject.toml); put on PYTHONPATH it is installed for a subprocess, and the venv is untouched."""
-    root = tmp_path_factory.mktemp("toy")
-    src = shutil.copytree(TOY, root / "src")  # the build's egg-info and build/ land here, not in the repo
-    site = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, timeout=300, capture_output=True)
-    return str(site)
-
-
-def _cli(site, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    return subprocess.run([sys.executable, "-m", "rewardkit.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+    """rewardkit-toytrainer installed by pip into a temporary folder (the venv is untouched)."""
+    return install_site(TOY, tmp_path_factory.mktemp("toy"))
 
 
 def _toy_recipe(tmp_path, **trainer) -> str:
@@ -178,21 +166,21 @@ def test_toy_package_imports_only_public_rewardkit_names():
 
 
 def test_installed_toy_trainer_is_listed_and_its_own_check_reaches_validate(toy_site, tmp_path):
-    listed = _cli(toy_site, "plugins", "--json")
+    listed = cli(toy_site, "plugins", "--json")
     (toy,) = [p for p in json.loads(listed.stdout)["plugins"] if "toy_grpo" in p["registered"].get("trainers", [])]
     assert toy["name"] == "toytrainer" and "rewardkit-toytrainer" in toy.values(), toy  # its entry point, its dist
-    good = _cli(toy_site, "validate", _toy_recipe(tmp_path))
+    good = cli(toy_site, "validate", _toy_recipe(tmp_path))
     assert good.returncode == 0 and "stages: toy_grpo (toy_grpo)" in good.stdout, good.stderr
-    bad = _cli(toy_site, "validate", _toy_recipe(tmp_path, num_generations=3, per_device_train_batch_size=3))
+    bad = cli(toy_site, "validate", _toy_recipe(tmp_path, num_generations=3, per_device_train_batch_size=3))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert "trainer.num_generations: toy_grpo wants an even number, got 3" in bad.stderr, bad.stderr
-    without = _cli(toy_site, "validate", _toy_recipe(tmp_path, type="toy_grpoo"))
+    without = cli(toy_site, "validate", _toy_recipe(tmp_path, type="toy_grpoo"))
     assert without.returncode == 2 and "toy_grpo" in without.stderr  # did-you-mean from the registry
 
 
 @pytest.mark.slow
 def test_toy_trainer_runs_from_a_recipe_with_monitor_and_summary(toy_site, tmp_path):
-    out = _cli(toy_site, "run", _toy_recipe(tmp_path))
+    out = cli(toy_site, "run", _toy_recipe(tmp_path))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (stage,) = summary["stages"]
