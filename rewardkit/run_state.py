@@ -131,7 +131,7 @@ def stage_config(recipe, spec, previous: str | None) -> dict:
     return {"trainer": spec.trainer_type, "trainer_args": args,
             "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
             "reward_faults": given(spec.reward_faults), "seed": recipe.seed, "after": previous,
-            **({"early_stop": given(spec.early_stop), "eval": _eval(recipe)} if spec.early_stop else {}),
+            **({"early_stop": given(spec.early_stop), "eval": _stopping_eval(recipe)} if spec.early_stop else {}),
             **({"environment": spec.environment} if spec.environment else {}),
             **({"tools": spec.tools} if spec.tools else {})}
 
@@ -153,6 +153,15 @@ def eval_key(recipe, data: dict) -> str:
 
 def _eval(recipe) -> dict | None:
     return given(recipe.eval) if recipe.eval else None
+
+
+# What of eval: an early_stop criterion scores with (its own split and n; greedy only): the rest of eval: (samples,
+# pass@k, the reported split) does not change what a stage with early_stop trains, so changing it reuses the stage.
+STOPPING_EVAL_KEYS = ("reward", "max_new_tokens", "batch_size")
+
+
+def _stopping_eval(recipe) -> dict | None:
+    return {k: v for k, v in (_eval(recipe) or {}).items() if k in STOPPING_EVAL_KEYS} or None
 
 
 def rewind_log(path: str, step: int) -> int:

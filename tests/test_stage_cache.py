@@ -141,3 +141,21 @@ def test_a_stages_environment_and_tools_are_part_of_its_fingerprint():
     tools = dataclasses.replace(spec, tools=["mod:fn"])
     prints = {run_state.fingerprint(run_state.stage_config(recipe, s, None)) for s in (env, env2, tools)}
     assert len(prints | {base}) == 4
+
+
+def test_an_early_stopped_stage_depends_on_what_its_criterion_scores_with_not_on_the_rest_of_eval():
+    """SFT with early_stop scores its validation split greedily with eval's reward, generation length and batch:
+    changing those retrains it; changing what only the reported evaluation uses (samples, n, pass@k) reuses it (a
+    resumed run, or the stage cache)."""
+    from rewardkit import run_state
+
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart.yaml")
+
+    def sft_print(*overrides):
+        recipe = load_recipe(path, list(overrides))
+        return run_state.fingerprint(run_state.stage_config(recipe, recipe.stages[0], None))
+
+    base = sft_print()
+    assert sft_print("eval.samples=16", "eval.n=50", "eval.pass_k=[1]", "eval.temperature=0.7") == base
+    assert sft_print("eval.max_new_tokens=6") != base and sft_print("eval.batch_size=10") != base
+    assert sft_print("eval.reward={name: exact_match, params: {partial_credit: 0.5}}") != base
