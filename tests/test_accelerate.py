@@ -323,33 +323,50 @@ def _zero_checkpoint(out, stage: str, step: int) -> list[str]:
                                                                / "*")))
 
 
+@pytest.fixture(scope="module")
+def ddp_logs(tmp_path_factory, sft_model):
+    """The logged rows of each trainer's 3-step DDP run, the reference the DeepSpeed runs must match (run once)."""
+    runs = {}
+
+    def get(trainer: str) -> dict:
+        if trainer not in runs:
+            runs[trainer] = _engine_run(tmp_path_factory.mktemp(f"ddp-{trainer}"), "ddp", trainer, sft_model, 3)[1]
+        return runs[trainer]
+
+    return get
+
+
+def _assert_like_ddp(zero: dict, ddp: dict, engine: str):
+    assert sorted(zero) == sorted(ddp) == [1, 2, 3]
+    for step in (1, 2, 3):
+        for key in ("loss", "grad_norm", "reward"):
+            if key in ddp[step]:
+                assert zero[step][key] == pytest.approx(ddp[step][key], rel=1e-3, abs=1e-5), (engine, step, key)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer,engines", [("grpo", ("zero2", "zero3")), ("ppo", ("zero3",)),
-                                             ("grpo_is", ("zero2",))])
-def test_deepspeed_zero_on_cpu_trains_like_ddp(tmp_path, sft_model, trainer, engines):
+@pytest.mark.parametrize("trainer,engine", [("grpo", "zero3"), ("ppo", "zero3"), ("grpo_is", "zero2")])
+def test_deepspeed_zero_on_cpu_trains_like_ddp(tmp_path, sft_model, ddp_logs, trainer, engine):
     """Under DeepSpeed the same seeds give every process the same sampling stream as under DDP, so the logged loss,
     reward and gradient norm of each step agree with DDP's up to float rounding; the checkpoint is DeepSpeed's
-    (ZeRO shards per process), which is how a silent fallback to DDP would show."""
-    stage = RECIPES[trainer][1]
-    _, ddp, _ = _engine_run(tmp_path, "ddp", trainer, sft_model, 3)
-    for engine in engines:
-        out, zero, summary = _engine_run(tmp_path, engine, trainer, sft_model, 3)
-        assert summary["complete"] and summary["stages"][-1]["steps"] == 3
-        assert sorted(zero) == sorted(ddp) == [1, 2, 3]
-        for step in (1, 2, 3):
-            for key in ("loss", "grad_norm", "reward"):
-                if key in ddp[step]:
-                    assert zero[step][key] == pytest.approx(ddp[step][key], rel=1e-3, abs=1e-5), (engine, step, key)
-        shards = _zero_checkpoint(out, stage, 3)
-        assert any(f.startswith("zero_pp_rank_1") for f in shards), shards  # both processes hold a shard
+    (ZeRO shards per process), which is how a silent fallback to DDP would show. (grpo under ZeRO-2: the resume
+    test below.)"""
+    out, zero, summary = _engine_run(tmp_path, engine, trainer, sft_model, 3)
+    assert summary["complete"] and summary["stages"][-1]["steps"] == 3
+    _assert_like_ddp(zero, ddp_logs(trainer), engine)
+    shards = _zero_checkpoint(out, RECIPES[trainer][1], 3)
+    assert any(f.startswith("zero_pp_rank_1") for f in shards), shards  # both processes hold a shard
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_checkpoint_resumes(tmp_path, sft_model):
-    """A ZeRO-2 run stopped after its step-2 checkpoint (simulated: the step-3 checkpoint and the done mark removed)
-    resumes from DeepSpeed's shards and trains step 3 to the same loss as the uninterrupted run."""
+def test_deepspeed_zero2_trains_grpo_like_ddp_and_its_checkpoint_resumes(tmp_path, sft_model, ddp_logs):
+    """grpo under ZeRO-2 matches DDP step by step; stopped after its step-2 checkpoint (simulated: the step-3
+    checkpoint and the done mark removed) it resumes from DeepSpeed's shards and trains step 3 to the same loss as
+    the uninterrupted run."""
     every = ["stages.grpo.trainer.save_steps=1", "stages.grpo.trainer.save_total_limit=3"]
     out, full, _ = _engine_run(tmp_path, "zero2", "grpo", sft_model, 3, extra=every)
+    _assert_like_ddp(full, ddp_logs("grpo"), "zero2")
+    assert any(f.startswith("zero_pp_rank_1") for f in _zero_checkpoint(out, "grpo", 3))
     assert _zero_checkpoint(out, "grpo", 2)
     shutil.rmtree(out / "grpo" / "checkpoint-3")
     stage_file = out / "grpo" / "stage.json"

@@ -69,7 +69,7 @@ def test_rl_from_an_annealed_converged_sft_model_keeps_its_accuracy(tmp_path):
 SMALL = ["data.params.n_train=2000", "stages.sft.trainer.max_steps=60", "~stages.sft.early_stop",
          "stages.grpo.trainer.max_steps=6", "stages.grpo.trainer.per_device_train_batch_size=16",
          "stages.sft.trainer.save_strategy='no'", "stages.grpo.trainer.save_strategy='no'", "eval.samples=2",
-         "stages.grpo.trainer.logging_steps=1"]
+         "eval.n=60", "stages.grpo.trainer.logging_steps=1"]
 
 
 @pytest.mark.slow
