@@ -19,7 +19,7 @@ EXIT_USER_ERROR = 2
 def cmd_validate(args) -> int:
     from rewardkit.recipe import load_recipe  # noqa: PLC0415
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, build_undeclared=True)  # data too, not only declarations
     stages = ", ".join(f"{s.name} ({s.trainer_type})" for s in recipe.stages)
     print(f"{args.recipe}: OK — stages: {stages}; output_dir: {recipe.output_dir}")
     return 0

@@ -169,7 +169,9 @@ def register_datasets(register) -> None:
     ``datasets.DatasetDict`` with a ``"train"`` split and, for held-out evaluation, a ``"test"`` split.
     ``columns`` lists the columns it produces (used by validation to check rewards' columns without
     building the data); ``loader`` may be a ``"module:attribute"`` string. Loaders must be deterministic
-    given their params (seed included).
+    given their params (seed included). A loader may carry ``loader.splits(**params) -> list[str]``: the splits
+    it returns for those params, read by validation without building the data (raising ``ValueError`` there
+    refuses params the loader would refuse); without it ``rewardkit validate`` builds the data to learn them.
     """
 
 

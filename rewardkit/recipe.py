@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import os
 import string
 from dataclasses import dataclass
@@ -197,6 +198,19 @@ def _with_output_dir(value: Any, output_dir: str) -> Any:
 
 
 # --------------------------------------------------------------------------- semantic validation
+def _declared_splits_problem(loader, data: dict, where: str, provider: str) -> list[str]:
+    """A dataset's ``splits(**params)`` declaration (hookspecs) may refuse its params the way the loader would
+    (a ValueError naming the parameter): reported here, before anything is built or loaded."""
+    declared = getattr(loader, "splits", None)
+    if not callable(declared):
+        return []
+    try:
+        declared(**(data.get("params") or {}))
+    except (ValueError, TypeError) as exc:
+        return [f"{where}.params: dataset '{data['name']}' from {provider}: {exc}"]
+    return []
+
+
 def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry, problems: list[str]):
     """Columns the dataset will have after rename/templates, or None when unknown (hub datasets)."""
     from rewardkit.data import file_columns  # noqa: PLC0415
@@ -221,6 +235,8 @@ def _dataset_columns(recipe: Recipe, data: dict, where: str, registry: Registry,
             inspect.signature(loader).bind(**(data.get("params") or {}))
         except TypeError as exc:
             problems.append(f"{where}.params: dataset '{data['name']}' from {comp.provider}: {exc}")
+        else:
+            problems.extend(_declared_splits_problem(loader, data, where, comp.provider))
     elif data.get("path"):
         cols = None
         for key in ("path", "test_path"):
@@ -338,8 +354,13 @@ def _check_model(recipe: Recipe, model: dict, where: str, registry: Registry, pr
                 problems.append(f"{where}.lora.{k}: {values.problem(v, *types[k])}")
 
 
-def validate(recipe: Recipe, registry: Registry | None = None, problems: list[str] | None = None) -> list[str]:
-    """Check everything that can be checked without loading a model. Returns the list of problems."""
+def validate(recipe: Recipe, registry: Registry | None = None, problems: list[str] | None = None,
+             build_undeclared: bool = False) -> list[str]:
+    """Check everything that can be checked without loading a model. Returns the list of problems.
+
+    ``build_undeclared`` (``rewardkit validate``): a registered dataset whose loader does not declare its splits
+    is built to learn them, so the splits the run reads are checked there too (a run checks them as it loads the
+    data, before it writes anything)."""
     registry = registry or get_registry()
     problems = [] if problems is None else problems
     problems.extend(f"plugins: {c}" for c in registry.conflicts())
@@ -399,12 +420,46 @@ def validate(recipe: Recipe, registry: Registry | None = None, problems: list[st
     from rewardkit.data import missing_split  # noqa: PLC0415
 
     problems.extend(p for data, split, w in reads if (p := missing_split(data, split, w, registry)))
+    if build_undeclared:
+        problems.extend(_built_split_problems(recipe, reads, registry))
     if recipe.eval and recipe.eval.reward and recipe.eval.reward.name:  # missing: reported by normalize
         problems.extend(_reward_problems(registry, recipe.eval.reward.name, recipe.eval.reward.params, "eval.reward",
                                          base_cols))
         problems.extend(_evaluate.check_threshold(recipe.eval, registry))
         problems.extend(p for cols, name in scored if (p := _eval_columns(registry, recipe.eval.reward, cols, name)))
     return problems
+
+
+def _declares_splits(data: dict, registry: Registry) -> bool:
+    try:
+        return callable(getattr(registry.load("datasets", data["name"]), "splits", None))
+    except PluginError:
+        return True  # an unknown dataset: reported by its name's check, nothing to build
+
+
+def _built_split_problems(recipe: Recipe, reads: list, registry: Registry) -> list[str]:
+    """The split reads of registered datasets without a ``splits`` declaration, checked by building each once."""
+    from rewardkit.data import load_data, split_problem, splits  # noqa: PLC0415
+
+    built: dict[str, list[str] | None] = {}
+    out: list[str] = []
+    for data, split, where in reads:
+        if not data.get("name") or splits(data, registry) is not None or _declares_splits(data, registry):
+            continue  # known, or declared and refusing its params (reported by _declared_splits_problem)
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in built:
+            section = "data" if data == recipe.data else next(
+                f"stages.{st.name}.data" for st in recipe.stages if st.data == data)
+            built[key] = None
+            try:
+                built[key] = list(load_data(recipe, data, registry, section))
+            except RecipeError as exc:
+                out.extend(exc.problems)
+            except Exception as exc:  # noqa: BLE001 - a third-party loader's failure, named, not a traceback
+                out.append(f"{section}: dataset '{data['name']}' could not be built: {type(exc).__name__}: {exc}")
+        if built[key] is not None and (p := split_problem(built[key], split, where)):
+            out.append(p)
+    return out
 
 
 def _eval_columns(registry, reward, cols, stage: str) -> str | None:
@@ -459,12 +514,13 @@ def _reward_param_types(registry, name, params, where) -> list[str]:
     return found
 
 
-def load_recipe(path: str, overrides: list[str] | None = None, registry: Registry | None = None) -> Recipe:
+def load_recipe(path: str, overrides: list[str] | None = None, registry: Registry | None = None,
+                build_undeclared: bool = False) -> Recipe:
     """Load, override, normalize and validate; raise RecipeError listing every problem."""
     raw = apply_overrides(load_yaml(path), overrides or [], source=path)
     problems: list[str] = []
     recipe = normalize(raw, path, problems)
-    validate(recipe, registry, problems)
+    validate(recipe, registry, problems, build_undeclared)
     if problems:
         raise RecipeError(problems, source=path)
     return recipe

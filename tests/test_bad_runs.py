@@ -88,6 +88,57 @@ def test_a_split_only_a_run_could_see_is_refused_before_a_previous_run_is_touche
     assert snapshot(out) == previous
 
 
+def test_validate_builds_a_dataset_that_does_not_declare_its_splits(capsys, tmp_path, builtin_registry):
+    """`rewardkit validate` builds such a dataset (data only, no model) to check the splits the run reads, and
+    names a loader that fails instead of showing its traceback."""
+    from rewardkit.builtin.datasets import arithmetic
+
+    def broken(**params):
+        raise RuntimeError("the archive is corrupt")
+
+    builtin_registry.add("datasets", "undeclared", lambda **params: arithmetic(**params))
+    builtin_registry.add("datasets", "broken", broken)
+    path = tmp_path / "r.yaml"
+    path.write_text(open(QUICKSTART).read().replace("name: arithmetic", "name: undeclared"))
+    out = tmp_path / "out"
+    err = refused(capsys, "validate", str(path), f"output_dir={out}", "eval.split=nosuchsplit")
+    assert "eval.split: the dataset has no 'nosuchsplit' split (it has train, test, validation)" in err, err
+    err = refused(capsys, "validate", str(path), f"output_dir={out}", "data.params.n_val=0")
+    assert "stages.sft.early_stop.split: the dataset has no 'validation' split" in err, err
+    assert main(["validate", str(path), f"output_dir={out}"]) == 0
+    path.write_text(open(QUICKSTART).read().replace("name: arithmetic", "name: broken"))
+    err = refused(capsys, "validate", str(path), f"output_dir={out}")
+    assert "data: dataset 'broken' could not be built: RuntimeError: the archive is corrupt" in err, err
+    assert not out.exists()
+
+
+# override of a bundled recipe -> (the field and dataset, the reason): parameters a dataset's splits declaration
+# refuses, as its loader would
+BAD_DATASET_PARAMS = {
+    ("quickstart.yaml", "data.params.max_operand=10"):  # 100 problems: 300 test + 200 validation cannot be drawn
+        ("data.params: dataset 'arithmetic'", "n_test=300 and n_val=200 leave no training problems (100 exist)"),
+    ("quickstart.yaml", "data.params.ops='+^'"): ("data.params: dataset 'arithmetic'", "ops: unknown operator '^'"),
+    ("quickstart.yaml", "data.params.format=upside_down"):
+        ("data.params: dataset 'arithmetic'", "format: 'upside_down' is not one of plain, reversed"),
+    ("cpu/tool_multiplication_grpo.yaml", "data.params.digits=1"):
+        ("data.params: dataset 'tool_multiplication'", "digits: 1-digit factors make only 81 distinct problems"),
+    ("cpu/tool_multiplication_grpo.yaml", "data.params.digits=12"):
+        ("data.params: dataset 'tool_multiplication'", "digits: must be between 1 and 9, got 12"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASET_PARAMS), ids=lambda case: case[1])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_dataset_params_its_loader_would_refuse_are_found_before_it_runs(capsys, builtin_registry, tmp_path,
+                                                                         command, case):
+    recipe, override = case
+    out = tmp_path / "out"
+    err = refused(capsys, command, os.path.join(REPO, "recipes", recipe), f"output_dir={out}", override)
+    field, reason = BAD_DATASET_PARAMS[case]
+    assert err.count(reason) == 1 and f"{field} from " in err, err  # once, naming the field and the dataset
+    assert not out.exists()
+
+
 def previous_run(out):
     """What a previous run leaves in output_dir (a finished stage, an interrupted one, the summary)."""
     (out / "sft" / "model").mkdir(parents=True)

@@ -19,16 +19,22 @@ _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * 
 FORMATS = ("plain", "reversed")
 
 
+def _check_problems(max_operand: int, ops: str, n_test: int, n_val: int) -> None:
+    """ValueError where the parameters cannot give the splits :func:`_problems` makes (checked without making them)."""
+    for op in ops:
+        if op not in _OPS:
+            raise ValueError(f"ops: unknown operator {op!r}; choose from {''.join(_OPS)}")
+    total = len(ops) * max_operand ** 2
+    if n_val < 0 or n_test + n_val >= total:
+        raise ValueError(f"n_test={n_test} and n_val={n_val} leave no training problems ({total} exist)")
+
+
 def _problems(max_operand: int, ops: str, seed: int, n_test: int, n_train: int, n_val: int = 0):
     """Training problems (``n_train``, sampled with replacement), ``n_test`` distinct held-out ones and
     ``n_val`` distinct validation ones, the three disjoint. ``n_val=0`` gives the same train/test as before
     validation splits existed."""
-    for op in ops:
-        if op not in _OPS:
-            raise ValueError(f"ops: unknown operator {op!r}; choose from {''.join(_OPS)}")
+    _check_problems(max_operand, ops, n_test, n_val)
     problems = [(a, op, b) for op in ops for a in range(max_operand) for b in range(max_operand)]
-    if n_val < 0 or n_test + n_val >= len(problems):
-        raise ValueError(f"n_test={n_test} and n_val={n_val} leave no training problems ({len(problems)} exist)")
     random.Random(seed).shuffle(problems)
     pool, test, val = problems[n_test + n_val:], problems[:n_test], problems[n_test:n_test + n_val]
     rng = random.Random(seed + 1)
@@ -120,11 +126,16 @@ def arithmetic_preferences(n_train: int = 4000, n_test: int = 300, max_operand: 
     return DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})
 
 
-def _with_validation(n_val: int = 0, **_) -> list[str]:
+def _with_validation(n_test: int = 300, max_operand: int = 100, ops: str = "+", n_val: int = 0,
+                     format: str = "plain", **_) -> list[str]:  # noqa: A002
+    if format not in FORMATS:
+        raise ValueError(f"format: {format!r} is not one of {', '.join(FORMATS)}")
+    _check_problems(max_operand, ops, n_test, n_val)
     return ["train", "test"] + (["validation"] if n_val else [])
 
 
-# The splits each loader returns for its params, read by validation (rewardkit.data.splits) without building them.
+# The splits each loader returns for its params, read by validation (rewardkit.data.splits) without building them;
+# a ValueError names a parameter the loader would refuse (reported by validation, before anything loads).
 arithmetic.splits = arithmetic_preferences.splits = _with_validation
 
 

@@ -36,16 +36,23 @@ class Calculator(Environment):
         return str(a * b)
 
 
-def _factors(digits: int, seed: int, n_test: int, n_val: int, n_train: int):
-    """Distinct held-out problems (test, then validation), and training problems drawn from the rest."""
-    lo, hi = 10 ** (digits - 1), 10 ** digits - 1
-    pairs = (hi - lo + 1) ** 2
+def _check_factors(digits: int, n_test: int, n_val: int, n_train: int) -> None:
+    """ValueError where ``digits``-digit factors cannot give the held-out splits asked for."""
+    if not 1 <= digits <= 9:
+        raise ValueError(f"digits: must be between 1 and 9, got {digits!r}")
+    pairs = (10 ** digits - 10 ** (digits - 1)) ** 2
     needed = n_test + n_val + (1 if n_train > 0 else 0)  # training draws from the pairs not held out
     if needed > pairs:
         raise ValueError(f"digits: {digits}-digit factors make only {pairs} distinct problems, fewer than "
                          f"n_test + n_val = {n_test + n_val} held-out ones"
                          f"{' plus at least one left for training' if n_train > 0 else ''}; raise digits or "
                          f"lower n_test/n_val")
+
+
+def _factors(digits: int, seed: int, n_test: int, n_val: int, n_train: int):
+    """Distinct held-out problems (test, then validation), and training problems drawn from the rest."""
+    _check_factors(digits, n_test, n_val, n_train)
+    lo, hi = 10 ** (digits - 1), 10 ** digits - 1
     rng = random.Random(seed)
     held: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()
@@ -74,8 +81,6 @@ def tool_multiplication(n_train: int = 5000, n_test: int = 300, n_val: int = 0, 
     """``a*b=`` with ``digits``-digit factors: ``train``, distinct ``test`` and (``n_val > 0``) ``validation``."""
     from datasets import Dataset, DatasetDict
 
-    if not 1 <= digits <= 9:
-        raise ValueError(f"digits: must be between 1 and 9, got {digits!r}")
     train, test, val = _factors(digits, seed, n_test, n_val, n_train)
 
     def rows(pairs):
@@ -86,8 +91,11 @@ def tool_multiplication(n_train: int = 5000, n_test: int = 300, n_val: int = 0, 
     return DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()})
 
 
-def _splits(n_val: int = 0, **_) -> list[str]:
+def _splits(n_train: int = 5000, n_test: int = 300, n_val: int = 0, digits: int = 3, **_) -> list[str]:
+    _check_factors(digits, n_test, n_val, n_train)
     return ["train", "test"] + (["validation"] if n_val else [])
 
 
-tool_multiplication.splits = _splits  # read by validation (rewardkit.data.splits) without building the data
+# Read by validation (rewardkit.data.splits) without building the data; a ValueError names a parameter the loader
+# would refuse.
+tool_multiplication.splits = _splits
