@@ -208,6 +208,9 @@ def _declared_splits_problem(loader, data: dict, where: str, provider: str) -> l
         declared(**(data.get("params") or {}))
     except (ValueError, TypeError) as exc:
         return [f"{where}.params: dataset '{data['name']}' from {provider}: {exc}"]
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug, named, not a traceback
+        return [f"{where}.params: dataset '{data['name']}' from {provider}: its splits declaration failed: "
+                f"{type(exc).__name__}: {exc}"]
     return []
 
 
@@ -438,8 +441,11 @@ def _declares_splits(data: dict, registry: Registry) -> bool:
 
 
 def _built_split_problems(recipe: Recipe, reads: list, registry: Registry) -> list[str]:
-    """The split reads of registered datasets without a ``splits`` declaration, checked by building each once."""
-    from rewardkit.data import load_data, split_problem, splits  # noqa: PLC0415
+    """The split reads of registered datasets without a ``splits`` declaration, checked by calling each loader once
+    (its splits only: rename, templates and columns are the section checks' business)."""
+    import inspect  # noqa: PLC0415
+
+    from rewardkit.data import split_problem, splits  # noqa: PLC0415
 
     built: dict[str, list[str] | None] = {}
     out: list[str] = []
@@ -450,13 +456,18 @@ def _built_split_problems(recipe: Recipe, reads: list, registry: Registry) -> li
         if key not in built:
             section = "data" if data == recipe.data else next(
                 f"stages.{st.name}.data" for st in recipe.stages if st.data == data)
+            loader, params = registry.load("datasets", data["name"]), data.get("params") or {}
             built[key] = None
             try:
-                built[key] = list(load_data(recipe, data, registry, section))
-            except RecipeError as exc:
-                out.extend(exc.problems)
+                inspect.signature(loader).bind(**params)
+            except TypeError:
+                continue  # reported by the section's check
+            try:
+                names = list(loader(**params))
             except Exception as exc:  # noqa: BLE001 - a third-party loader's failure, named, not a traceback
                 out.append(f"{section}: dataset '{data['name']}' could not be built: {type(exc).__name__}: {exc}")
+                continue
+            built[key] = ["train", "test"] if "test" not in names and data.get("test_size") else names
         if built[key] is not None and (p := split_problem(built[key], split, where)):
             out.append(p)
     return out

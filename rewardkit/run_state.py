@@ -131,7 +131,8 @@ def stage_config(recipe, spec, previous: str | None) -> dict:
     return {"trainer": spec.trainer_type, "trainer_args": args,
             "rewards": [dataclasses.asdict(b) for b in spec.rewards], "model": spec.model, "data": spec.data,
             "reward_faults": given(spec.reward_faults), "seed": recipe.seed, "after": previous,
-            **({"early_stop": given(spec.early_stop), "eval": _stopping_eval(recipe)} if spec.early_stop else {}),
+            **({"early_stop": given(spec.early_stop), "eval": _stopping_eval(recipe),
+                **_stopping_episodes(recipe)} if spec.early_stop else {}),
             **({"environment": spec.environment} if spec.environment else {}),
             **({"tools": spec.tools} if spec.tools else {})}
 
@@ -162,6 +163,17 @@ STOPPING_EVAL_KEYS = ("reward", "max_new_tokens", "batch_size")
 
 def _stopping_eval(recipe) -> dict | None:
     return {k: v for k, v in (_eval(recipe) or {}).items() if k in STOPPING_EVAL_KEYS} or None
+
+
+def _stopping_episodes(recipe) -> dict:
+    """An early_stop criterion scores whole episodes in the first environment stage's environment, with its
+    tool-call limit (rewardkit.episodes.from_recipe), when the recipe has one."""
+    env = next((s for s in recipe.stages if getattr(s, "environment", None)), None)
+    if env is None:
+        return {}
+    from rewardkit.environments import tool_call_limit  # noqa: PLC0415
+
+    return {"episodes": {"environment": env.environment, "max_tool_calls": tool_call_limit(env)}}
 
 
 def rewind_log(path: str, step: int) -> int:

@@ -265,3 +265,24 @@ def test_the_real_command_prints_one_message_and_exits_2(tmp_path, recipe):
                                         "  - eval.samples: must be at least 0 (0: greedy only), got -3",
                                         f"  - output_dir: {afile} is a file, not a directory"]
     assert afile.read_text() == "kept"
+
+
+def test_a_dataset_plugins_broken_declaration_or_bad_params_are_each_one_message(capsys, tmp_path, builtin_registry):
+    """A third-party splits declaration that fails with its own bug is named, not a traceback; params the loader
+    cannot take are reported once (by the section check), not again by validate building the data."""
+    from rewardkit.builtin.datasets import arithmetic
+
+    def buggy(**params):
+        return arithmetic(**params)
+
+    buggy.splits = lambda **params: {}["n_val"]  # a KeyError: the plugin's bug
+    builtin_registry.add("datasets", "buggy", buggy)
+    builtin_registry.add("datasets", "undeclared", lambda n_train=10, n_test=5: arithmetic(n_train, n_test))
+    path = tmp_path / "r.yaml"
+    out = tmp_path / "out"
+    path.write_text(open(QUICKSTART).read().replace("name: arithmetic", "name: buggy"))
+    err = refused(capsys, "validate", str(path), f"output_dir={out}")
+    assert "data.params: dataset 'buggy' from " in err and "its splits declaration failed: KeyError" in err, err
+    path.write_text(open(QUICKSTART).read().replace("name: arithmetic", "name: undeclared"))
+    err = refused(capsys, "validate", str(path), f"output_dir={out}", "~stages.sft.early_stop")
+    assert err.count("unexpected keyword argument") == 1, err  # the recipe's params do not fit this loader

@@ -159,3 +159,20 @@ def test_an_early_stopped_stage_depends_on_what_its_criterion_scores_with_not_on
     assert sft_print("eval.samples=16", "eval.n=50", "eval.pass_k=[1]", "eval.temperature=0.7") == base
     assert sft_print("eval.max_new_tokens=6") != base and sft_print("eval.batch_size=10") != base
     assert sft_print("eval.reward={name: exact_match, params: {partial_credit: 0.5}}") != base
+
+
+def test_an_early_stopped_stage_scored_on_episodes_depends_on_their_environment_and_tool_call_limit():
+    """The tool recipe's SFT stops on episodes in the GRPO stage's calculator environment: changing that stage's
+    tool-call limit or environment changes what the SFT trains."""
+    from rewardkit import run_state
+
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "cpu", "tool_multiplication_grpo.yaml")
+
+    def sft_print(*overrides):
+        recipe = load_recipe(path, list(overrides))
+        return run_state.fingerprint(run_state.stage_config(recipe, recipe.stages[0], None))
+
+    assert load_recipe(path).stages[0].early_stop is not None
+    base = sft_print()
+    assert sft_print("stages.grpo.trainer.max_tool_calling_iterations=3") != base
+    assert sft_print("eval.samples=2") == base

@@ -24,7 +24,7 @@ def _check_problems(max_operand: int, ops: str, n_test: int, n_val: int) -> None
     for op in ops:
         if op not in _OPS:
             raise ValueError(f"ops: unknown operator {op!r}; choose from {''.join(_OPS)}")
-    total = len(ops) * max_operand ** 2
+    total = len(ops) * max(max_operand, 0) ** 2
     if n_val < 0 or n_test + n_val >= total:
         raise ValueError(f"n_test={n_test} and n_val={n_val} leave no training problems ({total} exist)")
 
