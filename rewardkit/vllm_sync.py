@@ -167,6 +167,15 @@ def colocated(args):
         grpo_trainer.VLLMGeneration = original
 
 
+def stop_engine(trainer) -> None:
+    """Shuts down ``trainer``'s colocated vLLM engine, if it has one running (several processes, untested on CPU,
+    keep their process group)."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if getattr(generation, "llm", None) is not None:
+        shutdown(generation.llm, process_group=generation.accelerator.num_processes == 1)
+        generation.llm = None
+
+
 def stop_engine_after_training(trainer):
     """``trainer``, with its colocated vLLM engine (if it has one) shut down when training ends, so that a later
     stage's engine does not start beside it."""
@@ -174,5 +183,5 @@ def stop_engine_after_training(trainer):
     if getattr(generation, "llm", None) is not None:
         from rewardkit.vllm_generation import StopEngineCallback  # noqa: PLC0415
 
-        trainer.add_callback(StopEngineCallback(generation))
+        trainer.add_callback(StopEngineCallback(trainer))
     return trainer

@@ -1,10 +1,13 @@
 """rewardkit.vllm_sync without vLLM: the weights it sends and the error when a recipe asks for vLLM it lacks."""
 
+import os
 import types
 
 import pytest
 
 from rewardkit import vllm_sync
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_tied_output_embedding_is_sent_right_after_the_input_embedding():
@@ -61,3 +64,61 @@ def test_a_stage_asking_for_vllm_where_it_is_missing_is_refused_before_the_run(m
     assert engines.vllm_problems(recipe) == [p for p in engines.problems(recipe) if "vllm" in p]
     monkeypatch.setattr(vllm_sync, "available", lambda: True)
     assert engines.vllm_problems(recipe) == []
+
+
+def test_stop_engine_shuts_a_running_engine_down_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(vllm_sync, "shutdown", lambda llm, process_group: calls.append((llm, process_group)))
+    generation = types.SimpleNamespace(llm="engine", accelerator=types.SimpleNamespace(num_processes=1))
+    trainer = types.SimpleNamespace(vllm_generation=generation)
+    vllm_sync.stop_engine(trainer)
+    vllm_sync.stop_engine(trainer)  # already stopped: nothing to do
+    vllm_sync.stop_engine(types.SimpleNamespace())  # a trainer without vLLM
+    assert calls == [("engine", True)] and generation.llm is None
+
+
+def test_a_stage_whose_training_raises_stops_its_engine_before_the_error_goes_on(tmp_path, builtin_registry,
+                                                                              monkeypatch):
+    """A run used as a library (a sweep, a notebook) goes on after a failed stage: its vLLM engine must not stay
+    up beside the next one. (On training's normal end the trainer's callback stops it; tests/test_vllm*.py.)"""
+    import transformers
+
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    stopped = []
+    monkeypatch.setattr(vllm_sync, "stop_engine", stopped.append)
+
+    def train(self, *args, **kwargs):
+        raise RuntimeError("the engine died")
+
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    recipe = load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml"),
+                         [f"output_dir={tmp_path / 'out'}", "~eval", "~stages.sft.early_stop",
+                          "data.params.n_train=64"], registry=builtin_registry)
+    with pytest.raises(RuntimeError, match="the engine died"):
+        run(recipe, builtin_registry)
+    assert len(stopped) == 1 and isinstance(stopped[0], transformers.Trainer)
+
+
+def test_an_engine_that_cannot_be_stopped_does_not_hide_the_stages_error(tmp_path, builtin_registry, monkeypatch,
+                                                                         capsys):
+    import transformers
+
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    def stop(trainer):
+        raise RuntimeError("the engine is already gone")
+
+    def train(self, *args, **kwargs):
+        raise ValueError("the stage's own error")
+
+    monkeypatch.setattr(vllm_sync, "stop_engine", stop)
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    recipe = load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml"),
+                         [f"output_dir={tmp_path / 'out'}", "~eval", "~stages.sft.early_stop",
+                          "data.params.n_train=64"], registry=builtin_registry)
+    with pytest.raises(ValueError, match="the stage's own error"):
+        run(recipe, builtin_registry)
+    assert "could not stop the stage's vLLM engine: RuntimeError: the engine is already gone" in capsys.readouterr().out
