@@ -11,6 +11,10 @@ Beside each score: its binomial standard error on the held-out set (300 problems
 A stage that measures its result on held-out pairs (DPO, reward models) adds that column, e.g. the DPO stage's
 ``heldout_preference_accuracy``. ``--reuse`` tabulates the runs already in the output folder without training.
 
+With ``REWARDKIT_STAGE_CACHE`` set (docs/operations.md) a stage another run already trained the same way on this
+machine (the SFT warm start several CPU recipes share) is copied instead of trained: the table's ``wall s`` then
+leaves it out, and the per-stage seconds printed under the table mark it.
+
 ``--jobs 2`` runs two seeds at once with one thread each (same results as serial on the same machine: the
 runs are deterministic; wall times are then not comparable with serial ones). Exit 0 always; it measures, it
 does not judge.
@@ -22,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,8 +71,13 @@ def run_seed(recipe: str, seed: int, out: str, overrides: list[str], threads: in
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    # With REWARDKIT_STAGE_CACHE set, stages another run already trained (the SFT warm start several recipes share)
+    # are copied from the cache: the seed's folder is emptied here instead of by --fresh, which does not read it.
+    cached = bool(os.environ.get("REWARDKIT_STAGE_CACHE"))
+    if cached:
+        shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "rewardkit.cli", "run", recipe, f"seed={seed}", f"output_dir={out}", *overrides,
-           "--fresh"]
+           *([] if cached else ["--fresh"])]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -86,8 +96,10 @@ def read_seed(seed: int, out: str, wall: float | None = None) -> dict:
         return {"seed": seed, "error": f"{out}: the run did not finish", "wall": 0.0}
     heldout = {f"{s['name']} {k.removeprefix('heldout_')}": s[k] for s in summary["stages"] for k in s
                if k in ("heldout_preference_accuracy", "heldout_accuracy")}
+    stages = [(s["name"], s.get("seconds", 0.0), bool(s.get("stage_cache") or s.get("previous_run")))
+              for s in summary["stages"]]
     return {"seed": seed, "eval": summary["eval"], "wall": summary["seconds"] if wall is None else wall,
-            "heldout": heldout}
+            "heldout": heldout, "stages": stages}
 
 
 def row_metrics(result: dict) -> dict:
@@ -97,7 +109,7 @@ def row_metrics(result: dict) -> dict:
            "greedy": {r["after"]: r["score"] for r in ev},
            "sampled": {r["after"]: r["sampled_score"] for r in ev if "sampled_score" in r},
            "err_red": error_reduction(prev["score"], last["score"]), "change": last["score"] - prev["score"],
-           "heldout": result.get("heldout", {}),
+           "heldout": result.get("heldout", {}), "stages": result.get("stages", []),
            "gain_over_base": last["score"] - ev[0]["score"]}
     if "sampled_score" in last and "sampled_score" in prev:
         out["sampled_err_red"] = error_reduction(prev["sampled_score"], last["sampled_score"])
@@ -154,6 +166,11 @@ def print_table(rows: list[dict], recipe: str) -> None:
           f"{min(r['gain_over_base'] for r in rows) * 100:+.1f}; wall median {med['wall']:.0f} s")
     for k in extra:
         print(f"{k}: median {med['heldout'][k]:.1%}, worst {min(r['heldout'][k] for r in rows):.1%}")
+    print("stage seconds (* = not trained in this run: taken from the stage cache or a previous run, its time "
+          "that run's; not in wall s):")
+    for r in rows:
+        print(f"  seed {r['seed']}: " + ", ".join(f"{name} {sec:.0f}{'*' if reused else ''}"
+                                                  for name, sec, reused in r.get("stages", [])))
 
 
 def main(argv: list[str] | None = None) -> int:
