@@ -77,48 +77,46 @@ def test_stop_engine_shuts_a_running_engine_down_once(monkeypatch):
     assert calls == [("engine", True)] and generation.llm is None
 
 
+def _run_a_stage_whose_training_raises(error, stop_engine, tmp_path, registry, monkeypatch):
+    """The quick start (tiny) with TRL's train() raising ``error`` and ``vllm_sync.stop_engine`` replaced; the
+    error the run raised."""
+    import transformers
+
+    from rewardkit.pipeline import run
+    from rewardkit.recipe import load_recipe
+
+    def train(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vllm_sync, "stop_engine", stop_engine)
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    recipe = load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml"),
+                         [f"output_dir={tmp_path / 'out'}", "~eval", "~stages.sft.early_stop",
+                          "data.params.n_train=64"], registry=registry)
+    with pytest.raises(type(error)) as raised:
+        run(recipe, registry)
+    return raised.value
+
+
 def test_a_stage_whose_training_raises_stops_its_engine_before_the_error_goes_on(tmp_path, builtin_registry,
                                                                               monkeypatch):
     """A run used as a library (a sweep, a notebook) goes on after a failed stage: its vLLM engine must not stay
     up beside the next one. (On training's normal end the trainer's callback stops it; tests/test_vllm*.py.)"""
     import transformers
 
-    from rewardkit.pipeline import run
-    from rewardkit.recipe import load_recipe
-
     stopped = []
-    monkeypatch.setattr(vllm_sync, "stop_engine", stopped.append)
-
-    def train(self, *args, **kwargs):
-        raise RuntimeError("the engine died")
-
-    monkeypatch.setattr(transformers.Trainer, "train", train)
-    recipe = load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml"),
-                         [f"output_dir={tmp_path / 'out'}", "~eval", "~stages.sft.early_stop",
-                          "data.params.n_train=64"], registry=builtin_registry)
-    with pytest.raises(RuntimeError, match="the engine died"):
-        run(recipe, builtin_registry)
+    error = _run_a_stage_whose_training_raises(RuntimeError("the engine died"), stopped.append, tmp_path,
+                                               builtin_registry, monkeypatch)
+    assert str(error) == "the engine died"
     assert len(stopped) == 1 and isinstance(stopped[0], transformers.Trainer)
 
 
 def test_an_engine_that_cannot_be_stopped_does_not_hide_the_stages_error(tmp_path, builtin_registry, monkeypatch,
                                                                          capsys):
-    import transformers
-
-    from rewardkit.pipeline import run
-    from rewardkit.recipe import load_recipe
-
     def stop(trainer):
         raise RuntimeError("the engine is already gone")
 
-    def train(self, *args, **kwargs):
-        raise ValueError("the stage's own error")
-
-    monkeypatch.setattr(vllm_sync, "stop_engine", stop)
-    monkeypatch.setattr(transformers.Trainer, "train", train)
-    recipe = load_recipe(os.path.join(REPO, "recipes", "quickstart.yaml"),
-                         [f"output_dir={tmp_path / 'out'}", "~eval", "~stages.sft.early_stop",
-                          "data.params.n_train=64"], registry=builtin_registry)
-    with pytest.raises(ValueError, match="the stage's own error"):
-        run(recipe, builtin_registry)
+    error = _run_a_stage_whose_training_raises(ValueError("the stage's own error"), stop, tmp_path,
+                                               builtin_registry, monkeypatch)
+    assert str(error) == "the stage's own error"
     assert "could not stop the stage's vLLM engine: RuntimeError: the engine is already gone" in capsys.readouterr().out
