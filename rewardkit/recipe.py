@@ -445,13 +445,13 @@ def _built_split_problems(recipe: Recipe, reads: list, registry: Registry) -> li
     (its splits only: rename, templates and columns are the section checks' business)."""
     import inspect  # noqa: PLC0415
 
-    from rewardkit.data import split_problem, splits  # noqa: PLC0415
+    from rewardkit.data import split_problem  # noqa: PLC0415
 
     built: dict[str, list[str] | None] = {}
     out: list[str] = []
     for data, split, where in reads:
-        if not data.get("name") or splits(data, registry) is not None or _declares_splits(data, registry):
-            continue  # known, or declared and refusing its params (reported by _declared_splits_problem)
+        if not data.get("name") or _declares_splits(data, registry):
+            continue  # known without building, or declared and refusing its params (_declared_splits_problem)
         key = json.dumps(data, sort_keys=True, default=str)
         if key not in built:
             section = "data" if data == recipe.data else next(
