@@ -33,32 +33,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import gpu_memory  # noqa: E402  (the model builder both memory benchmarks share)
 
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096,
-                 rope_theta=1000000.0, rms_norm_eps=1e-6)
-
-
-def build_model(path: str) -> str:
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from rewardkit.builtin.models import build_tokenizer
-
-    tok = build_tokenizer()
-    cfg = AutoConfig.for_model("qwen2", pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                               eos_token_id=tok.eos_token_id, **QWEN2_05B)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    tmp = path + ".tmp"
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, path)
-    return path
+                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6)
 
 
 def child(kind: str, path: str, a) -> dict:
@@ -128,7 +108,7 @@ def main():
         return
     import psutil
 
-    build_model(path)
+    gpu_memory.build_model(path, QWEN2_05B, "cpu")
     results = {}
     for kind in ("grpo_is_qlora", "trl_full"):
         avail = psutil.virtual_memory().available / 2 ** 30
