@@ -56,11 +56,12 @@ class SyncedVLLMGeneration(trl_vllm.VLLMGeneration):
     def _adapter_sync(self) -> vllm_lora.AdapterSync | None:
         """An AdapterSync for a LoRA policy vLLM can serve as an adapter; None (merging) otherwise, with the reason
         said when the policy has LoRA."""
-        if not is_peft_model(self.model) or self.enable_sleep_mode:
+        if not is_peft_model(self.model) or not self.lora_adapter:
             return None
-        if not self.lora_adapter:
-            return None
-        reason = vllm_lora.unsupported(self.model, NOT_SERVED, sharded=self._dist.is_fsdp or self._dist.is_zero3)
+        sharded = self._dist.is_fsdp or self._dist.is_zero3
+        reason = vllm_lora.unsupported(self.model, NOT_SERVED, sharded)
+        if self.enable_sleep_mode:  # TRL's own sync runs then, re-pushing all the weights after each sleep
+            reason = "vllm_enable_sleep_mode (TRL's sync pushes all the weights after each sleep)"
         if reason:
             vllm_lora.fall_back(reason)
             return None
@@ -78,6 +79,7 @@ class SyncedVLLMGeneration(trl_vllm.VLLMGeneration):
         return None
 
     def _log_sync(self) -> None:
+        """The sync's seconds (and, for a LoRA policy, whether it went as an adapter) into the trainer's log."""
         if self.sync_metrics is None:
             return
         self.sync_metrics["vllm/sync_seconds"].append(self.last_sync_seconds)

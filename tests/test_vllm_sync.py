@@ -179,3 +179,29 @@ def test_vllm_lora_adapter_is_a_checked_field_of_the_rl_trainers(registry):
     for stage in (GRPOStage, GRPOISStage, PPOStage):
         assert stage.check_args({"vllm_lora_adapter": False}, registry) == []
         assert "vllm_lora_adapter" in " ".join(stage.check_args({"vllm_lora_adapter": "no"}, registry))
+
+
+def test_an_adapter_vllm_refuses_at_the_first_sync_is_merged_from_then_on(monkeypatch):
+    """A target module vLLM's model cannot wrap shows only when vLLM loads the adapter: that first sync, and every
+    later one, merges instead (with the reason), and the adapter's directory goes."""
+    import torch
+
+    from rewardkit import vllm_generation
+
+    def refuse(llm):
+        raise ValueError("expected target modules in {...} but received ['embed_tokens']")
+
+    pushed, closed = [], []
+    monkeypatch.setattr(vllm_sync, "push_weights", lambda llm, weights: pushed.append(list(weights)) or 0.5)
+    gen = object.__new__(vllm_generation.SyncedVLLMGeneration)  # its state, without an engine
+    gen.mode, gen.enable_sleep_mode, gen.llm = "colocate", False, "engine"
+    gen.model = torch.nn.Module()
+    gen.model.config = types.SimpleNamespace(tie_word_embeddings=False)
+    gen.adapter = types.SimpleNamespace(request=None, push=refuse, close=lambda: closed.append(True))
+    gen._iter_named_params = lambda: iter([("model.norm.weight", "N"), ("critic.head.weight", "C")])
+    gen.sync_metrics = {"vllm/sync_seconds": []}
+    with pytest.warns(UserWarning, match=r"merged .* instead .*: vLLM refused it: expected target modules"):
+        gen.sync_weights()
+    gen.sync_weights()
+    assert gen.adapter is None and closed == [True]
+    assert pushed == [[("model.norm.weight", "N")]] * 2 and gen.sync_metrics == {"vllm/sync_seconds": [0.5, 0.5]}
