@@ -22,6 +22,7 @@ while a trainer is built; everything else (when to sync, sampling, the importanc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -142,8 +143,9 @@ def shutdown(llm, process_group: bool = True) -> None:
 @contextlib.contextmanager
 def colocated(args):
     """While a trainer whose config is ``args`` is built: TRL's ``VLLMGeneration`` replaced by
-    ``rewardkit.vllm_generation.SyncedVLLMGeneration`` when ``args.use_vllm`` and ``args.vllm_mode`` is
-    "colocate"; a ``RecipeError`` when ``use_vllm`` is asked for without vLLM installed; otherwise nothing."""
+    ``rewardkit.vllm_generation.SyncedVLLMGeneration`` (a LoRA policy served as an adapter unless
+    ``args.vllm_lora_adapter`` is false) when ``args.use_vllm`` and ``args.vllm_mode`` is "colocate"; a
+    ``RecipeError`` when ``use_vllm`` is asked for without vLLM installed; otherwise nothing."""
     if not getattr(args, "use_vllm", False):
         yield
         return
@@ -160,7 +162,8 @@ def colocated(args):
 
     set_env_defaults()
     original = grpo_trainer.VLLMGeneration
-    grpo_trainer.VLLMGeneration = SyncedVLLMGeneration
+    grpo_trainer.VLLMGeneration = functools.partial(SyncedVLLMGeneration,
+                                                    lora_adapter=getattr(args, "vllm_lora_adapter", True))
     try:
         yield
     finally:
@@ -174,6 +177,18 @@ def stop_engine(trainer) -> None:
     if getattr(generation, "llm", None) is not None:
         shutdown(generation.llm, process_group=generation.accelerator.num_processes == 1)
         generation.llm = None
+    if getattr(generation, "adapter", None) is not None:  # a LoRA policy's adapter directory (vllm_lora)
+        generation.adapter.close()
+
+
+def log_syncs(trainer):
+    """``trainer``, with each weight sync of its colocated engine (if it has one of rewardkit's) logged:
+    ``vllm/sync_seconds`` and, for a LoRA policy, ``vllm/lora_adapter`` (1 synced as an adapter, 0 merged).
+    TRL's GRPO ``log`` averages the trainer's metrics since the last log into the logged record."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if hasattr(generation, "sync_metrics") and hasattr(trainer, "_metrics"):
+        generation.sync_metrics = trainer._metrics["train"]
+    return trainer
 
 
 def stop_engine_after_training(trainer):

@@ -94,7 +94,8 @@ def _vllm_deadline(request):
 @pytest.fixture(scope="session")
 def vllm_engine(tmp_path_factory):
     """(engine, model dir): one in-process vLLM engine on the tiny-llama in float32 for the whole session, shut down
-    at its end. Tests that change its weights put the original ones back."""
+    at its end, with LoRA enabled (adapters up to rank 8) as rewardkit builds it for a LoRA policy. Tests that change
+    its weights put the original ones back, those that add an adapter remove it."""
     import faulthandler
 
     from rewardkit import vllm_sync
@@ -104,7 +105,7 @@ def vllm_engine(tmp_path_factory):
     build("tiny-llama", path)
     faulthandler.dump_traceback_later(VLLM_TEST_SECONDS, exit=True)  # a start that never returns ends the run
     try:
-        llm = vllm_sync.start_engine(path, max_model_len=128)
+        llm = vllm_sync.start_engine(path, max_model_len=128, enable_lora=True, max_loras=1, max_lora_rank=8)
     finally:
         faulthandler.cancel_dump_traceback_later()
     try:

@@ -2,6 +2,8 @@
 trainer's own, and after optimizer steps vLLM generates from the updated weights. Runs in .venv-vllm (README's test
 command); skipped where vLLM is not installed. One engine for the session (conftest ``vllm_engine``)."""
 
+import os
+
 import pytest
 
 from rewardkit import vllm_sync
@@ -78,6 +80,20 @@ def test_log_probs_of_vllm_samples_match_the_trainers_forward_pass(vllm_engine, 
     assert _max_gap(model, samples) <= TOLERANCE
 
 
+def _trained_towards_99(model, tokenizer, lr=3e-2):
+    """``model`` after three large Adam steps (on its trainable weights) towards answering "99", in eval mode."""
+    import torch
+
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    batch = tokenizer([p + "99</s>" for p in PROMPTS], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for _ in range(3):
+        opt.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+    return model.eval()
+
+
 def test_after_optimizer_steps_vllm_generates_from_the_synced_weights(vllm_engine, policy):
     """Three large Adam steps towards answering "99" move the policy far; before the sync vLLM's log-probs are far
     from the trained policy's, after it they match it and greedy decoding says what the trained policy says."""
@@ -89,15 +105,7 @@ def test_after_optimizer_steps_vllm_generates_from_the_synced_weights(vllm_engin
 
     llm, _ = vllm_engine
     base, tokenizer = policy
-    model = copy.deepcopy(base)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    batch = tokenizer([p + "99</s>" for p in PROMPTS], return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    for _ in range(3):
-        opt.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-    model.eval()
+    model = _trained_towards_99(copy.deepcopy(base), tokenizer)
     try:
         stale = _samples(llm, tokenizer)
         assert _max_gap(model, stale) > 0.5  # the engine still holds the old weights
@@ -131,3 +139,35 @@ def test_a_sync_without_the_tied_lm_head_leaves_vllm_on_stale_logits(vllm_engine
         assert _max_gap(model, _samples(llm, tokenizer, n=2)) <= TOLERANCE
     finally:
         vllm_sync.sync_model(llm, base)
+
+
+def test_a_lora_policy_synced_as_an_adapter_samples_with_the_peft_models_log_probs(vllm_engine, policy):
+    """After optimizer steps on a LoRA adapter, vLLM serving it as an adapter (two syncs: the second replaces the
+    first) scores its samples as the peft model's forward does; without the adapter the engine is still the base
+    (nothing was merged into its weights), and the trainer's base is untouched too."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from rewardkit import vllm_lora
+
+    llm, _ = vllm_engine
+    base, tokenizer = policy
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    sync = vllm_lora.AdapterSync(model)
+    try:
+        sync.push(llm)
+        _trained_towards_99(model, tokenizer)
+        seconds = sync.push(llm)
+        assert seconds < 30 and llm.llm_engine.list_loras() == {2}
+        with vllm_lora.generating_with(llm, sync.request):
+            adapted = _samples(llm, tokenizer)
+        assert _max_gap(model, adapted) <= TOLERANCE < _max_gap(base, adapted)  # the adapter moved the policy
+        plain = _samples(llm, tokenizer, seed=1)
+        assert _max_gap(base, plain) <= TOLERANCE
+        with model.disable_adapter():
+            assert _max_gap(model, plain) <= TOLERANCE
+    finally:
+        llm.llm_engine.remove_lora(2)
+        sync.close()
+    assert not os.path.exists(sync.root)

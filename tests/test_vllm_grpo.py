@@ -65,13 +65,20 @@ def test_dynamic_sampling_refills_rollouts_from_vllm(tmp_path):
     assert max(r["sampling/sampling_logp_difference/max"] for r in steps) <= 1e-3, steps
 
 
-def test_grpo_with_a_lora_adapter_syncs_the_merged_weights(tmp_path):
-    """With LoRA, TRL merges the adapter, yields the merged weights and unmerges them in place once its iterator is
-    exhausted: the sync must load each weight as it comes, or vLLM would hold the base weights (loading them after
-    the iterator ran out measured a gap of 0.29 at the first rollout after an update)."""
+@pytest.mark.parametrize("adapter", [True, False], ids=["as-adapter", "merged"])
+def test_grpo_with_a_lora_adapter_trains_on_samples_of_the_synced_adapter(tmp_path, adapter):
+    """By default the adapter is synced as a LoRA adapter (rewardkit.vllm_lora) and each rollout passes it to vLLM;
+    with ``vllm_lora_adapter: false`` TRL merges it, yields the merged weights and unmerges them in place once its
+    iterator is exhausted, so the sync must load each weight as it comes (loading them after the iterator ran out
+    left vLLM on the base: a gap of 0.29 at the first rollout after an update). Either way vLLM's log-probs are the
+    trainer's after every update; each sync's mode and seconds are logged."""
     _run("recipes/cpu/arithmetic_grpo_vllm.yaml", tmp_path, "trainer.max_steps=5", "~eval",
-         "trainer.learning_rate=1.0e-2", "model.lora={r: 8, lora_alpha: 16, target_modules: all-linear}")
-    steps = [r for r in _records(tmp_path / "grpo" / "log.jsonl") if "sampling/sampling_logp_difference/max" in r]
+         "trainer.learning_rate=1.0e-2", "model.lora={r: 8, lora_alpha: 16, target_modules: all-linear}",
+         f"trainer.vllm_lora_adapter={str(adapter).lower()}")
+    records = _records(tmp_path / "grpo" / "log.jsonl")
+    steps = [r for r in records if "sampling/sampling_logp_difference/max" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
     assert any(r["grad_norm"] > 0 for r in steps[:-1])  # a rollout came after an update (else nothing to sync)
     assert max(r["sampling/sampling_logp_difference/max"] for r in steps) <= 1e-3, steps
+    syncs = [r for r in records if "vllm/sync_seconds" in r]
+    assert len(syncs) == 5 and all(r["vllm/lora_adapter"] == float(adapter) for r in syncs), syncs

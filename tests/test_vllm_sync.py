@@ -120,3 +120,88 @@ def test_an_engine_that_cannot_be_stopped_does_not_hide_the_stages_error(tmp_pat
                                                builtin_registry, monkeypatch)
     assert str(error) == "the stage's own error"
     assert "could not stop the stage's vLLM engine: RuntimeError: the engine is already gone" in capsys.readouterr().out
+
+
+def _lora_policy(registry, **lora):
+    """The tiny Llama with a LoRA adapter (peft), as TRL builds a LoRA policy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rewardkit import models
+
+    base = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-llama", registry), dtype="float32")
+    return get_peft_model(base, LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": "all-linear", **lora}))
+
+
+def test_a_lora_adapter_vllm_cannot_carry_is_merged_instead_and_says_why(registry):
+    """vLLM's LoRA has no DoRA, no adapter biases, no modules_to_save on a causal LM, one r and alpha per adapter,
+    and knows nothing of other trainable weights; a plain adapter is served as one, PPO's critic aside."""
+    import torch
+
+    from rewardkit import vllm_lora
+
+    plain = _lora_policy(registry)
+    assert vllm_lora.unsupported(plain) is None
+    assert vllm_lora.engine_kwargs(plain) == {"enable_lora": True, "max_loras": 1, "max_lora_rank": 8}
+    assert vllm_lora.engine_kwargs(_lora_policy(registry, r=4))["max_lora_rank"] == 8  # vLLM's ranks: 1, 8, 16, ...
+    assert "sharded" in vllm_lora.unsupported(plain, sharded=True)
+    assert "DoRA" in vllm_lora.unsupported(_lora_policy(registry, use_dora=True))
+    assert "bias: all" in vllm_lora.unsupported(_lora_policy(registry, bias="all"))
+    assert "modules_to_save ['lm_head']" in vllm_lora.unsupported(_lora_policy(registry, modules_to_save=["lm_head"]))
+    assert "rank_pattern" in vllm_lora.unsupported(_lora_policy(registry, rank_pattern={"q_proj": 4}))
+    plain.critic = torch.nn.Linear(2, 1)  # PPO's value head: trainable, never served
+    assert vllm_lora.unsupported(plain, ("critic.",)) is None
+    assert "outside the adapter (critic.weight, ...)" in vllm_lora.unsupported(plain)
+
+
+def test_the_adapter_is_written_as_peft_saves_it(registry, tmp_path):
+    """What vLLM loads: PEFT's file names and tensor names, the adapter's current weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from rewardkit import models, vllm_lora
+
+    policy = _lora_policy(registry)
+    lora_b = next(p for n, p in policy.named_parameters() if "lora_B" in n)
+    lora_b.data.fill_(0.5)
+    vllm_lora.write_adapter(policy, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    base = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-llama", registry), dtype="float32")
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path))
+    assert all(p.equal(q) for p, q in zip(policy.parameters(), reloaded.parameters()))
+
+
+def test_vllm_lora_adapter_is_a_checked_field_of_the_rl_trainers(registry):
+    from rewardkit.trainers.grpo_is import GRPOISStage
+    from rewardkit.trainers.ppo import PPOStage
+    from rewardkit.trainers.trl_stages import GRPOStage
+
+    for stage in (GRPOStage, GRPOISStage, PPOStage):
+        assert stage.check_args({"vllm_lora_adapter": False}, registry) == []
+        assert "vllm_lora_adapter" in " ".join(stage.check_args({"vllm_lora_adapter": "no"}, registry))
+
+
+def test_an_adapter_vllm_refuses_at_the_first_sync_is_merged_from_then_on(monkeypatch):
+    """A target module vLLM's model cannot wrap shows only when vLLM loads the adapter: that first sync, and every
+    later one, merges instead (with the reason), and the adapter's directory goes."""
+    import torch
+
+    from rewardkit import vllm_generation
+
+    def refuse(llm):
+        raise ValueError("expected target modules in {...} but received ['embed_tokens']")
+
+    pushed, closed = [], []
+    monkeypatch.setattr(vllm_sync, "push_weights", lambda llm, weights: pushed.append(list(weights)) or 0.5)
+    gen = object.__new__(vllm_generation.SyncedVLLMGeneration)  # its state, without an engine
+    gen.mode, gen.enable_sleep_mode, gen.llm = "colocate", False, "engine"
+    gen.model = torch.nn.Module()
+    gen.model.config = types.SimpleNamespace(tie_word_embeddings=False)
+    gen.adapter = types.SimpleNamespace(request=None, push=refuse, close=lambda: closed.append(True))
+    gen._iter_named_params = lambda: iter([("model.norm.weight", "N"), ("critic.head.weight", "C")])
+    gen.sync_metrics = {"vllm/sync_seconds": []}
+    with pytest.warns(UserWarning, match=r"merged .* instead .*: vLLM refused it: expected target modules"):
+        gen.sync_weights()
+    gen.sync_weights()
+    assert gen.adapter is None and closed == [True]
+    assert pushed == [[("model.norm.weight", "N")]] * 2 and gen.sync_metrics == {"vllm/sync_seconds": [0.5, 0.5]}

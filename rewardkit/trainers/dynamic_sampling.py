@@ -34,6 +34,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import nanstd
 
 from rewardkit.trainers.base import over_processes
+from rewardkit.vllm_lora import VLLMLoRAConfig
 from rewardkit.trainers.rollout import PromptStream, checkpoint_folder
 
 STATE_FILE = "dynamic_sampling_state.json"
@@ -282,8 +283,9 @@ class DynamicSamplingMixin:
 
 
 @dataclass
-class DynamicSamplingGRPOConfig(DynamicSamplingConfig, GRPOConfig):
-    """TRL's ``GRPOConfig`` plus ``dynamic_sampling`` / ``dynamic_sampling_max_rounds``."""
+class DynamicSamplingGRPOConfig(DynamicSamplingConfig, VLLMLoRAConfig, GRPOConfig):
+    """TRL's ``GRPOConfig`` plus ``dynamic_sampling`` / ``dynamic_sampling_max_rounds`` and
+    ``vllm_lora_adapter`` (rewardkit.vllm_lora)."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -55,14 +55,15 @@ from rewardkit.trainers.rollout import ReplayStore, RolloutReuseMixin
 from rewardkit.trainers import sampler_correction
 from rewardkit.trainers.rollout_kl import RolloutKLConfig, estimator_kwarg, renamed_problems
 from rewardkit.trainers.trl_stages import GRPOStage
+from rewardkit.vllm_lora import VLLMLoRAConfig
 
 
 @dataclass
-class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, GRPOConfig):
+class GRPOISConfig(DynamicSamplingConfig, RolloutKLConfig, VLLMLoRAConfig, GRPOConfig):
     """``GRPOConfig`` plus multi-epoch importance sampling; rollout reuse and KL control are ``RolloutKLConfig``'s
-    (shared with ``trainer: ppo``), dynamic sampling ``DynamicSamplingConfig``'s. TRL's ``num_iterations`` is
-    replaced by ``rollout_epochs`` and must stay 1; ``epsilon``/``epsilon_high``/``importance_sampling_level``/
-    ``delta`` keep their TRL meaning."""
+    (shared with ``trainer: ppo``), dynamic sampling ``DynamicSamplingConfig``'s, the LoRA sync to vLLM
+    ``VLLMLoRAConfig``'s. TRL's ``num_iterations`` is replaced by ``rollout_epochs`` and must stay 1;
+    ``epsilon``/``epsilon_high``/``importance_sampling_level``/``delta`` keep their TRL meaning."""
 
     disable_dropout: bool = field(default=True, metadata={
         "help": "Dropout off in the policy (and reference), so generation, the old log-probs and the update see the "

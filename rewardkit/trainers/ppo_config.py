@@ -11,6 +11,7 @@ from rewardkit.algorithms.kl import LOSS_UNBIASED, REWARD_ESTIMATORS
 from rewardkit.algorithms.ppo import LOSS_AGGREGATIONS
 from rewardkit.algorithms import sampler
 from rewardkit.trainers.rollout_kl import RolloutKLConfig
+from rewardkit.vllm_lora import VLLMLoRAConfig
 
 CRITICS = ("value_head", "separate")
 POLICY_LOSSES = ("clip", "penalty")
@@ -21,9 +22,10 @@ GRPO_ONLY = ("scale_rewards", "multi_objective_aggregation", "top_entropy_quanti
 
 
 @dataclass
-class PPOConfig(RolloutKLConfig, GRPOConfig):
+class PPOConfig(RolloutKLConfig, VLLMLoRAConfig, GRPOConfig):
     """GRPOConfig plus PPO's fields; rollout reuse and KL control are ``RolloutKLConfig``'s (shared with
-    ``grpo_is``). ``epsilon`` (and ``epsilon_high``) is the policy clip range."""
+    ``grpo_is``), the LoRA sync to vLLM ``VLLMLoRAConfig``'s. ``epsilon`` (and ``epsilon_high``) is the policy
+    clip range."""
 
     num_generations: int | None = field(default=1, metadata={
         "help": "Completions per prompt, each its own episode; 1 suffices since the critic is the baseline."})

@@ -45,7 +45,7 @@ class TRLStage(Stage):
                 quantization_config=models.quantization_config(model_cfg), peft_config=models.peft_config(model_cfg),
                 callbacks=ctx.callbacks, **self.trainer_kwargs(ctx),
             )
-        return vllm_sync.stop_engine_after_training(trainer)
+        return vllm_sync.stop_engine_after_training(vllm_sync.log_syncs(trainer))
 
     def extra_config(self, ctx: StageContext) -> dict:
         """Config values the stage sets itself (not from the recipe's trainer section)."""
