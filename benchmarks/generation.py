@@ -253,6 +253,16 @@ def _mw(x: dict) -> str:
     return f"{x['median_s']:.2f} ({x['worst_s']:.2f})"
 
 
+def report(text: str, result: dict, out: str | None) -> None:
+    """Prints ``text`` and, unless ``out`` is None (a smoke run), writes ``result`` there as JSON."""
+    print(text)
+    if out is not None:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"written: {out}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -263,12 +273,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else Setup()
     result = run(setup, 1 if args.quick else args.rounds, args.threads, args.cache)
-    print(table(result))
-    if not args.quick:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"written: {args.out}")
+    report(table(result), result, None if args.quick else args.out)
     return 0
 
 

@@ -17,7 +17,6 @@ Run it on an otherwise idle machine: every figure is wall-clock.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from generation import QUICK, Setup, build_model, prompts  # noqa: E402
+from generation import QUICK, Setup, build_model, prompts, report  # noqa: E402
 from rewardkit import stage_cache  # noqa: E402
 
 COMPLETIONS, NEW_TOKENS = 32, 32  # one rollout: 32 completions of exactly 32 tokens (16 and 8 with --quick)
@@ -147,12 +146,12 @@ def table(r: dict) -> str:
         f"model: {r['parameters'] / 1e6:.1f}M parameters ({r['setup']['layers']} layers x {r['setup']['width']}), "
         f"LoRA r 16 all-linear (adapter {a['adapter_mb']:.2f} MB), {r['cpu']}; {r['syncs']} syncs per mode, each "
         f"after an Adam step, each followed by a rollout of {r['completions']} x {r['new_tokens']} tokens",
-        f"{'':34}{'adapter':>16}{'merged':>16}",
-        f"{'first sync s':34}{a['sync_s'][0]:>16.3f}{m['sync_s'][0]:>16.3f}",
-        f"{'later syncs s, median (min-max)':34}{later(a, 'sync_s'):>16}{later(m, 'sync_s'):>16}",
-        f"{'rollout s, median (min-max)':34}{later(a, 'rollout_s'):>16}{later(m, 'rollout_s'):>16}",
-        f"{'max |log p_vLLM - log p_trainer|':34}{a['max_abs_dlogp']:>16.2e}{m['max_abs_dlogp']:>16.2e}",
-        f"{'engine start s':34}{a['engine_start_s']:>16.1f}{m['engine_start_s']:>16.1f}",
+        f"{'':34}{'adapter':>22}{'merged':>22}",
+        f"{'first sync s':34}{a['sync_s'][0]:>22.3f}{m['sync_s'][0]:>22.3f}",
+        f"{'later syncs s, median (min-max)':34}{later(a, 'sync_s'):>22}{later(m, 'sync_s'):>22}",
+        f"{'rollout s, median (min-max)':34}{later(a, 'rollout_s'):>22}{later(m, 'rollout_s'):>22}",
+        f"{'max |log p_vLLM - log p_trainer|':34}{a['max_abs_dlogp']:>22.2e}{m['max_abs_dlogp']:>22.2e}",
+        f"{'engine start s':34}{a['engine_start_s']:>22.1f}{m['engine_start_s']:>22.1f}",
         f"served as an adapter: {a['served_as_adapter']} / {m['served_as_adapter']}",
     ]
     return "\n".join(rows)
@@ -166,12 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=os.path.join(ROOT, "runs", "bench_cache"))
     args = parser.parse_args(argv)
     result = run(QUICK if args.quick else Setup(), 2 if args.quick else args.syncs, args.cache, args.quick)
-    print(table(result))
-    if not args.quick:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"written: {args.out}")
+    report(table(result), result, None if args.quick else args.out)
     return 0
 
 
