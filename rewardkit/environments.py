@@ -408,6 +408,12 @@ def episode_tokens(spec) -> int:
                                  GRPOConfig.__dataclass_fields__["max_completion_length"].default)
 
 
+def evaluation_stage(recipe):
+    """The stage whose environment held-out evaluation and early stopping play episodes in: the first with an
+    ``environment``; None when no stage has one (single-turn evaluation)."""
+    return next((s for s in recipe.stages if getattr(s, "environment", None)), None)
+
+
 def tool_call_limit(spec) -> int:
     """Tool-calling turns per episode of ``spec`` (validation refuses an explicit null; unset: the default)."""
     return spec.trainer_args.get("max_tool_calling_iterations") or DEFAULT_MAX_TOOL_CALLS

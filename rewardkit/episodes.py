@@ -200,10 +200,12 @@ def write_transcripts(episodes: list[Episode], path: str, limit: int = 5) -> str
 def from_recipe(recipe, registry) -> "EpisodeGenerator | None":
     """Held-out evaluation (and early stopping) of a recipe one of whose stages has an ``environment``: episodes in
     the first such stage's environment, with its tool-call limit; None when no stage has one (single turns)."""
-    spec = next((s for s in recipe.stages if getattr(s, "environment", None)), None)
+    from rewardkit.environments import (  # noqa: PLC0415
+        episode_factory, episode_tokens, evaluation_stage, tool_call_limit)
+
+    spec = evaluation_stage(recipe)
     if spec is None:
         return None
-    from rewardkit.environments import episode_factory, episode_tokens, tool_call_limit  # noqa: PLC0415
 
     tokens = recipe.eval.max_new_tokens if recipe.eval else episode_tokens(spec)
     return EpisodeGenerator(episode_factory(spec, registry, tokens), max_tool_calls=tool_call_limit(spec))

@@ -166,13 +166,13 @@ def _stopping_eval(recipe) -> dict | None:
 
 
 def _stopping_episodes(recipe) -> dict:
-    """An early_stop criterion scores whole episodes in the first environment stage's environment, with its
-    tool-call limit (rewardkit.episodes.from_recipe), when the recipe has one."""
-    env = next((s for s in recipe.stages if getattr(s, "environment", None)), None)
+    """An early_stop criterion scores whole episodes in the evaluation stage's environment, with its tool-call
+    limit (rewardkit.episodes.from_recipe), when the recipe has one."""
+    from rewardkit.environments import evaluation_stage, tool_call_limit  # noqa: PLC0415
+
+    env = evaluation_stage(recipe)
     if env is None:
         return {}
-    from rewardkit.environments import tool_call_limit  # noqa: PLC0415
-
     return {"episodes": {"environment": env.environment, "max_tool_calls": tool_call_limit(env)}}
 
 
